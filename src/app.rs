@@ -1,0 +1,459 @@
+//! Wiring: the watcher feeds a bounded channel; one loop turns marker events into stored
+//! requests and spawns a task per request; one cancellation token stops everything; tasks are
+//! joined, never detached.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::origin;
+use crate::pipeline::{Halt, Pipeline, Verified};
+use crate::quota;
+use crate::store::{self, HistoryRow, MarkerSeen, Source, Store, StoreError};
+use crate::watch::{self, Lost, WatchError, WatchEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Events buffered between the watcher thread and the pipeline before a rescan takes over.
+const CHANNEL: usize = 4096;
+
+/// A running daemon. [`Daemon::start`] returns once every watch is set.
+pub struct Daemon {
+    token: CancellationToken,
+    main: tokio::task::JoinHandle<Result<(), AppError>>,
+    /// Times the watcher lost events and a rescan ran instead.
+    pub lost: Arc<Lost>,
+}
+
+impl Daemon {
+    pub async fn start(cfg: Config) -> Result<Daemon, AppError> {
+        let cfg = Arc::new(cfg);
+        let token = CancellationToken::new();
+        let store = {
+            let path = cfg.state.database.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))??
+        };
+        let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let lost = Arc::new(Lost::default());
+        let watch = {
+            let (root, marker, lost) = (
+                cfg.watch.root.clone(),
+                cfg.watch.marker.clone(),
+                lost.clone(),
+            );
+            tokio::task::spawn_blocking(move || watch::start(&root, &marker, tx, lost))
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))??
+        };
+        let mut app = App {
+            cfg,
+            pipeline,
+            store,
+            open: None,
+            tasks: JoinSet::new(),
+        };
+        app.resume().await?;
+        app.catch_up().await?;
+        info!(root = %app.cfg.watch.root.display(), "watching");
+        let main = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch));
+        Ok(Daemon { token, main, lost })
+    }
+
+    /// Stops watching, parks requests in hand, and waits for every task to end.
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        self.token.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the daemon ends (a fatal error, or [`Daemon::shutdown`]).
+    pub async fn wait(self) -> Result<(), AppError> {
+        self.main
+            .await
+            .map_err(|e| AppError::Other(format!("daemon task: {e}")))?
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+/// The request still taking marker writes: merged in until its origin check passes.
+struct Open {
+    id: i64,
+    wake: Arc<Notify>,
+}
+
+struct App {
+    cfg: Arc<Config>,
+    pipeline: Pipeline,
+    store: Store,
+    open: Option<Open>,
+    tasks: JoinSet<(i64, Result<(), Halt>)>,
+}
+
+impl App {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<WatchEvent>,
+        lost: Arc<Lost>,
+        token: CancellationToken,
+        watch: watch::Watch,
+    ) -> Result<(), AppError> {
+        let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
+        let result = loop {
+            tokio::select! {
+                _ = token.cancelled() => break Ok(()),
+                ev = rx.recv() => match ev {
+                    Some(WatchEvent::Marker(path)) => {
+                        if let Err(e) = self.on_marker(path, Source::Watch).await { break Err(e) }
+                    }
+                    Some(WatchEvent::NewDir(dir)) => {
+                        if let Err(e) = self.scan(dir, Source::Watch, false).await { break Err(e) }
+                    }
+                    None => break Err(AppError::Other("the watcher stopped".into())),
+                },
+                _ = lost.wake.notified() => {
+                    if lost.take() {
+                        let root = self.cfg.watch.root.clone();
+                        if let Err(e) = self.scan(root, Source::Scan, true).await { break Err(e) }
+                    }
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Err(e) = self.reap(done) { break Err(e) }
+                }
+            }
+        };
+        drop(watch);
+        token.cancel();
+        // Requests in hand park at their next await; give them a moment, then stop them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(done)) => {
+                    let _ = self.reap(done);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    warn!("requests still busy at shutdown; they resume at the next start");
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut deferred).await;
+        deferred.abort();
+        result
+    }
+
+    fn reap(
+        &mut self,
+        done: Result<(i64, Result<(), Halt>), tokio::task::JoinError>,
+    ) -> Result<(), AppError> {
+        match done {
+            Ok((id, Err(Halt::Store(e)))) => {
+                warn!(request = id, error = %e, "database failed");
+                return Err(e.into());
+            }
+            Ok((id, _)) => {
+                if self.open.as_ref().is_some_and(|o| o.id == id) {
+                    self.open = None;
+                }
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(AppError::Other(format!("request task panicked: {e}"))),
+        }
+        Ok(())
+    }
+
+    /// A marker write: merged into the open request, or stored as a new one before anything else.
+    async fn on_marker(&mut self, path: PathBuf, source: Source) -> Result<(), AppError> {
+        let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
+            return Ok(());
+        };
+        let seen = {
+            let (p, r) = (path.clone(), rel.clone());
+            tokio::task::spawn_blocking(move || origin::hash_file(&p, r))
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))?
+        };
+        let seen = match seen {
+            Ok(s) => s,
+            Err(e) => {
+                // Deleted before we could read it, or not a regular file: nothing to purge for.
+                debug!(marker = %rel, error = %e, "marker gone or unreadable");
+                return Ok(());
+            }
+        };
+        if let Some(open) = &self.open {
+            let (id, s) = (open.id, seen.clone());
+            let merged = self
+                .store
+                .call(move |c| {
+                    store::remember_marker(c, &s)?;
+                    store::merge_marker(c, id, &s)
+                })
+                .await?;
+            if merged {
+                debug!(request = id, marker = %rel, "merged into the open request");
+                open.wake.notify_one();
+                return Ok(());
+            }
+        }
+        self.new_request(seen, source).await
+    }
+
+    async fn new_request(&mut self, seen: MarkerSeen, source: Source) -> Result<(), AppError> {
+        let paths = self.cfg.cloudfront.paths.clone();
+        let rel = seen.rel.clone();
+        let detail = match source {
+            Source::Scan => "marker found changed by a scan",
+            _ => "marker written",
+        };
+        let id = self
+            .store
+            .call(move |c| {
+                store::remember_marker(c, &seen)?;
+                store::insert_request(c, source, Some(&seen), &paths, detail)
+            })
+            .await?;
+        info!(request = id, marker = %rel, "purge requested");
+        let wake = Arc::new(Notify::new());
+        let p = self.pipeline.clone();
+        let w = wake.clone();
+        let span = info_span!("request", id, marker = %rel);
+        self.tasks.spawn(
+            async move {
+                let r = p.run_watched(id, w).await.map(|_| ());
+                (id, r)
+            }
+            .instrument(span),
+        );
+        self.open = Some(Open { id, wake });
+        Ok(())
+    }
+
+    /// Markers under `dir` that differ from what the database last saw become marker events.
+    /// `only_changed` = false treats every marker found as written (a folder that just appeared).
+    async fn scan(
+        &mut self,
+        dir: PathBuf,
+        source: Source,
+        only_changed: bool,
+    ) -> Result<(), AppError> {
+        let marker = self.cfg.watch.marker.clone();
+        let found = tokio::task::spawn_blocking(move || watch::find_markers(&dir, &marker))
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))?;
+        let known = if only_changed {
+            self.store.call(|c| store::known_markers(c)).await?
+        } else {
+            Default::default()
+        };
+        for path in found {
+            if only_changed {
+                let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
+                    continue;
+                };
+                if let (Some(&(size, mtime)), Ok(meta)) =
+                    (known.get(&rel), std::fs::metadata(&path))
+                {
+                    if meta.len() == size && mtime_ns(&meta) == mtime {
+                        continue;
+                    }
+                }
+            }
+            self.on_marker(path, source).await?;
+        }
+        Ok(())
+    }
+
+    /// Markers written while the daemon was down. On the very first start the markers found are
+    /// only remembered: installing purgewatch must not purge for every old `.purge` in the tree.
+    async fn catch_up(&mut self) -> Result<(), AppError> {
+        let first_start = !self
+            .store
+            .call(|c| store::has_any_marker_or_request(c))
+            .await?;
+        if first_start {
+            let root = self.cfg.watch.root.clone();
+            let marker = self.cfg.watch.marker.clone();
+            let seen: Vec<MarkerSeen> = tokio::task::spawn_blocking(move || {
+                watch::find_markers(&root, &marker)
+                    .into_iter()
+                    .filter_map(|p| {
+                        let rel = watch::relative(&root, &p)?;
+                        origin::hash_file(&p, rel).ok()
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))?;
+            let n = seen.len();
+            self.store
+                .call(move |c| {
+                    for s in &seen {
+                        store::remember_marker(c, s)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            if n > 0 {
+                info!(
+                    markers = n,
+                    "first start: existing markers remembered, not purged"
+                );
+            }
+            return Ok(());
+        }
+        let root = self.cfg.watch.root.clone();
+        self.scan(root, Source::Scan, true).await
+    }
+
+    /// Requests in flight when the daemon last stopped carry on from their stored state.
+    async fn resume(&mut self) -> Result<(), AppError> {
+        let pending = self.store.call(|c| store::pending(c)).await?;
+        for p in pending {
+            if p.status == store::Status::Deferred {
+                continue;
+            }
+            info!(request = p.id, status = %p.status, "resuming");
+            let wake = Arc::new(Notify::new());
+            if p.status == store::Status::WaitingForOrigin && !p.verified && p.source != "manual" {
+                self.open = Some(Open {
+                    id: p.id,
+                    wake: wake.clone(),
+                });
+            }
+            let pipe = self.pipeline.clone();
+            let id = p.id;
+            let span = info_span!("request", id);
+            self.tasks
+                .spawn(async move { (id, pipe.resume(p, wake).await) }.instrument(span));
+        }
+        Ok(())
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs deferred requests when a period begins (and at start, for periods that passed).
+async fn deferred_loop(p: Pipeline, token: CancellationToken) {
+    if p.cfg.quota.when_exhausted != crate::config::WhenExhausted::Defer {
+        return;
+    }
+    loop {
+        match p.run_deferred().await {
+            Ok(()) | Err(Halt::Ended) => {}
+            Err(Halt::Shutdown) => return,
+            Err(Halt::Store(e)) => warn!(error = %e, "deferred requests"),
+        }
+        let q = &p.cfg.quota;
+        let next = quota::next_period_start(Utc::now(), q.timezone, q.period);
+        let wait = (next - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// `purgewatch purge`: a request by hand, no origin wait, the same quota and invalidation.
+/// The SQLite write lock makes its slot reservation atomic with a running daemon's.
+pub async fn purge_now(cfg: Config, wait_completed: bool) -> Result<HistoryRow, AppError> {
+    let cfg = Arc::new(cfg);
+    let store = {
+        let path = cfg.state.database.clone();
+        tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))??
+    };
+    let token = CancellationToken::new();
+    let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
+    let paths = cfg.cloudfront.paths.clone();
+    let id = store
+        .call(move |c| store::insert_request(c, Source::Manual, None, &paths, "asked by hand"))
+        .await?;
+    let span = info_span!("request", id, marker = "manual");
+    let run = async {
+        let verified = Verified {
+            request_ids: vec![id],
+        };
+        let granted = pipeline.grant(verified).await?;
+        let inv = pipeline.invalidate(granted, false).await?;
+        if wait_completed {
+            pipeline.complete(&inv).await?;
+        }
+        Ok::<_, Halt>(())
+    }
+    .instrument(span);
+    tokio::select! {
+        r = run => match r {
+            Ok(()) | Err(Halt::Ended) | Err(Halt::Shutdown) => {}
+            Err(Halt::Store(e)) => return Err(e.into()),
+        },
+        _ = shutdown_signal() => {
+            token.cancel();
+        }
+    }
+    let row = store
+        .call(move |c| {
+            Ok(store::history(c, u32::MAX)?
+                .into_iter()
+                .find(|r| r.id == id))
+        })
+        .await?;
+    row.ok_or_else(|| AppError::Other(format!("request {id} vanished")))
+}
+
+/// SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Lost-event counter, for logs and tests.
+pub fn lost_count(d: &Daemon) -> u64 {
+    d.lost.count.load(Ordering::Relaxed)
+}

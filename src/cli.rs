@@ -1,0 +1,60 @@
+//! The command line: clap derive only, no logic.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "purgewatch",
+    version,
+    about = "Purge a CloudFront cache when a .purge marker written under the web root reaches S3, \
+             at most N times a day or month"
+)]
+pub struct Cli {
+    /// Config file
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "PURGEWATCH_CONFIG",
+        default_value = crate::config::DEFAULT_PATH
+    )]
+    pub config: PathBuf,
+
+    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG wins when set
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (under systemd, next to lsyncd)
+    Run,
+    /// Validate the config, then reach each bucket and the distribution; non-zero if anything fails
+    Check,
+    /// Show purge requests, newest first
+    History {
+        /// How many requests to show
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// One JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the current period's count against the maximum
+    Quota {
+        /// JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask for a purge by hand: no origin wait, same quota, same invalidation
+    Purge {
+        /// Also wait until CloudFront reports the invalidation completed
+        #[arg(long)]
+        wait: bool,
+    },
+}

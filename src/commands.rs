@@ -1,0 +1,212 @@
+//! The CLI's verbs. Each returns Ok(true) on success, Ok(false) when it ran but something it
+//! checked failed (exit 1), Err for a failure to run at all.
+
+use anyhow::Context;
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::app::{self, Daemon};
+use crate::aws::{self, Clients};
+use crate::cdn::Cdn;
+use crate::config::Config;
+use crate::quota::{self, Mirror};
+use crate::store::{self, Store};
+
+pub async fn run(cfg: Config) -> anyhow::Result<bool> {
+    let daemon = Daemon::start(cfg).await?;
+    let token = daemon.token();
+    let stop = tokio::spawn(async move {
+        app::shutdown_signal().await;
+        tracing::info!("stopping");
+        token.cancel();
+    });
+    let r = daemon.wait().await;
+    stop.abort();
+    r?;
+    Ok(true)
+}
+
+fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    Store::open(&cfg.state.database).context("opening the state database")
+}
+
+pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool> {
+    let store = open_store(&cfg)?;
+    let rows = store.call(move |c| store::history(c, limit)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    println!(
+        "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  DETAIL",
+        "ID", "STATUS", "ORIGIN", "MARKER", "DETECTED", "FINISHED", "INVALIDATION"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {}",
+            r.id,
+            r.status,
+            r.origin,
+            if r.marker.is_empty() { "-" } else { &r.marker },
+            r.detected_at,
+            r.finished_at.as_deref().unwrap_or("-"),
+            r.invalidation_id.as_deref().unwrap_or("-"),
+            r.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(true)
+}
+
+#[derive(Serialize)]
+struct QuotaReport {
+    period: String,
+    count: u32,
+    max: u32,
+    timezone: String,
+    count_object: Option<String>,
+    mirrored_count: Option<u32>,
+    mirror_error: Option<String>,
+    resets_at: String,
+}
+
+pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
+    let store = open_store(&cfg)?;
+    let q = &cfg.quota;
+    let now = Utc::now();
+    let period = quota::period_key(now, q.timezone, q.period);
+    let p2 = period.clone();
+    let local = store.call(move |c| store::counter(c, &p2)).await?;
+    let mut report = QuotaReport {
+        period: period.clone(),
+        count: local.count,
+        max: q.max,
+        timezone: q.timezone.name().to_owned(),
+        count_object: None,
+        mirrored_count: None,
+        mirror_error: None,
+        resets_at: store::ts(quota::next_period_start(now, q.timezone, q.period)),
+    };
+    if let Some(bucket) = &q.count_bucket {
+        let clients = Clients::new(&cfg.aws).await;
+        let mirror = Mirror::new(clients.s3, bucket.clone());
+        report.count_object = Some(format!("s3://{bucket}/{}", quota::object_key(&period)));
+        match mirror.read(&period).await {
+            Ok(r) => {
+                report.mirrored_count = Some(r.count);
+                report.count = report.count.max(r.count);
+            }
+            Err(e) => report.mirror_error = Some(e.to_string()),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("period:   {} ({})", report.period, report.timezone);
+        println!("count:    {} of {}", report.count, report.max);
+        match (
+            &report.count_object,
+            report.mirrored_count,
+            &report.mirror_error,
+        ) {
+            (Some(o), Some(n), _) => println!("mirror:   {o} = {n}"),
+            (Some(o), None, Some(e)) => println!("mirror:   {o}: {e}"),
+            _ => println!("mirror:   none (quota.count_bucket not set)"),
+        }
+        println!("resets:   {}", report.resets_at);
+    }
+    Ok(report.mirror_error.is_none())
+}
+
+pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
+    let row = app::purge_now(cfg, wait).await?;
+    println!(
+        "request {}: {}{}{}",
+        row.id,
+        row.status,
+        row.invalidation_id
+            .as_deref()
+            .map(|i| format!(" (invalidation {i})"))
+            .unwrap_or_default(),
+        row.detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    );
+    Ok(matches!(row.status.as_str(), "invalidated" | "completed"))
+}
+
+pub async fn check(cfg: Config) -> anyhow::Result<bool> {
+    println!("OK    config {}", cfg.file.display());
+    let mut ok = true;
+    let mut report = |good: bool, what: String| {
+        println!("{}  {what}", if good { "OK  " } else { "FAIL" });
+        ok &= good;
+    };
+    match std::fs::read_dir(&cfg.watch.root) {
+        Ok(_) => report(
+            true,
+            format!("watch.root {} readable", cfg.watch.root.display()),
+        ),
+        Err(e) => report(
+            false,
+            format!("watch.root {}: {e}", cfg.watch.root.display()),
+        ),
+    }
+    match Store::open(&cfg.state.database) {
+        Ok(_) => report(
+            true,
+            format!("state.database {}", cfg.state.database.display()),
+        ),
+        Err(e) => report(false, format!("state.database: {e}")),
+    }
+    let clients = Clients::new(&cfg.aws).await;
+    let o = &cfg.origin;
+    let listed = clients
+        .s3
+        .list_objects_v2()
+        .bucket(&o.bucket)
+        .prefix(&o.prefix)
+        .max_keys(1)
+        .send()
+        .await;
+    match listed {
+        Ok(_) => report(
+            true,
+            format!("origin.bucket s3://{}/{}", o.bucket, o.prefix),
+        ),
+        Err(e) => report(
+            false,
+            format!(
+                "origin.bucket: {}",
+                aws::classify(&format!("ListObjectsV2 s3://{}", o.bucket), &e)
+            ),
+        ),
+    }
+    if let Some(bucket) = &cfg.quota.count_bucket {
+        let q = &cfg.quota;
+        let period = quota::period_key(Utc::now(), q.timezone, q.period);
+        match Mirror::new(clients.s3.clone(), bucket.clone())
+            .read(&period)
+            .await
+        {
+            Ok(r) => report(
+                true,
+                format!(
+                    "quota.count_bucket s3://{bucket}/{} = {}",
+                    quota::object_key(&period),
+                    r.count
+                ),
+            ),
+            Err(e) => report(false, format!("quota.count_bucket: {e}")),
+        }
+    }
+    let cdn = Cdn::new(clients.cloudfront, cfg.cloudfront.distribution_id.clone());
+    match cdn.reachable().await {
+        Ok(_) => report(
+            true,
+            format!("cloudfront.distribution_id {}", cdn.distribution_id()),
+        ),
+        Err(e) => report(false, format!("cloudfront.distribution_id: {e}")),
+    }
+    Ok(ok)
+}

@@ -1,0 +1,465 @@
+//! TOML → validated, typed configuration.
+//!
+//! Every error names the file and the dotted key (`quota.max`), so an operator can fix the config
+//! from one log line; the binary maps [`ConfigError`] to exit status 78 (EX_CONFIG) and starts nothing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the config lives when neither `-c` nor `PURGEWATCH_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/purgewatch/purgewatch.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages.
+    pub file: PathBuf,
+    pub watch: Watch,
+    pub origin: Origin,
+    pub quota: Quota,
+    pub cloudfront: CloudFront,
+    pub state: State,
+    pub aws: Aws,
+}
+
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub root: PathBuf,
+    pub marker: String,
+    /// Marker writes closer together than this become one request.
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub bucket: String,
+    pub prefix: String,
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenExhausted {
+    /// Record the request as `quota_exhausted` and drop it, like the seed Lambda.
+    Skip,
+    /// Park the request as `deferred` and invalidate once at the start of the next period.
+    Defer,
+}
+
+#[derive(Debug, Clone)]
+pub struct Quota {
+    pub max: u32,
+    pub period: Period,
+    pub timezone: chrono_tz::Tz,
+    pub count_bucket: Option<String>,
+    pub when_exhausted: WhenExhausted,
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudFront {
+    pub distribution_id: String,
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub database: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Aws {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+// ---- the file as written ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    watch: RawWatch,
+    origin: RawOrigin,
+    quota: RawQuota,
+    cloudfront: RawCloudFront,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    aws: RawAws,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    root: PathBuf,
+    #[serde(default = "default_marker")]
+    marker: String,
+    #[serde(default = "default_settle")]
+    settle: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrigin {
+    bucket: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "default_wait_timeout")]
+    wait_timeout: HumanDuration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    max: u32,
+    #[serde(default = "default_period")]
+    period: Period,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    count_bucket: Option<String>,
+    #[serde(default = "default_when_exhausted")]
+    when_exhausted: WhenExhausted,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloudFront {
+    distribution_id: String,
+    #[serde(default = "default_paths")]
+    paths: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_database")]
+    database: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            database: default_database(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+}
+
+/// A humantime string (`"2s"`, `"15m"`) as a [`Duration`].
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"2s\", \"500ms\" or \"15m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s)
+                    .map(HumanDuration)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn default_marker() -> String {
+    ".purge".into()
+}
+fn default_settle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_wait_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_period() -> Period {
+    Period::Day
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_when_exhausted() -> WhenExhausted {
+    WhenExhausted::Skip
+}
+fn default_paths() -> Vec<String> {
+    vec!["/*".into()]
+}
+fn default_database() -> PathBuf {
+    PathBuf::from("/var/lib/purgewatch/purgewatch.db")
+}
+
+impl Config {
+    /// Reads and validates `file`. Nothing is touched beyond reading it and stat-ing `watch.root`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_owned();
+            // A missing field is reported at its parent: name the full key instead.
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                let full = if key == "." {
+                    field.to_owned()
+                } else {
+                    format!("{key}.{field}")
+                };
+                return invalid(&full, "required key is missing".into());
+            }
+            if key == "." {
+                let at = inner
+                    .span()
+                    .map(|s| {
+                        let line = text[..s.start].matches('\n').count() + 1;
+                        format!(" (line {line})")
+                    })
+                    .unwrap_or_default();
+                ConfigError::Syntax {
+                    file: file.to_owned(),
+                    message: format!("{}{at}", message.trim()),
+                }
+            } else {
+                invalid(&key, message.trim().to_owned())
+            }
+        })?;
+
+        let w = raw.watch;
+        match std::fs::metadata(&w.root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "watch.root",
+                    format!("{} is not a directory", w.root.display()),
+                ))
+            }
+            Err(e) => return Err(invalid("watch.root", format!("{}: {e}", w.root.display()))),
+        }
+        if w.marker.is_empty() || w.marker.contains('/') || w.marker == "." || w.marker == ".." {
+            return Err(invalid(
+                "watch.marker",
+                format!("{:?} must be a plain file name without '/'", w.marker),
+            ));
+        }
+
+        let o = raw.origin;
+        check_bucket(&o.bucket).map_err(|m| invalid("origin.bucket", m))?;
+        if o.prefix.starts_with('/') {
+            return Err(invalid(
+                "origin.prefix",
+                "an S3 key prefix does not start with '/'".into(),
+            ));
+        }
+        if o.wait_timeout.0.is_zero() {
+            return Err(invalid("origin.wait_timeout", "must be more than 0".into()));
+        }
+
+        let q = raw.quota;
+        if q.max == 0 {
+            return Err(invalid("quota.max", "must be at least 1".into()));
+        }
+        let timezone: chrono_tz::Tz = q.timezone.parse().map_err(|_| {
+            invalid(
+                "quota.timezone",
+                format!(
+                    "unknown time zone {:?} (use an IANA name such as \"Asia/Tokyo\")",
+                    q.timezone
+                ),
+            )
+        })?;
+        if let Some(b) = &q.count_bucket {
+            check_bucket(b).map_err(|m| invalid("quota.count_bucket", m))?;
+        }
+
+        let c = raw.cloudfront;
+        if c.distribution_id.trim().is_empty() {
+            return Err(invalid(
+                "cloudfront.distribution_id",
+                "must not be empty".into(),
+            ));
+        }
+        if c.paths.is_empty() {
+            return Err(invalid(
+                "cloudfront.paths",
+                "needs at least one path".into(),
+            ));
+        }
+        if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(invalid(
+                "cloudfront.paths",
+                format!("{p:?} must start with '/'"),
+            ));
+        }
+
+        if let Some(url) = &raw.aws.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "aws.endpoint_url",
+                    format!("{url:?} must start with http:// or https://"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            file: file.to_owned(),
+            watch: Watch {
+                root: w.root,
+                marker: w.marker,
+                settle: w.settle.0,
+            },
+            origin: Origin {
+                bucket: o.bucket,
+                prefix: o.prefix,
+                wait_timeout: o.wait_timeout.0,
+            },
+            quota: Quota {
+                max: q.max,
+                period: q.period,
+                timezone,
+                count_bucket: q.count_bucket,
+                when_exhausted: q.when_exhausted,
+            },
+            cloudfront: CloudFront {
+                distribution_id: c.distribution_id,
+                paths: c.paths,
+            },
+            state: State {
+                database: raw.state.database,
+            },
+            aws: Aws {
+                region: raw.aws.region,
+                endpoint_url: raw.aws.endpoint_url,
+            },
+        })
+    }
+}
+
+/// S3's naming rules, the ones a typo breaks: 3–63 characters of a–z, 0–9, '.', '-'.
+fn check_bucket(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !(3..=63).contains(&name.len()) || !ok_chars {
+        return Err(format!(
+            "{name:?} is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/pw.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[watch]
+root = "/tmp"
+[origin]
+bucket = "my-origin"
+[quota]
+max = 10
+[cloudfront]
+distribution_id = "E2EXAMPLE"
+"#;
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.watch.marker, ".purge");
+        assert_eq!(c.watch.settle, Duration::from_secs(2));
+        assert_eq!(c.origin.wait_timeout, Duration::from_secs(900));
+        assert_eq!(c.quota.period, Period::Day);
+        assert_eq!(c.quota.timezone, chrono_tz::UTC);
+        assert_eq!(c.quota.when_exhausted, WhenExhausted::Skip);
+        assert_eq!(c.cloudfront.paths, vec!["/*".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let e = parse(&GOOD.replace("max = 10", "max = 10\nmaxx = 3")).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("/etc/pw.toml") && s.contains("quota.maxx"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let s = parse(&GOOD.replace("max = 10", "max = \"ten\""))
+            .unwrap_err()
+            .to_string();
+        assert!(s.contains("key `quota.max`"), "{s}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let s = parse(&GOOD.replace("bucket = \"my-origin\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            s.contains("key `origin.bucket`") && s.contains("missing"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let s = parse(&GOOD.replace("[origin]", "[origin]\nwait_timeout = \"soon\""))
+            .unwrap_err()
+            .to_string();
+        assert!(s.contains("origin.wait_timeout"), "{s}");
+    }
+}

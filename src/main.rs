@@ -1,0 +1,61 @@
+//! The binary: parse the CLI, start tracing, load the config, call the library; map errors to
+//! exit codes (78 = EX_CONFIG for a bad config, 1 for anything else).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use purgewatch::cli::{Cli, Command};
+use purgewatch::commands;
+use purgewatch::config::Config;
+
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // journald shows escape codes as garbage: colour only on a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("purgewatch: config error: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("purgewatch: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run => commands::run(cfg).await,
+            Command::Check => commands::check(cfg).await,
+            Command::History { limit, json } => commands::history(cfg, limit, json).await,
+            Command::Quota { json } => commands::quota(cfg, json).await,
+            Command::Purge { wait } => commands::purge(cfg, wait).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("purgewatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

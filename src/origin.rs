@@ -1,0 +1,213 @@
+//! "Does S3 hold these bytes yet?" — the replacement for the seed's ObjectCreated trigger.
+//!
+//! Not-found and different-bytes are outcomes, not errors: lsyncd uploads a second or more after the
+//! local write, so the pipeline polls with backoff until [`Check::Holds`] or `wait_timeout`.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::DateTime as SmithyTime;
+use md5::{Digest, Md5};
+
+use crate::aws::{self, AwsError};
+use crate::store::MarkerSeen;
+
+/// What S3 said about one marker's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Holds,
+    Missing,
+    /// An object is there but not the local bytes (an older marker, or still uploading).
+    Differs(String),
+}
+
+#[derive(Clone)]
+pub struct Origin {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl Origin {
+    pub fn new(s3: aws_sdk_s3::Client, bucket: String, prefix: String) -> Origin {
+        Origin { s3, bucket, prefix }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The S3 key `root/rel` maps to.
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}{}", self.prefix, rel)
+    }
+
+    pub async fn check(&self, m: &MarkerSeen) -> Result<Check, AwsError> {
+        let key = self.key(&m.rel);
+        let out = self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await;
+        let head = match out {
+            Ok(h) => h,
+            Err(e) => {
+                if e.as_service_error()
+                    .map(|s| s.is_not_found())
+                    .unwrap_or(false)
+                {
+                    return Ok(Check::Missing);
+                }
+                return Err(aws::classify(
+                    &format!("HeadObject s3://{}/{key}", self.bucket),
+                    &e,
+                ));
+            }
+        };
+        let etag = head
+            .e_tag()
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_ascii_lowercase();
+        let size = head.content_length().unwrap_or(-1);
+        Ok(compare(m, &etag, size, head.last_modified()))
+    }
+}
+
+/// Plain ETags are the MD5 of the body; multipart ("…-N") and KMS ETags are not, so those fall
+/// back to size plus "uploaded no earlier than the local write".
+pub fn compare(m: &MarkerSeen, etag: &str, size: i64, last_modified: Option<&SmithyTime>) -> Check {
+    if size != m.size as i64 {
+        return Check::Differs(format!("size {size} in S3, {} locally", m.size));
+    }
+    let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
+    if plain_md5 {
+        return if etag == m.md5 {
+            Check::Holds
+        } else {
+            Check::Differs(format!("ETag {etag} in S3, MD5 {} locally", m.md5))
+        };
+    }
+    // S3 keeps whole seconds; the local mtime may carry a fraction.
+    let local_secs = m.mtime_ns.div_euclid(1_000_000_000);
+    match last_modified {
+        Some(t) if t.secs() >= local_secs => Check::Holds,
+        Some(t) => Check::Differs(format!(
+            "LastModified {} in S3 is older than the local write",
+            t.secs()
+        )),
+        None => Check::Differs("no LastModified in S3".into()),
+    }
+}
+
+/// Hashes a marker file streaming (memory stays flat for any size) and reads its size and mtime.
+pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut h = Md5::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let digest = h.finalize();
+    let md5 = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(MarkerSeen {
+        rel,
+        md5,
+        size,
+        mtime_ns,
+    })
+}
+
+/// Origin polls: first at once, then doubling from 250 ms up to 30 s.
+pub fn backoff(attempt: u32) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let ms = 250u64.saturating_mul(1 << attempt.min(8).saturating_sub(1));
+    Duration::from_millis(ms.min(30_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(md5: &str, size: u64, mtime_s: i64) -> MarkerSeen {
+        MarkerSeen {
+            rel: ".purge".into(),
+            md5: md5.into(),
+            size,
+            mtime_ns: mtime_s * 1_000_000_000 + 5,
+        }
+    }
+
+    #[test]
+    fn a_plain_etag_must_equal_the_md5() {
+        let m = marker("d41d8cd98f00b204e9800998ecf8427e", 0, 100);
+        assert_eq!(
+            compare(&m, "d41d8cd98f00b204e9800998ecf8427e", 0, None),
+            Check::Holds
+        );
+        assert!(matches!(
+            compare(&m, "00000000000000000000000000000000", 0, None),
+            Check::Differs(_)
+        ));
+    }
+
+    #[test]
+    fn multipart_etag_falls_back_to_size_and_time() {
+        let m = marker("whatever", 10, 100);
+        let etag = "0123456789abcdef0123456789abcdef-2";
+        assert_eq!(
+            compare(&m, etag, 10, Some(&SmithyTime::from_secs(100))),
+            Check::Holds
+        );
+        assert!(matches!(
+            compare(&m, etag, 10, Some(&SmithyTime::from_secs(99))),
+            Check::Differs(_)
+        ));
+        assert!(matches!(
+            compare(&m, etag, 11, Some(&SmithyTime::from_secs(200))),
+            Check::Differs(_)
+        ));
+    }
+
+    #[test]
+    fn backoff_starts_at_once_and_caps_at_30s() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(30), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn hashes_match_md5sum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".purge");
+        std::fs::write(&p, b"hello\n").expect("write");
+        let m = hash_file(&p, ".purge".into()).expect("hash");
+        assert_eq!(m.md5, "b1946ac92492d2347c6235b4d2611184");
+        assert_eq!(m.size, 6);
+    }
+}

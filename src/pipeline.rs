@@ -1,0 +1,542 @@
+//! One readable path per request: verified → granted → invalidated → recorded.
+//!
+//! Each stage stores its outcome before the next begins, so a restart resumes from
+//! `requests.status` (see [`Pipeline::resume`]). A stage ends in one of three ways: it hands its
+//! typed result to the next, the request ends with a recorded reason ([`Halt::Ended`]), or the
+//! daemon is stopping and the request stays parked where it is ([`Halt::Shutdown`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rusqlite::TransactionBehavior;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::aws::{AwsError, Clients};
+use crate::cdn::{self, Cdn};
+use crate::config::{Config, WhenExhausted};
+use crate::origin::{self, Check, Origin};
+use crate::quota::{self, Mirror, MirrorError};
+use crate::store::{self, Status, Store, StoreError};
+
+/// Why a request stopped moving.
+#[derive(Debug)]
+pub enum Halt {
+    /// The daemon is stopping: the request is parked in its stored state and resumes at start.
+    Shutdown,
+    /// The request reached a final or parked state, recorded in the history.
+    Ended,
+    /// The database failed; nothing more can be recorded.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Halt {
+    fn from(e: StoreError) -> Halt {
+        Halt::Store(e)
+    }
+}
+
+/// S3 holds every marker of the request.
+#[derive(Debug)]
+pub struct Verified {
+    pub request_ids: Vec<i64>,
+}
+
+/// A quota slot is reserved (locally and in the count bucket) for these requests.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub request_ids: Vec<i64>,
+    pub period: String,
+    pub caller_reference: String,
+}
+
+/// CloudFront accepted the invalidation.
+#[derive(Debug, Clone)]
+pub struct Invalidated {
+    pub request_ids: Vec<i64>,
+    pub invalidation_id: String,
+}
+
+/// Everything a request needs: config, database and the three AWS seams.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub origin: Origin,
+    pub mirror: Option<Mirror>,
+    pub cdn: Cdn,
+    host: String,
+    instance: String,
+    token: CancellationToken,
+}
+
+/// Retries of AWS calls after the first: 1 s doubling to 60 s, with jitter so a fleet that
+/// lost the same endpoint does not come back in lockstep.
+fn retry_delay(attempt: u32) -> Duration {
+    let base = 1000u64.saturating_mul(1 << attempt.min(6)).min(60_000);
+    Duration::from_millis(base / 2 + fastrand::u64(..=base / 2))
+}
+
+impl Pipeline {
+    pub async fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        token: CancellationToken,
+    ) -> Result<Pipeline, StoreError> {
+        let clients = Clients::new(&cfg.aws).await;
+        let instance = store.call(|c| Store::instance_id(c)).await?;
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        Ok(Pipeline {
+            origin: Origin::new(
+                clients.s3.clone(),
+                cfg.origin.bucket.clone(),
+                cfg.origin.prefix.clone(),
+            ),
+            mirror: cfg
+                .quota
+                .count_bucket
+                .clone()
+                .map(|b| Mirror::new(clients.s3.clone(), b)),
+            cdn: Cdn::new(clients.cloudfront, cfg.cloudfront.distribution_id.clone()),
+            cfg,
+            store,
+            host,
+            instance,
+            token,
+        })
+    }
+
+    /// Sleeps unless the daemon stops first.
+    async fn pause(&self, d: Duration) -> Result<(), Halt> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.token.cancelled() => Err(Halt::Shutdown),
+        }
+    }
+
+    async fn note(&self, id: i64, detail: String) -> Result<(), Halt> {
+        Ok(self
+            .store
+            .call(move |c| store::note(c, id, &detail))
+            .await?)
+    }
+
+    async fn end(&self, ids: Vec<i64>, to: Status, detail: String) -> Result<(), Halt> {
+        self.store
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                for id in ids {
+                    store::transition(&tx, id, to, &detail)?;
+                }
+                Ok(tx.commit()?)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A watched request from start to end: settle, origin wait, then [`Pipeline::proceed`].
+    pub async fn run_watched(&self, id: i64, wake: Arc<Notify>) -> Result<Invalidated, Halt> {
+        let verified = self.verify(id, wake).await?;
+        self.proceed(verified).await
+    }
+
+    /// From verified (or a manual request) to a completed invalidation.
+    pub async fn proceed(&self, verified: Verified) -> Result<Invalidated, Halt> {
+        let granted = self.grant(verified).await?;
+        let invalidated = self.invalidate(granted, false).await?;
+        self.complete(&invalidated).await?;
+        Ok(invalidated)
+    }
+
+    /// Waits until S3 holds the bytes of every marker of the request. A marker write merged in
+    /// meanwhile (signalled on `wake`) restarts the settle window and the wait.
+    pub async fn verify(&self, id: i64, wake: Arc<Notify>) -> Result<Verified, Halt> {
+        let settle = self.cfg.watch.settle;
+        let timeout = self.cfg.origin.wait_timeout;
+        'wait: loop {
+            // Settle: writes closer together than `settle` are one request.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(settle) => break,
+                    _ = wake.notified() => continue,
+                    _ = self.token.cancelled() => return Err(Halt::Shutdown),
+                }
+            }
+            let deadline = Instant::now() + timeout;
+            let mut last_noted = String::new();
+            for attempt in 0u32.. {
+                let (generation, markers) = self
+                    .store
+                    .call(move |c| store::request_markers(c, id))
+                    .await?;
+                let mut not_yet = None;
+                for m in &markers {
+                    let key = self.origin.key(&m.rel);
+                    let why = match self.origin.check(m).await {
+                        Ok(Check::Holds) => continue,
+                        Ok(Check::Missing) => {
+                            format!("s3://{}/{key} not there yet", self.origin.bucket())
+                        }
+                        Ok(Check::Differs(d)) => {
+                            format!("s3://{}/{key} differs: {d}", self.origin.bucket())
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                    not_yet = Some(why);
+                    break;
+                }
+                let Some(why) = not_yet else {
+                    let detail = format!(
+                        "S3 holds {} marker(s) after {} check(s)",
+                        markers.len(),
+                        attempt + 1
+                    );
+                    let ok = self
+                        .store
+                        .call(move |c| store::mark_verified(c, id, generation, &detail))
+                        .await?;
+                    if ok {
+                        info!(request = id, "origin holds the marker");
+                        return Ok(Verified {
+                            request_ids: vec![id],
+                        });
+                    }
+                    continue 'wait; // a newer write came in while we looked
+                };
+                let now = Instant::now();
+                if now >= deadline {
+                    let detail = format!(
+                        "gave up after {}: {why}",
+                        humantime::format_duration(timeout)
+                    );
+                    warn!(request = id, %detail, "origin timeout");
+                    self.end(vec![id], Status::OriginTimeout, detail).await?;
+                    return Err(Halt::Ended);
+                }
+                // Record what we wait for once per distinct reason, not once per poll.
+                let reason = why.split(':').next().unwrap_or("").to_owned();
+                if attempt > 0 && reason != last_noted {
+                    self.note(id, format!("waiting: {why}")).await?;
+                    last_noted = reason;
+                }
+                let delay = origin::backoff(attempt + 1).min(deadline - now);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wake.notified() => continue 'wait,
+                    _ = self.token.cancelled() => return Err(Halt::Shutdown),
+                }
+            }
+        }
+    }
+
+    /// Takes a quota slot for the requests, or ends them as exhausted / deferred. Fails closed:
+    /// while the count bucket cannot confirm a slot, the requests wait and retry.
+    pub async fn grant(&self, verified: Verified) -> Result<Granted, Halt> {
+        let ids = verified.request_ids;
+        let mut last = String::new();
+        for attempt in 0u32.. {
+            let this = self.clone();
+            let ids2 = ids.clone();
+            let handle = tokio::runtime::Handle::current();
+            let outcome = tokio::task::spawn_blocking(move || this.try_grant(&handle, &ids2))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            match outcome {
+                Ok(Some(g)) => {
+                    info!(requests = ?g.request_ids, period = %g.period, "quota slot granted");
+                    return Ok(g);
+                }
+                Ok(None) => return Err(Halt::Ended),
+                Err(GrantError::Store(e)) => return Err(Halt::Store(e)),
+                Err(GrantError::Mirror(e)) => {
+                    let msg = format!("count bucket: {e}; no slot without it, retrying");
+                    warn!(requests = ?ids, error = %e, "cannot confirm a quota slot");
+                    if msg != last || attempt % 20 == 19 {
+                        for &id in &ids {
+                            self.note(id, msg.clone()).await?;
+                        }
+                        last = msg;
+                    }
+                    self.pause(retry_delay(attempt)).await?;
+                }
+            }
+        }
+        unreachable!("the retry loop only ends by returning")
+    }
+
+    /// One attempt, on a blocking thread: the SQLite write lock is held across the count-bucket
+    /// read and conditional write, so this process, a `purgewatch purge` and a second daemon on
+    /// the same database reserve slots one at a time; other servers are kept out by the
+    /// conditional write.
+    fn try_grant(
+        &self,
+        rt: &tokio::runtime::Handle,
+        ids: &[i64],
+    ) -> Result<Option<Granted>, GrantError> {
+        let q = &self.cfg.quota;
+        let mut conn = self.store.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        // Another process may have moved these requests on (a resumed manual purge, say).
+        let mut live = Vec::new();
+        for &id in ids {
+            let status: String = tx
+                .query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .map_err(StoreError::from)?;
+            if status == "waiting_for_origin" || status == "deferred" {
+                live.push(id);
+            }
+        }
+        if live.is_empty() {
+            return Ok(None);
+        }
+        let period = quota::period_key(Utc::now(), q.timezone, q.period);
+        let mut local = store::counter(&tx, &period)?;
+        for _ in 0..16 {
+            let remote = match &self.mirror {
+                Some(m) => Some(rt.block_on(m.read(&period))?),
+                None => None,
+            };
+            let base = local.count.max(remote.as_ref().map_or(0, |r| r.count));
+            if let Some(r) = &remote {
+                local.remote_count = Some(r.count);
+                local.remote_etag = r.etag.clone();
+            }
+            if base >= q.max {
+                local.count = base;
+                store::set_counter(&tx, &period, &local)?;
+                let (to, detail) = match q.when_exhausted {
+                    WhenExhausted::Skip => (
+                        Status::QuotaExhausted,
+                        format!("quota exhausted: {base} of {} used in {period}", q.max),
+                    ),
+                    WhenExhausted::Defer => (
+                        Status::Deferred,
+                        format!(
+                            "quota exhausted: {base} of {} used in {period}; deferred to the next period",
+                            q.max
+                        ),
+                    ),
+                };
+                for &id in &live {
+                    store::set_period(&tx, id, &period)?;
+                    store::transition(&tx, id, to, &detail)?;
+                }
+                tx.commit().map_err(StoreError::from)?;
+                warn!(requests = ?live, %detail, "no slot");
+                return Ok(None);
+            }
+            let slot = base + 1;
+            if let (Some(m), Some(r)) = (&self.mirror, &remote) {
+                match rt.block_on(m.write(&period, slot, r.etag.as_deref())) {
+                    Ok(etag) => {
+                        local.remote_count = Some(slot);
+                        local.remote_etag = etag;
+                    }
+                    Err(MirrorError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            local.count = slot;
+            store::set_counter(&tx, &period, &local)?;
+            let caller_reference = cdn::caller_reference(&self.host, &self.instance, live[0]);
+            let mirrored = match &self.mirror {
+                Some(m) => format!(
+                    ", s3://{}/{} = {slot}",
+                    m.bucket(),
+                    quota::object_key(&period)
+                ),
+                None => String::new(),
+            };
+            let detail = format!("slot {slot} of {} in {period}{mirrored}", q.max);
+            store::grant(&tx, &live, &period, &caller_reference, &detail)?;
+            tx.commit().map_err(StoreError::from)?;
+            return Ok(Some(Granted {
+                request_ids: live,
+                period,
+                caller_reference,
+            }));
+        }
+        Err(GrantError::Mirror(MirrorError::Aws(AwsError::transient(
+            "the count object kept changing under us",
+        ))))
+    }
+
+    /// Sends CreateInvalidation until CloudFront takes it. After anything that may have reached
+    /// CloudFront (`resumed`, or a failed attempt), looks the CallerReference up first.
+    pub async fn invalidate(&self, g: Granted, resumed: bool) -> Result<Invalidated, Halt> {
+        let first = g.request_ids[0];
+        let paths = self.store.call(move |c| store::paths_of(c, first)).await?;
+        let mut last = String::new();
+        for attempt in 0u32.. {
+            let found = if resumed || attempt > 0 {
+                self.cdn.find(&g.caller_reference).await
+            } else {
+                Ok(None)
+            };
+            let result = match found {
+                Ok(Some(id)) => Ok((id, "adopted")),
+                Ok(None) => self
+                    .cdn
+                    .create(&paths, &g.caller_reference)
+                    .await
+                    .map(|id| (id, "created")),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((inv, how)) => {
+                    let detail = format!(
+                        "invalidation {inv} {how} for {} ({})",
+                        paths.join(" "),
+                        g.caller_reference
+                    );
+                    info!(requests = ?g.request_ids, invalidation = %inv, "invalidated");
+                    let ids = g.request_ids.clone();
+                    let inv2 = inv.clone();
+                    self.store
+                        .call(move |c| store::set_invalidation_id(c, &ids, &inv2, &detail))
+                        .await?;
+                    return Ok(Invalidated {
+                        request_ids: g.request_ids,
+                        invalidation_id: inv,
+                    });
+                }
+                Err(e) if e.is_transient() => {
+                    warn!(requests = ?g.request_ids, error = %e, "invalidation not accepted yet");
+                    let msg = format!("CloudFront: {e}");
+                    if msg != last || attempt % 20 == 19 {
+                        for &id in &g.request_ids {
+                            self.note(id, msg.clone()).await?;
+                        }
+                        last = msg;
+                    }
+                    self.pause(retry_delay(attempt)).await?;
+                }
+                Err(e) => {
+                    // The slot stays used: the count object already says so, and failing closed
+                    // never exceeds the quota.
+                    let detail = format!("CloudFront refused: {e}");
+                    warn!(requests = ?g.request_ids, %detail, "invalidation failed");
+                    self.end(g.request_ids, Status::Failed, detail).await?;
+                    return Err(Halt::Ended);
+                }
+            }
+        }
+        unreachable!("the retry loop only ends by returning")
+    }
+
+    /// Polls GetInvalidation at a modest interval, for at most an hour, until CloudFront says
+    /// Completed. An invalidation still running then stays `invalidated`.
+    pub async fn complete(&self, inv: &Invalidated) -> Result<(), Halt> {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let mut delay = Duration::from_secs(0);
+        while Instant::now() < deadline {
+            self.pause(delay).await?;
+            delay = (delay * 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
+            match self.cdn.status(&inv.invalidation_id).await {
+                Ok(s) if cdn::is_completed(&s) => {
+                    let detail = format!("invalidation {} completed", inv.invalidation_id);
+                    self.end(inv.request_ids.clone(), Status::Completed, detail)
+                        .await?;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => warn!(invalidation = %inv.invalidation_id, error = %e, "status unknown"),
+            }
+        }
+        for &id in &inv.request_ids {
+            self.note(
+                id,
+                "not completed after an hour of polling; CloudFront still works on it".into(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Carries a request on from its stored state after a restart.
+    pub async fn resume(&self, p: store::Pending, wake: Arc<Notify>) -> Result<(), Halt> {
+        let ids = vec![p.id];
+        match p.status {
+            Status::WaitingForOrigin if p.verified || p.source == "manual" => {
+                self.proceed(Verified { request_ids: ids }).await?;
+            }
+            Status::WaitingForOrigin => {
+                self.run_watched(p.id, wake).await?;
+            }
+            Status::Invalidating => {
+                let g = Granted {
+                    request_ids: ids,
+                    period: p.period.unwrap_or_default(),
+                    caller_reference: p.caller_reference.unwrap_or_default(),
+                };
+                let inv = self.invalidate(g, true).await?;
+                self.complete(&inv).await?;
+            }
+            Status::Invalidated => {
+                if let Some(inv) = p.invalidation_id {
+                    self.complete(&Invalidated {
+                        request_ids: ids,
+                        invalidation_id: inv,
+                    })
+                    .await?;
+                }
+            }
+            // Deferred requests wait for the period loop; the rest are final.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Deferred requests of passed periods, coalesced into one invalidation.
+    pub async fn run_deferred(&self) -> Result<(), Halt> {
+        let q = &self.cfg.quota;
+        let current = quota::period_key(Utc::now(), q.timezone, q.period);
+        let ids = self
+            .store
+            .call(move |c| store::deferred_before(c, &current))
+            .await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        info!(requests = ?ids, "running deferred requests");
+        self.proceed(Verified { request_ids: ids }).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GrantError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+}
+
+impl From<rusqlite::Error> for GrantError {
+    fn from(e: rusqlite::Error) -> GrantError {
+        GrantError::Store(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_is_capped_and_jittered() {
+        for a in 0..40 {
+            let d = retry_delay(a);
+            assert!(
+                d <= Duration::from_secs(60) && d >= Duration::from_millis(500),
+                "{d:?}"
+            );
+        }
+    }
+}

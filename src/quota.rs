@@ -1,0 +1,248 @@
+//! The quota: pure period policy (time zone, day or month) and the count-bucket mirror.
+//!
+//! The count object is the seed Lambda's: `<period>.txt` whose body is the decimal count. Reading
+//! it before a grant makes an existing Lambda count carry over; writing it with a conditional
+//! PutObject (`If-None-Match: *` when new, `If-Match: <etag>` after) lets several servers share one
+//! quota: a lost race is a 412, after which the caller re-reads and decides again.
+
+use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::aws::{self, AwsError};
+use crate::config::Period;
+
+/// The period `now` falls in, as the count object's stem: `YYYY-MM-DD` or `YYYY-MM`.
+pub fn period_key(now: DateTime<Utc>, tz: Tz, period: Period) -> String {
+    let local = now.with_timezone(&tz);
+    match period {
+        Period::Day => local.format("%Y-%m-%d").to_string(),
+        Period::Month => local.format("%Y-%m").to_string(),
+    }
+}
+
+/// When the period after the one `now` falls in begins, as a UTC instant.
+pub fn next_period_start(now: DateTime<Utc>, tz: Tz, period: Period) -> DateTime<Utc> {
+    let today = now.with_timezone(&tz).date_naive();
+    let next: NaiveDate = match period {
+        Period::Day => today + ChronoDuration::days(1),
+        Period::Month => {
+            let (y, m) = if today.month() == 12 {
+                (today.year() + 1, 1)
+            } else {
+                (today.year(), today.month() + 1)
+            };
+            NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(today)
+        }
+    };
+    // Midnight may not exist (a DST jump at 00:00): take the first instant of that date that does.
+    let mut t = next.and_hms_opt(0, 0, 0).unwrap_or_default();
+    for _ in 0..4 {
+        if let Some(at) = tz.from_local_datetime(&t).earliest() {
+            return at.with_timezone(&Utc);
+        }
+        t += ChronoDuration::minutes(30);
+    }
+    now + ChronoDuration::days(1)
+}
+
+/// The count object's name for a period.
+pub fn object_key(period: &str) -> String {
+    format!("{period}.txt")
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "count object {key} holds {body:?}, not a count (a non-negative integer); fix or delete it"
+)]
+pub struct MalformedCount {
+    pub key: String,
+    pub body: String,
+}
+
+/// Parses the seed's body, `str(count)`. Anything else is an error, never a silent 0: a reset
+/// would let the fleet spend the quota a second time.
+pub fn parse_count(key: &str, body: &[u8]) -> Result<u32, MalformedCount> {
+    let text = String::from_utf8_lossy(body);
+    text.trim().parse::<u32>().map_err(|_| MalformedCount {
+        key: key.to_owned(),
+        body: text.chars().take(40).collect(),
+    })
+}
+
+/// What the count object holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub count: u32,
+    /// None when the object does not exist yet.
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// Someone else wrote first (412/409): re-read and decide again.
+    #[error("count object changed meanwhile")]
+    Conflict,
+    #[error(transparent)]
+    Malformed(#[from] MalformedCount),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+/// The count bucket, in the seed's format.
+#[derive(Clone)]
+pub struct Mirror {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl Mirror {
+    pub fn new(s3: aws_sdk_s3::Client, bucket: String) -> Mirror {
+        Mirror { s3, bucket }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub async fn read(&self, period: &str) -> Result<Remote, MirrorError> {
+        let key = object_key(period);
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await;
+        match out {
+            Ok(o) => {
+                let etag = o.e_tag.clone();
+                let body = o
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        AwsError::transient(format!("reading s3://{}/{key}: {e}", self.bucket))
+                    })?
+                    .into_bytes();
+                Ok(Remote {
+                    count: parse_count(&key, &body)?,
+                    etag,
+                })
+            }
+            Err(e) => {
+                let not_found = e
+                    .as_service_error()
+                    .map(|s| s.is_no_such_key())
+                    .unwrap_or(false);
+                if not_found {
+                    Ok(Remote {
+                        count: 0,
+                        etag: None,
+                    })
+                } else {
+                    Err(aws::classify(&format!("GetObject s3://{}/{key}", self.bucket), &e).into())
+                }
+            }
+        }
+    }
+
+    /// Writes `count` if the object is still what `etag` says (absent when None). Returns the new ETag.
+    pub async fn write(
+        &self,
+        period: &str,
+        count: u32,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, MirrorError> {
+        let key = object_key(period);
+        let mut put = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("text/plain")
+            .body(count.to_string().into_bytes().into());
+        put = match etag {
+            Some(t) => put.if_match(t),
+            None => put.if_none_match("*"),
+        };
+        match put.send().await {
+            Ok(o) => Ok(o.e_tag),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = e.as_service_error().and_then(|s| {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    s.code().map(str::to_owned)
+                });
+                // 412: the etag moved (or the object appeared); 409: a concurrent conditional write;
+                // 404 on If-Match: the object vanished. Each means "read again".
+                if matches!(status, Some(412 | 409))
+                    || matches!(
+                        code.as_deref(),
+                        Some("PreconditionFailed" | "ConditionalRequestConflict")
+                    )
+                    || (etag.is_some()
+                        && (status == Some(404) || code.as_deref() == Some("NoSuchKey")))
+                {
+                    Err(MirrorError::Conflict)
+                } else {
+                    Err(aws::classify(&format!("PutObject s3://{}/{key}", self.bucket), &e).into())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn day_key_follows_the_time_zone() {
+        let t = at("2026-11-25T16:30:00Z");
+        assert_eq!(period_key(t, chrono_tz::UTC, Period::Day), "2026-11-25");
+        assert_eq!(
+            period_key(t, chrono_tz::Asia::Tokyo, Period::Day),
+            "2026-11-26"
+        );
+        assert_eq!(
+            period_key(t, chrono_tz::Asia::Tokyo, Period::Month),
+            "2026-11"
+        );
+    }
+
+    #[test]
+    fn next_period_starts_at_local_midnight() {
+        let t = at("2026-11-25T16:30:00Z");
+        assert_eq!(
+            next_period_start(t, chrono_tz::Asia::Tokyo, Period::Day),
+            at("2026-11-26T15:00:00Z")
+        );
+        assert_eq!(
+            next_period_start(at("2026-12-31T12:00:00Z"), chrono_tz::UTC, Period::Month),
+            at("2027-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_dst_gap_at_midnight_still_has_a_start() {
+        // America/Santiago skips 00:00–01:00 when DST begins (2026-09-06).
+        let t = at("2026-09-05T12:00:00Z");
+        let next = next_period_start(t, chrono_tz::America::Santiago, Period::Day);
+        assert!(next > t && next - t < ChronoDuration::hours(24));
+    }
+
+    #[test]
+    fn seed_bodies_parse_and_garbage_does_not() {
+        assert_eq!(parse_count("k", b"9"), Ok(9));
+        assert_eq!(parse_count("k", b" 10\n"), Ok(10));
+        for bad in [&b"abc"[..], b"-1", b"", b"1.5"] {
+            assert!(parse_count("k", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,679 @@
+//! SQLite: migrations by `PRAGMA user_version`, the request state machine, and history queries.
+//!
+//! The database is the daemon's memory and the operator's audit log at once: a request is stored
+//! before anything else happens, every transition appends a row to `events`, and on restart the
+//! pipeline resumes from `requests.status`. WAL mode lets `sqlite3` and `purgewatch history` read
+//! while the daemon writes; the busy timeout lets a `purgewatch purge` and the daemon take turns.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create its folder: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Where a request stands. Stored as its snake_case name so `sqlite3` users read it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    WaitingForOrigin,
+    OriginTimeout,
+    QuotaExhausted,
+    Deferred,
+    Invalidating,
+    Invalidated,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::WaitingForOrigin => "waiting_for_origin",
+            Status::OriginTimeout => "origin_timeout",
+            Status::QuotaExhausted => "quota_exhausted",
+            Status::Deferred => "deferred",
+            Status::Invalidating => "invalidating",
+            Status::Invalidated => "invalidated",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "waiting_for_origin" => Status::WaitingForOrigin,
+            "origin_timeout" => Status::OriginTimeout,
+            "quota_exhausted" => Status::QuotaExhausted,
+            "deferred" => Status::Deferred,
+            "invalidating" => Status::Invalidating,
+            "invalidated" => Status::Invalidated,
+            "completed" => Status::Completed,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Ends the request: `finished_at` is set when a request enters one of these.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::OriginTimeout | Status::QuotaExhausted | Status::Completed | Status::Failed
+        )
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a request came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A marker write seen by the watcher.
+    Watch,
+    /// A marker found changed by a scan (start-up catch-up or after lost events).
+    Scan,
+    /// `purgewatch purge`: no origin wait.
+    Manual,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Watch => "watch",
+            Source::Scan => "scan",
+            Source::Manual => "manual",
+        }
+    }
+}
+
+/// A marker as the local disk holds it: what S3 must hold before the request may proceed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerSeen {
+    /// Path relative to the watch root, '/'-separated.
+    pub rel: String,
+    pub md5: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// One request as `purgewatch history` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub id: i64,
+    pub marker: String,
+    pub origin: String,
+    pub status: String,
+    pub detected_at: String,
+    pub finished_at: Option<String>,
+    pub invalidation_id: Option<String>,
+    pub period: Option<String>,
+    pub caller_reference: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A request the pipeline must carry on with after a restart.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub status: Status,
+    pub source: String,
+    pub verified: bool,
+    pub period: Option<String>,
+    pub caller_reference: Option<String>,
+    pub invalidation_id: Option<String>,
+    pub granted_at: Option<String>,
+}
+
+/// The local quota counter of one period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub count: u32,
+    pub remote_count: Option<u32>,
+    pub remote_etag: Option<String>,
+}
+
+pub fn now_text() -> String {
+    ts(Utc::now())
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Append-only: a new version adds an entry, never edits one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE requests (
+    id               INTEGER PRIMARY KEY,
+    origin           TEXT NOT NULL,          -- watch | scan | manual
+    marker           TEXT NOT NULL,          -- first marker, relative to watch.root
+    status           TEXT NOT NULL,
+    detected_at      TEXT NOT NULL,          -- RFC 3339, UTC
+    updated_at       TEXT NOT NULL,
+    finished_at      TEXT,
+    verified_at      TEXT,                   -- S3 held every marker's bytes
+    generation       INTEGER NOT NULL DEFAULT 0, -- bumped by each marker write merged in
+    period           TEXT,                   -- quota period the slot was taken from
+    granted_at       TEXT,
+    caller_reference TEXT,
+    invalidation_id  TEXT,
+    paths            TEXT NOT NULL,          -- JSON array of invalidation paths
+    detail           TEXT                    -- why, in words
+);
+CREATE INDEX requests_status ON requests(status);
+CREATE TABLE request_markers (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    rel        TEXT NOT NULL,
+    md5        TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    PRIMARY KEY (request_id, rel)
+);
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY,
+    request_id  INTEGER NOT NULL REFERENCES requests(id),
+    at          TEXT NOT NULL,
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX events_request ON events(request_id);
+CREATE TABLE quota (
+    period       TEXT PRIMARY KEY,           -- YYYY-MM-DD or YYYY-MM in quota.timezone
+    count        INTEGER NOT NULL,           -- slots used, max(local, count object)
+    remote_count INTEGER,                    -- the count object's body when last read or written
+    remote_etag  TEXT,
+    updated_at   TEXT NOT NULL
+);
+CREATE TABLE markers (
+    rel      TEXT PRIMARY KEY,               -- last state of each marker seen, for catch-up scans
+    md5      TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    seen_at  TEXT NOT NULL
+);
+"#];
+
+/// One connection, shared; calls run on blocking threads (see [`Store::call`]).
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let open = |path: &Path| -> rusqlite::Result<Connection> {
+            let mut conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            migrate(&mut conn)?;
+            Ok(conn)
+        };
+        let conn = open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for callers already on a blocking thread.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the connection on a blocking thread, so SQLite never stalls the runtime.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// A random id of this database, part of every CallerReference: a new database must never
+    /// reuse an old reference (CloudFront would answer with the old invalidation and purge nothing).
+    pub fn instance_id(conn: &Connection) -> Result<String, StoreError> {
+        Ok(
+            conn.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        if i == 0 {
+            let id = format!("{:08x}", fastrand::u32(..));
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+                params![id],
+            )?;
+        }
+    }
+    if version < MIGRATIONS.len() {
+        tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    }
+    tx.commit()
+}
+
+// ---- request transitions (each call is one transaction) ------------------------------------
+
+/// Stores a new request with its first marker (none for a manual request) and its first event.
+pub fn insert_request(
+    conn: &mut Connection,
+    source: Source,
+    marker: Option<&MarkerSeen>,
+    paths: &[String],
+    detail: &str,
+) -> Result<i64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_text();
+    let paths_json = serde_json::to_string(paths).unwrap_or_else(|_| "[]".into());
+    tx.execute(
+        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, paths, detail)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+        params![
+            source.as_str(),
+            marker.map(|m| m.rel.as_str()).unwrap_or(""),
+            Status::WaitingForOrigin.as_str(),
+            now,
+            paths_json,
+            detail
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    if let Some(m) = marker {
+        upsert_request_marker(&tx, id, m)?;
+    }
+    tx.execute(
+        "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, NULL, ?3, ?4)",
+        params![id, now, Status::WaitingForOrigin.as_str(), detail],
+    )?;
+    tx.commit()?;
+    Ok(id)
+}
+
+fn upsert_request_marker(
+    conn: &Connection,
+    request_id: i64,
+    m: &MarkerSeen,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO request_markers (request_id, rel, md5, size, mtime_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (request_id, rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
+             mtime_ns = excluded.mtime_ns",
+        params![request_id, m.rel, m.md5, m.size as i64, m.mtime_ns],
+    )
+}
+
+/// Folds a marker write into a request that is still waiting for the origin (and not verified):
+/// the newest bytes replace the wait. Returns false when the request has moved on.
+pub fn merge_marker(conn: &mut Connection, id: i64, m: &MarkerSeen) -> Result<bool, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let n = tx.execute(
+        "UPDATE requests SET generation = generation + 1, updated_at = ?2
+         WHERE id = ?1 AND status = 'waiting_for_origin' AND verified_at IS NULL",
+        params![id, now_text()],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    upsert_request_marker(&tx, id, m)?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// The markers a request waits for, and the generation they belong to.
+pub fn request_markers(conn: &Connection, id: i64) -> Result<(i64, Vec<MarkerSeen>), StoreError> {
+    let generation: i64 =
+        conn.query_row("SELECT generation FROM requests WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+    let mut stmt = conn.prepare(
+        "SELECT rel, md5, size, mtime_ns FROM request_markers WHERE request_id = ?1 ORDER BY rel",
+    )?;
+    let markers = stmt
+        .query_map([id], |r| {
+            Ok(MarkerSeen {
+                rel: r.get(0)?,
+                md5: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                mtime_ns: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((generation, markers))
+}
+
+/// Marks the markers of `generation` as held by S3. False when a newer write came in meanwhile.
+pub fn mark_verified(
+    conn: &mut Connection,
+    id: i64,
+    generation: i64,
+    detail: &str,
+) -> Result<bool, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_text();
+    let n = tx.execute(
+        "UPDATE requests SET verified_at = ?3, updated_at = ?3, detail = ?4
+         WHERE id = ?1 AND generation = ?2 AND verified_at IS NULL",
+        params![id, generation, now, detail],
+    )?;
+    if n == 1 {
+        tx.execute(
+            "INSERT INTO events (request_id, at, from_status, to_status, detail)
+             VALUES (?1, ?2, 'waiting_for_origin', 'waiting_for_origin', ?3)",
+            params![id, now, detail],
+        )?;
+    }
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// Moves a request to `to`, with an event row; sets `finished_at` on final states.
+pub fn transition(conn: &Connection, id: i64, to: Status, detail: &str) -> Result<(), StoreError> {
+    let now = now_text();
+    let from: Option<String> = conn
+        .query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    conn.execute(
+        "UPDATE requests SET status = ?2, updated_at = ?3, detail = ?4,
+             finished_at = CASE WHEN ?5 THEN ?3 ELSE finished_at END
+         WHERE id = ?1",
+        params![id, to.as_str(), now, detail, to.is_final()],
+    )?;
+    conn.execute(
+        "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, now, from, to.as_str(), detail],
+    )?;
+    Ok(())
+}
+
+/// Records something that happened to a request without changing its status (a retry, say).
+pub fn note(conn: &Connection, id: i64, detail: &str) -> Result<(), StoreError> {
+    let now = now_text();
+    conn.execute(
+        "INSERT INTO events (request_id, at, from_status, to_status, detail)
+         SELECT id, ?2, status, status, ?3 FROM requests WHERE id = ?1",
+        params![id, now, detail],
+    )?;
+    conn.execute(
+        "UPDATE requests SET detail = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, detail, now],
+    )?;
+    Ok(())
+}
+
+pub fn set_invalidation_id(
+    conn: &mut Connection,
+    ids: &[i64],
+    invalidation_id: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for &id in ids {
+        tx.execute(
+            "UPDATE requests SET invalidation_id = ?2 WHERE id = ?1",
+            params![id, invalidation_id],
+        )?;
+        transition(&tx, id, Status::Invalidated, detail)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn paths_of(conn: &Connection, id: i64) -> Result<Vec<String>, StoreError> {
+    let json: String = conn.query_row("SELECT paths FROM requests WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    Ok(serde_json::from_str(&json).unwrap_or_default())
+}
+
+/// Requests that have not ended, oldest first.
+pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, status, origin, verified_at IS NOT NULL, period, caller_reference,
+                invalidation_id, granted_at
+         FROM requests WHERE status IN ('waiting_for_origin', 'deferred', 'invalidating', 'invalidated')
+         ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            let status: String = r.get(1)?;
+            Ok(Pending {
+                id: r.get(0)?,
+                status: Status::parse(&status).unwrap_or(Status::Failed),
+                source: r.get(2)?,
+                verified: r.get(3)?,
+                period: r.get(4)?,
+                caller_reference: r.get(5)?,
+                invalidation_id: r.get(6)?,
+                granted_at: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub fn pending_one(conn: &Connection, id: i64) -> Result<Option<Pending>, StoreError> {
+    Ok(pending(conn)?.into_iter().find(|p| p.id == id))
+}
+
+/// Deferred requests whose period has passed, oldest first.
+pub fn deferred_before(conn: &Connection, period: &str) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT id FROM requests WHERE status = 'deferred' AND period < ?1 ORDER BY id")?;
+    let ids = stmt
+        .query_map([period], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+pub fn history(conn: &Connection, limit: u32) -> Result<Vec<HistoryRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, marker, origin, status, detected_at, finished_at, invalidation_id, period,
+                caller_reference, detail
+         FROM requests ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt
+        .query_map([limit], |r| {
+            Ok(HistoryRow {
+                id: r.get(0)?,
+                marker: r.get(1)?,
+                origin: r.get(2)?,
+                status: r.get(3)?,
+                detected_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                invalidation_id: r.get(6)?,
+                period: r.get(7)?,
+                caller_reference: r.get(8)?,
+                detail: r.get(9)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub fn counter(conn: &Connection, period: &str) -> Result<Counter, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT count, remote_count, remote_etag FROM quota WHERE period = ?1",
+            [period],
+            |r| {
+                Ok(Counter {
+                    count: r.get(0)?,
+                    remote_count: r.get(1)?,
+                    remote_etag: r.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+pub fn set_counter(conn: &Connection, period: &str, c: &Counter) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO quota (period, count, remote_count, remote_etag, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (period) DO UPDATE SET count = excluded.count,
+             remote_count = excluded.remote_count, remote_etag = excluded.remote_etag,
+             updated_at = excluded.updated_at",
+        params![period, c.count, c.remote_count, c.remote_etag, now_text()],
+    )?;
+    Ok(())
+}
+
+/// Records the grant of a slot on a request: the period, its CallerReference, status `invalidating`.
+pub fn grant(
+    conn: &Connection,
+    ids: &[i64],
+    period: &str,
+    caller_reference: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    for &id in ids {
+        conn.execute(
+            "UPDATE requests SET period = ?2, caller_reference = ?3, granted_at = ?4 WHERE id = ?1",
+            params![id, period, caller_reference, now_text()],
+        )?;
+        transition(conn, id, Status::Invalidating, detail)?;
+    }
+    Ok(())
+}
+
+pub fn set_period(conn: &Connection, id: i64, period: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE requests SET period = ?2 WHERE id = ?1",
+        params![id, period],
+    )?;
+    Ok(())
+}
+
+/// Last state of every marker seen, for catch-up scans.
+pub fn known_markers(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, (u64, i64)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT rel, size, mtime_ns FROM markers")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get::<_, i64>(1)? as u64, r.get(2)?),
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+pub fn remember_marker(conn: &Connection, m: &MarkerSeen) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO markers (rel, md5, size, mtime_ns, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
+             mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
+        params![m.rel, m.md5, m.size as i64, m.mtime_ns, now_text()],
+    )?;
+    Ok(())
+}
+
+pub fn has_any_marker_or_request(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM markers) OR EXISTS (SELECT 1 FROM requests)",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_twice_are_a_no_op() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.db");
+        let id1 = {
+            let s = Store::open(&path).expect("open");
+            let c = s.lock();
+            Store::instance_id(&c).expect("id")
+        };
+        let s = Store::open(&path).expect("reopen");
+        let c = s.lock();
+        assert_eq!(Store::instance_id(&c).expect("id"), id1);
+        let v: usize = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_merge_after_verification_starts_a_new_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("pw.db")).expect("open");
+        let mut c = s.lock();
+        let m = MarkerSeen {
+            rel: ".purge".into(),
+            md5: "x".into(),
+            size: 1,
+            mtime_ns: 1,
+        };
+        let id = insert_request(&mut c, Source::Watch, Some(&m), &["/*".into()], "seen")
+            .expect("insert");
+        assert!(merge_marker(&mut c, id, &m).expect("merge"));
+        let (generation, markers) = request_markers(&c, id).expect("markers");
+        assert_eq!((generation, markers.len()), (1, 1));
+        // A stale generation must not verify: the newer write has not been checked yet.
+        assert!(!mark_verified(&mut c, id, 0, "ok").expect("verify"));
+        assert!(mark_verified(&mut c, id, 1, "ok").expect("verify"));
+        assert!(!merge_marker(&mut c, id, &m).expect("merge"));
+    }
+}
