@@ -74,7 +74,25 @@ impl Cdn {
             .map_err(|e| {
                 aws::classify(&format!("ListInvalidations {}", self.distribution_id), &e)
             })?;
-        Ok(())
+        // ListInvalidations of a missing distribution can answer an empty list (the emulator
+        // does); GetInvalidation of a made-up id tells "no such distribution" from "no such id".
+        let probe = self
+            .client
+            .get_invalidation()
+            .distribution_id(&self.distribution_id)
+            .id("PURGEWATCHCHECK")
+            .send()
+            .await;
+        let Err(e) = probe else { return Ok(()) };
+        let err = aws::classify(&format!("GetInvalidation {}", self.distribution_id), &e);
+        let text = err.to_string();
+        let no_such_id = text.contains("NoSuchInvalidation")
+            || (text.contains("404") && !text.to_ascii_lowercase().contains("distribution"));
+        if no_such_id {
+            Ok(())
+        } else {
+            Err(err)
+        }
     }
 
     /// The id of a recent invalidation made with `caller_reference`, if any.

@@ -1,0 +1,235 @@
+//! The binary as an operator uses it: config errors, check, purge, history, quota, SIGTERM.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{poll, Site};
+
+fn purgewatch(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run purgewatch")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_config_error_names_file_and_key_and_exits_78() {
+    let site = Site::new().await;
+    let good = site.toml("", "", "");
+    let cases: Vec<(&str, String)> = vec![
+        ("quota.maxx", good.replace("max = 10", "max = 10\nmaxx = 1")),
+        ("quota.max", good.replace("max = 10", "max = \"ten\"")),
+        ("quota.max", good.replace("max = 10", "max = 0")),
+        (
+            "origin.bucket",
+            good.replace(&format!("bucket = \"{}\"", site.origin_bucket), ""),
+        ),
+        (
+            "cloudfront.distribution_id",
+            good.replace(
+                &format!("distribution_id = \"{}\"", site.distribution_id),
+                "",
+            ),
+        ),
+        (
+            "watch.root",
+            good.replace(&site.root.display().to_string(), "/nonexistent/www"),
+        ),
+        (
+            "quota.timezone",
+            good.replace("max = 10", "max = 10\ntimezone = \"Mars/Olympus\""),
+        ),
+        (
+            "quota.period",
+            good.replace("max = 10", "max = 10\nperiod = \"week\""),
+        ),
+        (
+            "watch.settle",
+            good.replace("settle = \"200ms\"", "settle = \"soonish\""),
+        ),
+        (
+            "watch.marker",
+            good.replace("settle = \"200ms\"", "marker = \"a/b\""),
+        ),
+        (
+            "aws.endpoint_url",
+            good.replace("endpoint_url = \"", "endpoint_url = \"ftp"),
+        ),
+    ];
+    for (key, toml) in cases {
+        let file = site.config_file(&toml);
+        for verb in ["check", "run"] {
+            let out = purgewatch(&file, &[verb]);
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{verb} {key}: {err}");
+            assert!(
+                err.contains(&file.display().to_string()),
+                "names the file: {err}"
+            );
+            assert!(err.contains(&format!("`{key}`")), "names {key}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        }
+    }
+    assert!(!site.db.exists(), "nothing started");
+    let missing = purgewatch(&site.dir.path().join("nope.toml"), &["check"]);
+    assert_eq!(missing.status.code(), Some(78));
+    assert!(text(&missing.stderr).contains("nope.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_each_item_and_fails_on_a_missing_distribution() {
+    let site = Site::new().await;
+    let file = site.config_file(&site.toml("", "", ""));
+    let out = purgewatch(&file, &["check"]);
+    let so = text(&out.stdout);
+    assert!(out.status.success(), "{so}{}", text(&out.stderr));
+    for item in [
+        "watch.root",
+        "origin.bucket",
+        "quota.count_bucket",
+        "cloudfront.distribution_id",
+    ] {
+        assert!(
+            so.lines().any(|l| l.starts_with("OK") && l.contains(item)),
+            "{item}: {so}"
+        );
+    }
+    let bad = site
+        .toml("", "", "")
+        .replace(&site.distribution_id, "ENOSUCHDIST");
+    let out = purgewatch(&site.config_file(&bad), &["check"]);
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}");
+    assert!(
+        so.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("cloudfront.distribution_id")),
+        "{so}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_purges_then_history_json_matches_the_emulator_one_for_one() {
+    let site = Site::new().await;
+    let toml = site.toml("", "", "").replace("max = 10", "max = 2");
+    let file = site.config_file(&toml);
+    for _ in 0..3 {
+        purgewatch(&file, &["purge"]);
+    }
+    let out = purgewatch(&file, &["history", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json array");
+    assert_eq!(rows.len(), 3);
+    let mut ours: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r["invalidation_id"].as_str().map(str::to_owned))
+        .collect();
+    let exhausted: Vec<_> = rows
+        .iter()
+        .filter(|r| r["status"] == "quota_exhausted")
+        .collect();
+    assert_eq!(exhausted.len(), 1);
+    assert!(exhausted[0]["invalidation_id"].is_null());
+    assert!(rows.iter().all(|r| r["origin"] == "manual"));
+    let mut theirs: Vec<String> = site
+        .invalidations()
+        .await
+        .into_iter()
+        .map(|i| i.0)
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs);
+
+    let q = purgewatch(&file, &["quota", "--json"]);
+    let q: serde_json::Value = serde_json::from_slice(&q.stdout).expect("quota json");
+    assert_eq!(q["count"], 2);
+    assert_eq!(q["max"], 2);
+    assert_eq!(q["mirrored_count"], 2);
+
+    let table = text(&purgewatch(&file, &["history", "--limit", "1"]).stdout);
+    assert_eq!(table.lines().count(), 2, "header and one row: {table}");
+    assert!(table.contains("quota_exhausted"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_with_status_0_within_5s() {
+    let site = Site::new().await;
+    let file = site.config_file(&site.toml("", "", ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    // A request in hand when the signal comes: waiting for an upload that never happens.
+    poll(
+        "the daemon to open its database",
+        Duration::from_secs(30),
+        || async { site.db.exists().then_some(()) },
+    )
+    .await;
+    // The watch is set once the daemon logs "watching"; the marker must come after that.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("daemon log line");
+        assert!(
+            !line.contains('\u{1b}'),
+            "no ANSI colour when stderr is not a terminal: {line:?}"
+        );
+        if line.contains("watching") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    site.write(".purge", b"in hand");
+    poll(
+        "the request to be stored",
+        Duration::from_secs(10),
+        || async { (site.history().len() == 1).then_some(()) },
+    )
+    .await;
+    let started = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        site.statuses(),
+        vec!["waiting_for_origin"],
+        "parked, not lost"
+    );
+}

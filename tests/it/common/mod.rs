@@ -1,0 +1,431 @@
+//! The shared harness: one moto_server for the whole test binary (on a free 127.0.0.1 port),
+//! and per test a `Site`: its own origin bucket, count bucket, distribution, tree and database.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_cloudfront::types as cf;
+use purgewatch::config::Config;
+
+pub struct Emulator {
+    pub url: String,
+}
+
+static EMULATOR: OnceLock<Emulator> = OnceLock::new();
+
+/// The moto_server the test command installed in .venv, or one named by PURGEWATCH_MOTO_SERVER.
+fn moto_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PURGEWATCH_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("moto_server")
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("addr").port()
+}
+
+fn answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+}
+
+/// Starts the emulator once per test process. The child is spawned from a thread that lives
+/// as long as the process, with PDEATHSIG, so the emulator dies with the test binary.
+pub fn emulator() -> &'static Emulator {
+    EMULATOR.get_or_init(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        if let Ok(url) = std::env::var("PURGEWATCH_TEST_ENDPOINT") {
+            return Emulator { url };
+        }
+        let port = free_port();
+        let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<u32>>();
+        std::thread::spawn(move || {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = Command::new(moto_binary());
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    let _keep: Child = child;
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        match rx.recv().expect("spawner thread") {
+            Ok(_) => {}
+            Err(e) => panic!(
+                "cannot start {}: {e}; run the tests with scripts/test, which installs moto[server] in .venv",
+                moto_binary().display()
+            ),
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !answers(port) {
+            assert!(Instant::now() < deadline, "moto_server did not answer within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Emulator {
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    })
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Polls `f` until it returns Some, or panics with `what` after `limit`.
+pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One site: buckets and a distribution in the emulator, a content tree and a database on disk.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub db: PathBuf,
+    pub origin_bucket: String,
+    pub count_bucket: String,
+    pub distribution_id: String,
+    pub s3: aws_sdk_s3::Client,
+    pub cloudfront: aws_sdk_cloudfront::Client,
+    pub endpoint: String,
+}
+
+pub async fn clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_cloudfront::Client) {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let s3conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    (
+        aws_sdk_s3::Client::from_conf(s3conf),
+        aws_sdk_cloudfront::Client::new(&shared),
+    )
+}
+
+impl Site {
+    pub async fn new() -> Site {
+        let emu = emulator();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let (s3, cloudfront) = clients(&emu.url).await;
+        let origin_bucket = format!("origin-{tag}");
+        let count_bucket = format!("count-{tag}");
+        for b in [&origin_bucket, &count_bucket] {
+            s3.create_bucket()
+                .bucket(b)
+                .send()
+                .await
+                .expect("create bucket");
+        }
+        let distribution_id = create_distribution(&cloudfront, &origin_bucket, &tag).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("html");
+        std::fs::create_dir_all(&root).expect("mkdir root");
+        let db = dir.path().join("state/purgewatch.db");
+        Site {
+            dir,
+            root,
+            db,
+            origin_bucket,
+            count_bucket,
+            distribution_id,
+            s3,
+            cloudfront,
+            endpoint: emu.url.clone(),
+        }
+    }
+
+    /// A second server of the same fleet: same buckets and distribution, its own tree and database.
+    pub fn sibling(&self) -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("html");
+        std::fs::create_dir_all(&root).expect("mkdir root");
+        Site {
+            db: dir.path().join("state/purgewatch.db"),
+            dir,
+            root,
+            origin_bucket: self.origin_bucket.clone(),
+            count_bucket: self.count_bucket.clone(),
+            distribution_id: self.distribution_id.clone(),
+            s3: self.s3.clone(),
+            cloudfront: self.cloudfront.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// The TOML a test starts from; `extra` lines are appended to the named tables by the caller.
+    pub fn toml(&self, quota_extra: &str, watch_extra: &str, origin_extra: &str) -> String {
+        format!(
+            r#"
+[watch]
+root = "{root}"
+settle = "200ms"
+{watch_extra}
+
+[origin]
+bucket = "{ob}"
+wait_timeout = "20s"
+{origin_extra}
+
+[quota]
+max = 10
+count_bucket = "{cb}"
+{quota_extra}
+
+[cloudfront]
+distribution_id = "{dist}"
+
+[state]
+database = "{db}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{url}"
+"#,
+            root = self.root.display(),
+            ob = self.origin_bucket,
+            cb = self.count_bucket,
+            dist = self.distribution_id,
+            db = self.db.display(),
+            url = self.endpoint,
+        )
+    }
+
+    pub fn config_from(&self, toml: &str) -> Config {
+        let file = self.dir.path().join("purgewatch.toml");
+        std::fs::write(&file, toml).expect("write config");
+        Config::load(&file).expect("valid config")
+    }
+
+    pub fn config(&self) -> Config {
+        self.config_from(&self.toml("", "", ""))
+    }
+
+    /// Writes the config file and returns its path, for the binary.
+    pub fn config_file(&self, toml: &str) -> PathBuf {
+        let file = self.dir.path().join("purgewatch.toml");
+        std::fs::write(&file, toml).expect("write config");
+        file
+    }
+
+    /// Writes a file under the root, creating folders.
+    pub fn write(&self, rel: &str, body: &[u8]) -> PathBuf {
+        let p = self.root.join(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(&p, body).expect("write");
+        p
+    }
+
+    /// What lsyncd does: copy the local file to the origin bucket.
+    pub async fn upload(&self, rel: &str) {
+        let body = std::fs::read(self.root.join(rel)).expect("read local file");
+        self.s3
+            .put_object()
+            .bucket(&self.origin_bucket)
+            .key(rel)
+            .body(body.into())
+            .send()
+            .await
+            .expect("upload");
+    }
+
+    /// Invalidations in the emulator: (id, caller reference, paths).
+    pub async fn invalidations(&self) -> Vec<(String, String, Vec<String>)> {
+        let list = self
+            .cloudfront
+            .list_invalidations()
+            .distribution_id(&self.distribution_id)
+            .send()
+            .await
+            .expect("list invalidations");
+        let mut out = Vec::new();
+        for s in list
+            .invalidation_list
+            .and_then(|l| l.items)
+            .unwrap_or_default()
+        {
+            let got = self
+                .cloudfront
+                .get_invalidation()
+                .distribution_id(&self.distribution_id)
+                .id(&s.id)
+                .send()
+                .await
+                .expect("get invalidation");
+            let batch = got
+                .invalidation
+                .and_then(|i| i.invalidation_batch)
+                .expect("batch");
+            out.push((
+                s.id,
+                batch.caller_reference,
+                batch.paths.and_then(|p| p.items).unwrap_or_default(),
+            ));
+        }
+        out
+    }
+
+    pub async fn count_object(&self, period: &str) -> Option<String> {
+        let got = self
+            .s3
+            .get_object()
+            .bucket(&self.count_bucket)
+            .key(format!("{period}.txt"))
+            .send()
+            .await
+            .ok()?;
+        let bytes = got.body.collect().await.expect("body").into_bytes();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub async fn put_count_object(&self, period: &str, body: &str) {
+        self.s3
+            .put_object()
+            .bucket(&self.count_bucket)
+            .key(format!("{period}.txt"))
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .expect("put count object");
+    }
+
+    /// The history as the database holds it, newest first.
+    pub fn history(&self) -> Vec<purgewatch::store::HistoryRow> {
+        if !self.db.exists() {
+            return Vec::new();
+        }
+        let conn = rusqlite_open(&self.db);
+        purgewatch::store::history(&conn, 1000).expect("history")
+    }
+
+    /// Event details of one request, oldest first.
+    pub fn events(&self, id: i64) -> Vec<(Option<String>, String, Option<String>)> {
+        let conn = rusqlite_open(&self.db);
+        let mut stmt = conn
+            .prepare("SELECT from_status, to_status, detail FROM events WHERE request_id = ?1 ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows")
+    }
+
+    pub fn statuses(&self) -> Vec<String> {
+        self.history().into_iter().map(|r| r.status).collect()
+    }
+
+    /// Polls until the history holds `n` requests that all ended in one of `ends`.
+    pub async fn settled(&self, n: usize, ends: &[&str]) -> Vec<purgewatch::store::HistoryRow> {
+        let what = format!("{n} requests ending in {ends:?}");
+        poll(&what, Duration::from_secs(60), || async {
+            let h = self.history();
+            (h.len() == n && h.iter().all(|r| ends.contains(&r.status.as_str()))).then_some(h)
+        })
+        .await
+    }
+}
+
+fn rusqlite_open(path: &Path) -> rusqlite::Connection {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
+async fn create_distribution(cf: &aws_sdk_cloudfront::Client, bucket: &str, tag: &str) -> String {
+    let origin = cf::Origin::builder()
+        .id("s3-origin")
+        .domain_name(format!("{bucket}.s3.amazonaws.com"))
+        .s3_origin_config(
+            cf::S3OriginConfig::builder()
+                .origin_access_identity("")
+                .build(),
+        )
+        .build()
+        .expect("origin");
+    let behavior = cf::DefaultCacheBehavior::builder()
+        .target_origin_id("s3-origin")
+        .viewer_protocol_policy(cf::ViewerProtocolPolicy::AllowAll)
+        .build()
+        .expect("behavior");
+    let config = cf::DistributionConfig::builder()
+        .caller_reference(format!("test-{tag}"))
+        .origins(
+            cf::Origins::builder()
+                .quantity(1)
+                .items(origin)
+                .build()
+                .expect("origins"),
+        )
+        .default_cache_behavior(behavior)
+        .comment(format!("purgewatch test {tag}"))
+        .enabled(true)
+        .build()
+        .expect("distribution config");
+    let out = cf
+        .create_distribution()
+        .distribution_config(config)
+        .send()
+        .await
+        .expect("create distribution");
+    out.distribution.expect("distribution").id
+}

@@ -1,0 +1,226 @@
+//! From a marker write to one invalidation: detection, coalescing, and the origin wait.
+
+use std::time::Duration;
+
+use purgewatch::app::Daemon;
+
+use crate::common::{poll, Site};
+
+const DONE: &[&str] = &["completed"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marker_at_the_root_becomes_one_invalidation_of_everything() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"deploy 1\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, DONE).await;
+    let invs = site.invalidations().await;
+    assert_eq!(invs.len(), 1, "{invs:?}");
+    assert_eq!(invs[0].2, vec!["/*".to_string()]);
+    assert_eq!(rows[0].invalidation_id.as_deref(), Some(invs[0].0.as_str()));
+    assert_eq!(
+        rows[0].caller_reference.as_deref(),
+        Some(invs[0].1.as_str())
+    );
+    assert_eq!(rows[0].marker, ".purge");
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marker_in_a_folder_created_after_start_is_seen() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    // mkdir -p and the write race the watch on the new folders: the folder scan must catch it.
+    site.write("blog/2026/11/.purge", b"x");
+    site.upload("blog/2026/11/.purge").await;
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(rows[0].marker, "blog/2026/11/.purge");
+    assert_eq!(site.invalidations().await.len(), 1);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marker_written_as_temp_file_and_renamed_is_seen() {
+    let site = Site::new().await;
+    std::fs::create_dir_all(site.root.join("shop")).expect("mkdir");
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    // rsync's way: write .purge.XXXXXX, then rename over the name.
+    let tmp = site.write("shop/.purge.Ab12Cd", b"rsynced");
+    std::fs::rename(&tmp, site.root.join("shop/.purge")).expect("rename");
+    site.upload("shop/.purge").await;
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(rows[0].marker, "shop/.purge");
+    assert_eq!(site.invalidations().await.len(), 1);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_twenty_marker_writes_is_one_invalidation() {
+    let site = Site::new().await;
+    let cfg = site.config_from(
+        &site
+            .toml("", "", "")
+            .replace("settle = \"200ms\"", "settle = \"1s\""),
+    );
+    let daemon = Daemon::start(cfg).await.expect("start");
+    for i in 0..20 {
+        site.write(".purge", format!("write {i}\n").as_bytes());
+    }
+    site.upload(".purge").await;
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(site.invalidations().await.len(), 1);
+    // The request waited for the last write's bytes, not the first's.
+    let conn = rusqlite::Connection::open(&site.db).expect("db");
+    let md5: String = conn
+        .query_row(
+            "SELECT md5 FROM request_markers WHERE request_id = ?1",
+            [rows[0].id],
+            |r| r.get(0),
+        )
+        .expect("marker row");
+    let last =
+        purgewatch::origin::hash_file(&site.root.join(".purge"), ".purge".into()).expect("hash");
+    assert_eq!(md5, last.md5);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_waits_for_the_upload_that_comes_3s_later() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"late");
+    // The daemon has looked at S3 and found nothing yet, more than once.
+    poll(
+        "the origin wait to note a missing marker",
+        Duration::from_secs(20),
+        || async {
+            let h = site.history();
+            let first = h.first()?;
+            site.events(first.id)
+                .iter()
+                .any(|e| e.2.as_deref().is_some_and(|d| d.contains("not there yet")))
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the lsyncd delay being simulated, not a sync
+    assert!(
+        site.invalidations().await.is_empty(),
+        "invalidated before the upload"
+    );
+    assert_eq!(site.statuses(), vec!["waiting_for_origin"]);
+    site.upload(".purge").await;
+    site.settled(1, DONE).await;
+    assert_eq!(site.invalidations().await.len(), 1);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_marker_in_s3_is_not_the_new_one() {
+    let site = Site::new().await;
+    site.write(".purge", b"old");
+    site.upload(".purge").await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"new");
+    poll(
+        "a check that sees different bytes",
+        Duration::from_secs(20),
+        || async {
+            let h = site.history();
+            let first = h.first()?;
+            site.events(first.id)
+                .iter()
+                .any(|e| e.2.as_deref().is_some_and(|d| d.contains("differs")))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(site.invalidations().await.is_empty());
+    site.upload(".purge").await;
+    site.settled(1, DONE).await;
+    assert_eq!(site.invalidations().await.len(), 1);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_never_uploaded_ends_in_origin_timeout_without_a_slot() {
+    let site = Site::new().await;
+    let toml = site
+        .toml("", "", "")
+        .replace("wait_timeout = \"20s\"", "wait_timeout = \"2s\"");
+    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    site.write(".purge", b"never synced");
+    let rows = site.settled(1, &["origin_timeout"]).await;
+    let detail = rows[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains("not there yet"), "{detail}");
+    assert!(site.invalidations().await.is_empty());
+    let period = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(site.count_object(&period).await, None, "no quota used");
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_files_do_not_make_requests() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    for i in 0..200 {
+        site.write(&format!("pages/p{i}.html"), b"<html>");
+    }
+    site.write("pages/x.purge", b"not the marker");
+    site.write("pages/.purge.bak", b"not the marker");
+    // Then a real one: once it is handled, the earlier files have been seen too.
+    site.write("pages/.purge", b"real");
+    site.upload("pages/.purge").await;
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(rows[0].marker, "pages/.purge");
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_at_shutdown_resumes_at_the_next_start() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"parked");
+    poll(
+        "the request to be stored",
+        Duration::from_secs(10),
+        || async { (site.history().len() == 1).then_some(()) },
+    )
+    .await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.statuses(), vec!["waiting_for_origin"]);
+    site.upload(".purge").await;
+    let daemon = Daemon::start(site.config()).await.expect("restart");
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(rows.len(), 1, "resumed, not duplicated");
+    assert_eq!(site.invalidations().await.len(), 1);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_written_while_stopped_are_handled_once_at_start() {
+    let site = Site::new().await;
+    site.write(".purge", b"existed before install");
+    let daemon = Daemon::start(site.config()).await.expect("first start");
+    daemon.shutdown().await.expect("shutdown");
+    assert!(
+        site.history().is_empty(),
+        "the first start must not purge for old markers"
+    );
+
+    site.write("news/.purge", b"written while down");
+    site.upload("news/.purge").await;
+    let daemon = Daemon::start(site.config()).await.expect("restart");
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(rows[0].marker, "news/.purge");
+    assert_eq!(rows[0].origin, "scan");
+    daemon.shutdown().await.expect("shutdown");
+
+    // Unchanged markers are not purged again.
+    // The catch-up scan runs before start() returns: what it finds is stored by then.
+    let daemon = Daemon::start(site.config()).await.expect("third start");
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.history().len(), 1);
+    assert_eq!(site.invalidations().await.len(), 1);
+}

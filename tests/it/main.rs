@@ -1,0 +1,8 @@
+//! One integration test binary: every test talks to a real S3 and CloudFront API (moto_server
+//! on 127.0.0.1, started once by `common`), each with its own buckets, distribution and tree.
+
+mod common;
+
+mod cli;
+mod detect;
+mod quota;
