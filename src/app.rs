@@ -142,7 +142,7 @@ impl App {
                 }
             }
         };
-        drop(watch);
+        watch.stop();
         token.cancel();
         // Requests in hand park at their next await; give them a moment, then stop them.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
@@ -197,9 +197,18 @@ impl App {
         };
         let seen = match seen {
             Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Deleted before we could read it: nothing is left to purge for.
+                info!(marker = %rel, "marker gone before it could be read; ignored");
+                return Ok(());
+            }
             Err(e) => {
-                // Deleted before we could read it, or not a regular file: nothing to purge for.
-                debug!(marker = %rel, error = %e, "marker gone or unreadable");
+                // Unreadable, or not a regular file: recorded, so the operator sees why.
+                let detail = format!("cannot use marker {rel}: {e}");
+                warn!(marker = %rel, error = %e, "marker not usable");
+                self.store
+                    .call(move |c| store::insert_failed(c, source, &rel, &detail))
+                    .await?;
                 return Ok(());
             }
         };

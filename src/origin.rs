@@ -105,6 +105,13 @@ pub fn compare(m: &MarkerSeen, etag: &str, size: i64, last_modified: Option<&Smi
 
 /// Hashes a marker file streaming (memory stays flat for any size) and reads its size and mtime.
 pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    // A symlink named like the marker is not one: following it could read outside the root.
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a symlink, not a marker file",
+        ));
+    }
     let mut f = std::fs::File::open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {

@@ -235,17 +235,35 @@ impl Store {
         }
         let open = |path: &Path| -> rusqlite::Result<Connection> {
             let mut conn = Connection::open(path)?;
-            conn.busy_timeout(Duration::from_secs(30))?;
+            // Longer than one count-bucket call (60 s), which may run while the write lock is held.
+            conn.busy_timeout(Duration::from_secs(90))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             migrate(&mut conn)?;
             Ok(conn)
         };
-        let conn = open(path).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        // Switching a new database to WAL takes an exclusive lock that SQLite's busy handler does
+        // not wait for: a daemon and a `purgewatch purge` opening it at once may see "database is
+        // locked". Bounded retries (5 s in all) get past that first moment.
+        let mut tries = 0;
+        let conn = loop {
+            match open(path) {
+                Ok(c) => break c,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        };
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),
@@ -336,6 +354,29 @@ pub fn insert_request(
     tx.execute(
         "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, NULL, ?3, ?4)",
         params![id, now, Status::WaitingForOrigin.as_str(), detail],
+    )?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// Stores a request that cannot go anywhere (an unreadable marker), already `failed`.
+pub fn insert_failed(
+    conn: &mut Connection,
+    source: Source,
+    rel: &str,
+    detail: &str,
+) -> Result<i64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_text();
+    tx.execute(
+        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, finished_at, paths, detail)
+         VALUES (?1, ?2, 'failed', ?3, ?3, ?3, '[]', ?4)",
+        params![source.as_str(), rel, now, detail],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, NULL, 'failed', ?3)",
+        params![id, now, detail],
     )?;
     tx.commit()?;
     Ok(id)

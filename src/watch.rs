@@ -1,14 +1,27 @@
-//! notify → marker events. The name is checked before anything else, so the thousands of other
-//! files a deploy writes cost one comparison each; markers are never dropped: when the kernel
-//! queue overflows (notify's Rescan flag) or our channel is full, a rescan of the tree is asked for.
+//! inotify → marker events, on a thread of its own.
+//!
+//! Built on the `inotify` crate (notify's own Linux backend) rather than notify itself, for two
+//! reasons measured here: notify hands a new folder's event to us *before* it adds the folder's
+//! watch, so a marker written at once into a new folder could fall between our scan and its
+//! watch (a lost purge); and notify always asks for IN_OPEN and stats every file, which floods
+//! the kernel queue on big trees. Here a new folder is watched first and scanned second, the
+//! mask holds only what a marker needs, and an event's name is compared with the marker's before
+//! any path is built — the other files of a deploy cost one comparison each.
+//!
+//! Markers are never dropped: a kernel queue overflow or a full channel raises [`Lost`], and the
+//! pipeline answers with a rescan of the tree.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 use walkdir::WalkDir;
 
@@ -17,8 +30,8 @@ use walkdir::WalkDir;
 pub enum WatchEvent {
     /// A file named like the marker was closed after writing or renamed into place.
     Marker(PathBuf),
-    /// A folder appeared: markers written into it before its watch was set would be missed,
-    /// so the pipeline scans it.
+    /// A folder appeared (created or moved in). Its watch is set; markers written into it before
+    /// that must be found by a scan.
     NewDir(PathBuf),
 }
 
@@ -26,7 +39,7 @@ pub enum WatchEvent {
 pub enum WatchError {
     #[error(
         "inotify ran out of watches at {path}: raise fs.inotify.max_user_watches \
-         (the tree has about {folders} folders; e.g. sysctl fs.inotify.max_user_watches={suggest})"
+         (the tree has {folders} folders; e.g. sysctl fs.inotify.max_user_watches={suggest})"
     )]
     TooManyWatches {
         path: String,
@@ -34,13 +47,17 @@ pub enum WatchError {
         suggest: usize,
     },
     #[error("cannot watch {path}: {source}")]
-    Notify { path: String, source: notify::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Raised when events were lost; the pipeline answers with a rescan.
 #[derive(Default)]
 pub struct Lost {
-    pub flag: AtomicBool,
+    flag: AtomicBool,
+    /// Times events were lost since start.
     pub count: AtomicU64,
     pub wake: Notify,
 }
@@ -58,94 +75,256 @@ impl Lost {
     }
 }
 
-/// Keeps the watch alive; dropping it stops the watch.
-pub struct Watch {
-    _watcher: notify::RecommendedWatcher,
+/// Folder watches: only what a marker or a new folder can cause. IN_ONLYDIR and IN_DONT_FOLLOW
+/// keep a symlink from taking the watch out of the tree.
+fn mask() -> WatchMask {
+    WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::CREATE
+        | WatchMask::ONLYDIR
+        | WatchMask::DONT_FOLLOW
 }
 
-/// Starts a recursive watch of `root`; returns once every folder's watch is set.
+/// Keeps the watch thread alive; [`Watch::stop`] ends and joins it.
+pub struct Watch {
+    token: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    pub fn stop(mut self) {
+        self.token.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+struct Watcher {
+    watches: inotify::Watches,
+    root: PathBuf,
+    marker: OsString,
+    paths: HashMap<WatchDescriptor, PathBuf>,
+    tx: mpsc::Sender<WatchEvent>,
+    lost: Arc<Lost>,
+    /// Said once: repeating "out of watches" for every new folder helps nobody.
+    warned_limit: bool,
+}
+
+/// Starts watching `root` recursively; returns once every folder's watch is set.
 pub fn start(
     root: &Path,
     marker: &str,
     tx: mpsc::Sender<WatchEvent>,
     lost: Arc<Lost>,
 ) -> Result<Watch, WatchError> {
-    let marker = std::ffi::OsString::from(marker);
-    let handler_lost = lost.clone();
-    let handler = move |res: notify::Result<Event>| {
-        let ev = match res {
-            Ok(ev) => ev,
-            Err(e) => {
-                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                    error!(
-                        error = %e,
-                        "inotify ran out of watches: raise fs.inotify.max_user_watches; new folders are not watched"
-                    );
-                } else {
-                    warn!(error = %e, "watch error");
-                }
-                handler_lost.raise();
-                return;
-            }
-        };
-        if ev.need_rescan() {
-            warn!("the kernel dropped file events; rescanning for markers");
-            handler_lost.raise();
-            return;
-        }
-        let renamed = matches!(ev.kind, EventKind::Modify(ModifyKind::Name(RenameMode::To)));
-        let written = matches!(
-            ev.kind,
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-        );
-        let new_dir = matches!(ev.kind, EventKind::Create(CreateKind::Folder));
-        if !(renamed || written || new_dir) {
-            return;
-        }
-        for path in ev.paths {
-            let is_marker = path.file_name() == Some(marker.as_os_str());
-            let out = if is_marker && (renamed || written) {
-                WatchEvent::Marker(path)
-            } else if new_dir
-                || (renamed && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()))
-            {
-                // A folder moved in brings its files without events for them.
-                WatchEvent::NewDir(path)
-            } else {
-                continue;
-            };
-            if tx.try_send(out).is_err() {
-                // Full (or closing): never drop a marker, look for it again instead.
-                handler_lost.raise();
-            }
-        }
+    let io_err = |source| WatchError::Io {
+        path: root.display().to_string(),
+        source,
     };
-    let mut watcher =
-        notify::recommended_watcher(handler).map_err(|source| WatchError::Notify {
-            path: root.display().to_string(),
+    let inotify = Inotify::init().map_err(io_err)?;
+    let mut w = Watcher {
+        watches: inotify.watches(),
+        root: root.to_owned(),
+        marker: OsString::from(marker),
+        paths: HashMap::new(),
+        tx,
+        lost,
+        warned_limit: false,
+    };
+    w.add_tree(root).map_err(|e| match e {
+        AddError::Limit(path) => {
+            let folders = count_folders(root);
+            WatchError::TooManyWatches {
+                path: path.display().to_string(),
+                folders,
+                suggest: (folders * 2).max(65_536),
+            }
+        }
+        AddError::Io(path, source) => WatchError::Io {
+            path: path.display().to_string(),
             source,
-        })?;
-    watcher
-        .watch(root, RecursiveMode::Recursive)
-        .map_err(|source| match source.kind {
-            notify::ErrorKind::MaxFilesWatch => {
-                let folders = count_folders(root);
-                WatchError::TooManyWatches {
-                    path: source
-                        .paths
-                        .first()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| root.display().to_string()),
-                    folders,
-                    suggest: (folders * 2).max(65_536),
+        },
+    })?;
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let thread = std::thread::Builder::new()
+        .name("purgewatch-watch".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return error!(error = %e, "watch thread"),
+            };
+            rt.block_on(w.run(inotify, t));
+        })
+        .map_err(io_err)?;
+    Ok(Watch {
+        token,
+        thread: Some(thread),
+    })
+}
+
+// Linux errno values (asm-generic), to tell the watch limit from a vanished folder.
+const ENOSPC: i32 = 28;
+const ENOTDIR: i32 = 20;
+
+enum AddError {
+    /// ENOSPC: fs.inotify.max_user_watches reached.
+    Limit(PathBuf),
+    Io(PathBuf, std::io::Error),
+}
+
+impl Watcher {
+    /// Watches `dir` and every folder below it (d_type from readdir: no stat per entry).
+    /// A folder that vanished meanwhile is skipped.
+    fn add_tree(&mut self, dir: &Path) -> Result<(), AddError> {
+        let mut walk = WalkDir::new(dir).follow_links(false).into_iter();
+        while let Some(entry) = walk.next() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "cannot read a folder of the tree; it is not watched");
+                    continue;
+                }
+            };
+            if !entry.file_type().is_dir() {
+                continue;
+            }
+            match self.watches.add(entry.path(), mask()) {
+                // Re-adding a folder (moved within the tree) returns its old descriptor: the
+                // path is updated so later events name the new place.
+                Ok(wd) => {
+                    self.paths.insert(wd, entry.into_path());
+                }
+                Err(e) if e.raw_os_error() == Some(ENOSPC) => {
+                    return Err(AddError::Limit(entry.into_path()));
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(ENOTDIR) =>
+                {
+                    walk.skip_current_dir(); // gone, or replaced by a file (ENOTDIR)
+                }
+                Err(e) => return Err(AddError::Io(entry.into_path(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, inotify: Inotify, token: CancellationToken) {
+        let mut buf = vec![0u8; 64 * 1024];
+        // SAFETY: the AsyncFd owns the Inotify, so its descriptor stays open and the same for
+        // the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register_with_interest(inotify, Interest::READABLE) };
+        let mut fd = match fd {
+            Ok(fd) => fd,
+            Err(e) => return error!(error = %e, "cannot poll inotify"),
+        };
+        loop {
+            let mut guard = tokio::select! {
+                g = fd.readable_mut() => match g {
+                    Ok(g) => g,
+                    Err(e) => return error!(error = %e, "inotify poll failed"),
+                },
+                _ = token.cancelled() => return,
+            };
+            match guard.get_inner_mut().read_events(&mut buf) {
+                Ok(events) => {
+                    let mut new_dirs = Vec::new();
+                    for ev in events {
+                        self.on_event(ev.wd, ev.mask, ev.name, &mut new_dirs);
+                    }
+                    for dir in new_dirs {
+                        self.on_new_dir(dir);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => {
+                    error!(error = %e, "reading inotify failed; rescanning");
+                    self.lost.raise();
                 }
             }
-            _ => WatchError::Notify {
-                path: root.display().to_string(),
-                source,
-            },
-        })?;
-    Ok(Watch { _watcher: watcher })
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        wd: WatchDescriptor,
+        mask: EventMask,
+        name: Option<&std::ffi::OsStr>,
+        new_dirs: &mut Vec<PathBuf>,
+    ) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            warn!("the kernel dropped file events (queue overflow); rescanning for markers");
+            // Folders created meanwhile may lack a watch: walk the whole tree again.
+            new_dirs.push(self.root.clone());
+            return;
+        }
+        if mask.contains(EventMask::IGNORED) {
+            self.paths.remove(&wd);
+            return;
+        }
+        let Some(name) = name else { return };
+        let is_dir = mask.contains(EventMask::ISDIR);
+        if is_dir {
+            if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                if let Some(parent) = self.paths.get(&wd) {
+                    new_dirs.push(parent.join(name));
+                }
+            }
+            return;
+        }
+        // The hot path: one comparison, no allocation, for every file that is not the marker.
+        if name != self.marker.as_os_str()
+            || !mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
+        {
+            return;
+        }
+        if let Some(parent) = self.paths.get(&wd) {
+            self.send(WatchEvent::Marker(parent.join(name)));
+        }
+    }
+
+    /// Watch first, then tell the pipeline to scan: a marker written into the folder is either
+    /// already there for the scan or caught by the watch.
+    fn on_new_dir(&mut self, dir: PathBuf) {
+        let whole_tree = dir == self.root;
+        match self.add_tree(&dir) {
+            Ok(()) => {}
+            Err(AddError::Limit(at)) => {
+                if !self.warned_limit {
+                    error!(
+                        folder = %at.display(),
+                        "inotify ran out of watches: raise fs.inotify.max_user_watches; \
+                         folders without a watch are only seen by rescans"
+                    );
+                    self.warned_limit = true;
+                }
+            }
+            Err(AddError::Io(at, e)) => warn!(folder = %at.display(), error = %e, "cannot watch"),
+        }
+        if whole_tree {
+            self.lost.raise();
+        } else {
+            self.send(WatchEvent::NewDir(dir));
+        }
+    }
+
+    fn send(&self, ev: WatchEvent) {
+        if self.tx.try_send(ev).is_err() {
+            // Full (or closing): never drop a marker, look for it again instead.
+            self.lost.raise();
+        }
+    }
 }
 
 /// Every file named `marker` under `dir`, never following symlinks.

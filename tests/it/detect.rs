@@ -224,3 +224,35 @@ async fn markers_written_while_stopped_are_handled_once_at_start() {
     assert_eq!(site.history().len(), 1);
     assert_eq!(site.invalidations().await.len(), 1);
 }
+
+// Regression: notify reported a new folder before adding its watch, so a marker written into it
+// at once could fall between our scan and the watch (seen as a 60 s hang in the fleet test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_written_at_once_into_fifty_new_folders_are_all_seen() {
+    let site = Site::new().await;
+    let cfg = site.config_from(
+        &site
+            .toml("", "", "")
+            .replace("settle = \"200ms\"", "settle = \"1s\""),
+    );
+    let daemon = Daemon::start(cfg).await.expect("start");
+    let rels: Vec<String> = (0..50).map(|i| format!("n{i}/deep/er/.purge")).collect();
+    for rel in &rels {
+        site.write(rel, rel.as_bytes());
+    }
+    for rel in &rels {
+        site.upload(rel).await;
+    }
+    let rows = site.settled(1, DONE).await;
+    let conn = rusqlite::Connection::open(&site.db).expect("db");
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM request_markers WHERE request_id = ?1",
+            [rows[0].id],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 50, "every marker joined the one request");
+    assert_eq!(site.invalidations().await.len(), 1);
+    daemon.shutdown().await.expect("shutdown");
+}

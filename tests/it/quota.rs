@@ -250,3 +250,30 @@ async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_perio
     assert_eq!(ids.len(), 2);
     assert_eq!(site.count_object(&today).await.as_deref(), Some("1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_purge_while_the_daemon_runs_shares_its_quota() {
+    let site = Site::new().await;
+    let toml = site.toml("", "", "").replace("max = 10", "max = 2");
+    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    site.write(".purge", b"deploy");
+    site.upload(".purge").await;
+    // Two manual purges race the daemon's request for the last slots of one database.
+    let (m1, m2) = tokio::join!(
+        purge_now(site.config_from(&toml), false),
+        purge_now(site.config_from(&toml), false)
+    );
+    let (m1, m2) = (m1.expect("purge 1"), m2.expect("purge 2"));
+    let rows = site
+        .settled(3, &["completed", "invalidated", "quota_exhausted"])
+        .await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.invalidations().await.len(), 2);
+    assert_eq!(site.count_object(&today_utc()).await.as_deref(), Some("2"));
+    let exhausted = rows
+        .iter()
+        .filter(|r| r.status == "quota_exhausted")
+        .count();
+    assert_eq!(exhausted, 1, "{rows:?}");
+    assert!([m1.origin.as_str(), m2.origin.as_str()] == ["manual", "manual"]);
+}
