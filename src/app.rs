@@ -119,8 +119,15 @@ impl App {
         watch: watch::Watch,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
+        // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
+        // Without a watchdog the timer never fires: an idle daemon does not wake up.
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut ping = tokio::time::interval(watchdog.map_or(Duration::MAX / 4, |d| d / 2));
         let result = loop {
             tokio::select! {
+                _ = ping.tick(), if watchdog.is_some() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
                 _ = token.cancelled() => break Ok(()),
                 ev = rx.recv() => match ev {
                     Some(WatchEvent::Marker(path)) => {

@@ -1,8 +1,12 @@
-//! The command line: clap derive only, no logic.
+//! The command line: clap derive only, no logic. build.rs includes this file to generate the
+//! man pages and shell completions, so it depends on nothing but clap.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// Where the config lives when neither `-c` nor `PURGEWATCH_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/purgewatch/purgewatch.toml";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +22,7 @@ pub struct Cli {
         long,
         global = true,
         env = "PURGEWATCH_CONFIG",
-        default_value = crate::config::DEFAULT_PATH
+        default_value = DEFAULT_CONFIG
     )]
     pub config: PathBuf,
 

@@ -14,6 +14,10 @@ use crate::store::{self, Store};
 
 pub async fn run(cfg: Config) -> anyhow::Result<bool> {
     let daemon = Daemon::start(cfg).await?;
+    // Every watch is set and the catch-up scan is done: tell systemd (Type=notify) we are up.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
     let token = daemon.token();
     let stop = tokio::spawn(async move {
         app::shutdown_signal().await;

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Where the config lives when neither `-c` nor `PURGEWATCH_CONFIG` says otherwise.
-pub const DEFAULT_PATH: &str = "/etc/purgewatch/purgewatch.toml";
+pub use crate::cli::DEFAULT_CONFIG as DEFAULT_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -323,7 +322,7 @@ impl Config {
         if c.distribution_id.trim().is_empty() {
             return Err(invalid(
                 "cloudfront.distribution_id",
-                "must not be empty".into(),
+                "is empty: set the distribution's ID (CloudFront console, ID column)".into(),
             ));
         }
         if c.paths.is_empty() {
@@ -384,6 +383,9 @@ impl Config {
 
 /// S3's naming rules, the ones a typo breaks: 3–63 characters of a–z, 0–9, '.', '-'.
 fn check_bucket(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty: set the bucket's name".into());
+    }
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
@@ -453,6 +455,21 @@ distribution_id = "E2EXAMPLE"
             s.contains("key `origin.bucket`") && s.contains("missing"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn the_packaged_config_fails_until_filled_in() {
+        let text = include_str!("../packaging/purgewatch.toml").replace("/var/www/html", "/tmp");
+        let s = parse(&text).unwrap_err().to_string();
+        assert!(
+            s.contains("key `origin.bucket`") && s.contains("is empty"),
+            "{s}"
+        );
+        let filled = text.replace("bucket = \"\"", "bucket = \"my-origin\"");
+        let s = parse(&filled).unwrap_err().to_string();
+        assert!(s.contains("key `cloudfront.distribution_id`"), "{s}");
+        let done = filled.replace("distribution_id = \"\"", "distribution_id = \"E2EXAMPLE\"");
+        assert!(parse(&done).is_ok());
     }
 
     #[test]

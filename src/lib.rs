@@ -23,6 +23,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod origin;
+pub mod paths;
 pub mod pipeline;
 pub mod quota;
 pub mod store;

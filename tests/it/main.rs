@@ -5,4 +5,5 @@ mod common;
 
 mod cli;
 mod detect;
+mod iam;
 mod quota;

@@ -108,6 +108,77 @@ pub fn emulator() -> &'static Emulator {
     })
 }
 
+/// An emulator of one test's own, for tests that change its global state (IAM enforcement).
+/// Killed on drop.
+pub struct PrivateEmulator {
+    pub url: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl PrivateEmulator {
+    pub fn start() -> PrivateEmulator {
+        emulator(); // sets the test credentials in the environment
+        let port = free_port();
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a private moto_server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !answers(port) {
+            assert!(
+                Instant::now() < deadline,
+                "private moto_server did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        PrivateEmulator {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            child,
+        }
+    }
+
+    /// POST a plain-text body to the emulator's control API; returns the status line.
+    pub fn post(&self, path: &str, body: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let req = format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("send");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().next().unwrap_or("").to_owned()
+    }
+}
+
+impl Drop for PrivateEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The aws CLI from the test venv, pointed at `endpoint` with the given keys.
+pub fn aws_cli(endpoint: &str, keys: (&str, &str), args: &[&str]) -> std::process::Output {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/aws");
+    let bin = std::env::var("PURGEWATCH_AWS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or(venv);
+    Command::new(bin)
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", keys.0)
+        .env("AWS_SECRET_ACCESS_KEY", keys.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .output()
+        .expect("run the aws CLI (scripts/test installs it in .venv)")
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Polls `f` until it returns Some, or panics with `what` after `limit`.
