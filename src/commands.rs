@@ -146,15 +146,33 @@ pub async fn check(cfg: Config) -> anyhow::Result<bool> {
         println!("{}  {what}", if good { "OK  " } else { "FAIL" });
         ok &= good;
     };
-    match std::fs::read_dir(&cfg.watch.root) {
-        Ok(_) => report(
+    let tree = crate::watch::survey(&cfg.watch.root);
+    let root = cfg.watch.root.display();
+    if tree.unreadable.is_empty() {
+        report(
             true,
-            format!("watch.root {} readable", cfg.watch.root.display()),
-        ),
-        Err(e) => report(
+            format!("watch.root {root}: {} folders, all readable", tree.folders),
+        );
+    } else {
+        report(
             false,
-            format!("watch.root {}: {e}", cfg.watch.root.display()),
-        ),
+            format!(
+                "watch.root {root}: {} of {} folders not readable by this user, e.g. {} \
+                 (give the purgewatch user read access: group or ACL, see the README)",
+                tree.unreadable.len(),
+                tree.folders,
+                tree.unreadable[0].display()
+            ),
+        );
+    }
+    if let Some(limit) = crate::watch::max_user_watches() {
+        report(
+            tree.folders <= limit,
+            format!(
+                "fs.inotify.max_user_watches {limit} for {} folders (one watch each)",
+                tree.folders
+            ),
+        );
     }
     match Store::open(&cfg.state.database) {
         Ok(_) => report(

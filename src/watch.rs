@@ -338,6 +338,41 @@ pub fn find_markers(dir: &Path, marker: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// What `purgewatch check` says about the tree.
+pub struct Survey {
+    pub folders: usize,
+    /// Folders this user cannot list: markers there are never seen.
+    pub unreadable: Vec<PathBuf>,
+}
+
+pub fn survey(root: &Path) -> Survey {
+    let mut s = Survey {
+        folders: 0,
+        unreadable: Vec::new(),
+    };
+    for entry in WalkDir::new(root).follow_links(false) {
+        match entry {
+            Ok(e) if e.file_type().is_dir() => s.folders += 1,
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(p) = e.path() {
+                    s.unreadable.push(p.to_owned());
+                }
+            }
+        }
+    }
+    s
+}
+
+/// The kernel's per-user inotify watch limit.
+pub fn max_user_watches() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn count_folders(dir: &Path) -> usize {
     WalkDir::new(dir)
         .follow_links(false)

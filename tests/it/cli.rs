@@ -233,3 +233,47 @@ async fn sigterm_stops_the_daemon_with_status_0_within_5s() {
         "parked, not lost"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_folders_the_daemon_user_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    // Needs root to run the check as another user; CI runs as root.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to switch to an unprivileged user");
+        return;
+    }
+    let site = Site::new().await;
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    open(site.dir.path(), 0o755);
+    open(&site.root, 0o755);
+    std::fs::create_dir_all(site.root.join("public/css")).expect("mkdir");
+    std::fs::create_dir_all(site.root.join("private")).expect("mkdir");
+    open(&site.root.join("private"), 0o700); // root's only
+    let toml = site.toml("", "", "").replace(
+        &site.db.display().to_string(),
+        "/tmp/purgewatch-check-nobody.db",
+    );
+    let file = site.config_file(&toml);
+    open(&file, 0o644);
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "check"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .expect("setpriv");
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{so}{}", text(&out.stderr));
+    let line = so
+        .lines()
+        .find(|l| l.contains("watch.root"))
+        .expect("a watch.root line");
+    assert!(
+        line.starts_with("FAIL") && line.contains("private") && line.contains("not readable"),
+        "{line}"
+    );
+    let _ = std::fs::remove_file("/tmp/purgewatch-check-nobody.db");
+}
