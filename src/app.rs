@@ -2,6 +2,7 @@
 //! requests and spawns a task per request; one cancellation token stops everything; tasks are
 //! joined, never detached.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,7 +61,8 @@ impl Daemon {
                 cfg.watch.marker.clone(),
                 lost.clone(),
             );
-            tokio::task::spawn_blocking(move || watch::start(&root, &marker, tx, lost))
+            let track = cfg.tracks_changes();
+            tokio::task::spawn_blocking(move || watch::start(&root, &marker, track, tx, lost))
                 .await
                 .map_err(|e| AppError::Other(e.to_string()))??
         };
@@ -70,6 +72,7 @@ impl Daemon {
             store,
             open: None,
             tasks: JoinSet::new(),
+            changes: HashMap::new(),
         };
         app.resume().await?;
         app.catch_up().await?;
@@ -108,7 +111,14 @@ struct App {
     store: Store,
     open: Option<Open>,
     tasks: JoinSet<(i64, Result<(), Halt>)>,
+    /// Changes not yet written to SQLite, one entry per path: a storm of rewrites of the same
+    /// files costs memory per file, not per event; flushed in one transaction.
+    changes: HashMap<String, store::ChangeSeen>,
 }
+
+/// Flush the change buffer at least this often, and whenever it holds this many paths.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const FLUSH_AT: usize = 10_000;
 
 impl App {
     async fn run(
@@ -123,8 +133,13 @@ impl App {
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
         let mut ping = tokio::time::interval(watchdog.map_or(Duration::MAX / 4, |d| d / 2));
+        let mut flush_at: Option<tokio::time::Instant> = None;
         let result = loop {
             tokio::select! {
+                _ = sleep_until_some(flush_at) => {
+                    flush_at = None;
+                    if let Err(e) = self.flush_changes().await { break Err(e) }
+                }
                 _ = ping.tick(), if watchdog.is_some() => {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -136,10 +151,25 @@ impl App {
                     Some(WatchEvent::NewDir(dir)) => {
                         if let Err(e) = self.scan(dir, Source::Watch, false).await { break Err(e) }
                     }
+                    Some(WatchEvent::Change { path, deleted }) => {
+                        self.buffer_change(&path, deleted);
+                        if self.changes.len() >= FLUSH_AT {
+                            if let Err(e) = self.flush_changes().await { break Err(e) }
+                        } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
+                        }
+                    }
+                    Some(WatchEvent::ChangesUnknown(why)) => {
+                        if let Err(e) = self.changes_unknown(why).await { break Err(e) }
+                    }
                     None => break Err(AppError::Other("the watcher stopped".into())),
                 },
                 _ = lost.wake.notified() => {
                     if lost.take() {
+                        if self.cfg.tracks_changes() {
+                            let why = "file events were lost (kernel queue or channel full)".into();
+                            if let Err(e) = self.changes_unknown(why).await { break Err(e) }
+                        }
                         let root = self.cfg.watch.root.clone();
                         if let Err(e) = self.scan(root, Source::Scan, true).await { break Err(e) }
                     }
@@ -151,6 +181,9 @@ impl App {
         };
         watch.stop();
         token.cancel();
+        if let Err(e) = self.flush_changes().await {
+            warn!(error = %e, "could not store the last changes");
+        }
         // Requests in hand park at their next await; give them a moment, then stop them.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
         while !self.tasks.is_empty() {
@@ -196,6 +229,8 @@ impl App {
         let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
             return Ok(());
         };
+        // The request owns the changes recorded up to its marker: store them first.
+        self.flush_changes().await?;
         let seen = {
             let (p, r) = (path.clone(), rel.clone());
             tokio::task::spawn_blocking(move || origin::hash_file(&p, r))
@@ -238,7 +273,7 @@ impl App {
     }
 
     async fn new_request(&mut self, seen: MarkerSeen, source: Source) -> Result<(), AppError> {
-        let paths = self.cfg.cloudfront.paths.clone();
+        let paths = configured_paths(&self.cfg);
         let rel = seen.rel.clone();
         let detail = match source {
             Source::Scan => "marker found changed by a scan",
@@ -276,9 +311,15 @@ impl App {
         only_changed: bool,
     ) -> Result<(), AppError> {
         let marker = self.cfg.watch.marker.clone();
-        let found = tokio::task::spawn_blocking(move || watch::find_markers(&dir, &marker))
-            .await
-            .map_err(|e| AppError::Other(e.to_string()))?;
+        // A folder that appeared brings its files without events: they are changes too.
+        let others = !only_changed && self.cfg.tracks_changes();
+        let (found, files) =
+            tokio::task::spawn_blocking(move || watch::find_files(&dir, &marker, others))
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))?;
+        for f in &files {
+            self.buffer_change(f, false);
+        }
         let known = if only_changed {
             self.store.call(|c| store::known_markers(c)).await?
         } else {
@@ -340,8 +381,52 @@ impl App {
             }
             return Ok(());
         }
+        if self.cfg.tracks_changes() {
+            let why = "the daemon was stopped: changes made meanwhile are unknown".into();
+            self.changes_unknown(why).await?;
+        }
         let root = self.cfg.watch.root.clone();
         self.scan(root, Source::Scan, true).await
+    }
+
+    fn buffer_change(&mut self, path: &std::path::Path, deleted: bool) {
+        let Some(rel) = watch::relative(&self.cfg.watch.root, path) else {
+            return;
+        };
+        let now = store::now_text();
+        self.changes
+            .entry(rel.clone())
+            .and_modify(|c| {
+                c.deleted = deleted;
+                c.last_seen.clone_from(&now);
+            })
+            .or_insert(store::ChangeSeen {
+                rel,
+                deleted,
+                first_seen: now.clone(),
+                last_seen: now,
+            });
+    }
+
+    async fn flush_changes(&mut self) -> Result<(), AppError> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<store::ChangeSeen> = self.changes.drain().map(|(_, c)| c).collect();
+        debug!(changes = batch.len(), "recording changes");
+        self.store
+            .call(move |c| store::record_changes(c, &batch))
+            .await?;
+        Ok(())
+    }
+
+    async fn changes_unknown(&mut self, why: String) -> Result<(), AppError> {
+        self.flush_changes().await?;
+        warn!(reason = %why, "the change set is incomplete; the next purge falls back to /*");
+        self.store
+            .call(move |c| store::changes_unknown(c, &why))
+            .await?;
+        Ok(())
     }
 
     /// Requests in flight when the daemon last stopped carry on from their stored state.
@@ -366,6 +451,14 @@ impl App {
                 .spawn(async move { (id, pipe.resume(p, wake).await) }.instrument(span));
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for (no idle wake-ups).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -410,7 +503,7 @@ pub async fn purge_now(cfg: Config, wait_completed: bool) -> Result<HistoryRow, 
     };
     let token = CancellationToken::new();
     let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
-    let paths = cfg.cloudfront.paths.clone();
+    let paths = configured_paths(&cfg);
     let id = store
         .call(move |c| store::insert_request(c, Source::Manual, None, &paths, "asked by hand"))
         .await?;
@@ -444,6 +537,14 @@ pub async fn purge_now(cfg: Config, wait_completed: bool) -> Result<HistoryRow, 
         })
         .await?;
     row.ok_or_else(|| AppError::Other(format!("request {id} vanished")))
+}
+
+/// The paths a request starts with; [`Pipeline::decide_paths`] settles them once verified.
+fn configured_paths(cfg: &Config) -> Vec<String> {
+    match &cfg.cloudfront.paths {
+        crate::config::Paths::Fixed(p) => p.clone(),
+        crate::config::Paths::Changed => vec!["/*".into()],
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -42,12 +42,12 @@ pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool
         return Ok(true);
     }
     println!(
-        "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  DETAIL",
-        "ID", "STATUS", "ORIGIN", "MARKER", "DETECTED", "FINISHED", "INVALIDATION"
+        "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  DETAIL",
+        "ID", "STATUS", "ORIGIN", "MARKER", "DETECTED", "FINISHED", "INVALIDATION", "PATHS"
     );
     for r in rows {
         println!(
-            "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {}",
+            "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  {}",
             r.id,
             r.status,
             r.origin,
@@ -55,6 +55,7 @@ pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool
             r.detected_at,
             r.finished_at.as_deref().unwrap_or("-"),
             r.invalidation_id.as_deref().unwrap_or("-"),
+            r.path_count.map_or("-".to_owned(), |n| n.to_string()),
             r.detail.as_deref().unwrap_or("")
         );
     }
@@ -71,7 +72,15 @@ struct QuotaReport {
     mirrored_count: Option<u32>,
     mirror_error: Option<String>,
     resets_at: String,
+    /// Paths invalidated this calendar month (UTC), as AWS bills them.
+    paths_this_month: u64,
+    free_paths_per_month: u64,
+    estimated_charge_usd: f64,
 }
+
+/// CloudFront's free invalidation paths per month, and the documented price of each one past it.
+const FREE_PATHS: u64 = 1000;
+const USD_PER_PATH: f64 = 0.005;
 
 pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
     let store = open_store(&cfg)?;
@@ -79,7 +88,15 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
     let now = Utc::now();
     let period = quota::period_key(now, q.timezone, q.period);
     let p2 = period.clone();
-    let local = store.call(move |c| store::counter(c, &p2)).await?;
+    let month_start = now.format("%Y-%m-01").to_string();
+    let (local, paths_this_month) = store
+        .call(move |c| {
+            Ok((
+                store::counter(c, &p2)?,
+                store::paths_since(c, &month_start)?,
+            ))
+        })
+        .await?;
     let mut report = QuotaReport {
         period: period.clone(),
         count: local.count,
@@ -89,6 +106,9 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
         mirrored_count: None,
         mirror_error: None,
         resets_at: store::ts(quota::next_period_start(now, q.timezone, q.period)),
+        paths_this_month,
+        free_paths_per_month: FREE_PATHS,
+        estimated_charge_usd: paths_this_month.saturating_sub(FREE_PATHS) as f64 * USD_PER_PATH,
     };
     if let Some(bucket) = &q.count_bucket {
         let clients = Clients::new(&cfg.aws).await;
@@ -117,6 +137,10 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
             _ => println!("mirror:   none (quota.count_bucket not set)"),
         }
         println!("resets:   {}", report.resets_at);
+        println!(
+            "paths:    {} this month (UTC) of {} free; estimated charge ${:.3}",
+            report.paths_this_month, report.free_paths_per_month, report.estimated_charge_usd
+        );
     }
     Ok(report.mirror_error.is_none())
 }

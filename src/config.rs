@@ -53,6 +53,24 @@ pub struct Origin {
     pub bucket: String,
     pub prefix: String,
     pub wait_timeout: Duration,
+    pub wait_for: WaitFor,
+}
+
+/// What must be in S3 before a purge: the marker (the seed's trigger) or every change it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitFor {
+    Marker,
+    Changes,
+}
+
+/// Which paths to invalidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paths {
+    /// Always these, e.g. `["/*"]` (the seed's behaviour).
+    Fixed(Vec<String>),
+    /// The changes recorded since the last request, collapsed under `max_paths`.
+    Changed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -83,7 +101,9 @@ pub struct Quota {
 #[derive(Debug, Clone)]
 pub struct CloudFront {
     pub distribution_id: String,
-    pub paths: Vec<String>,
+    pub paths: Paths,
+    /// Most paths one invalidation may carry when `paths = "changed"` (wildcards count as one).
+    pub max_paths: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +150,8 @@ struct RawOrigin {
     prefix: String,
     #[serde(default = "default_wait_timeout")]
     wait_timeout: HumanDuration,
+    #[serde(default = "default_wait_for")]
+    wait_for: WaitFor,
 }
 
 #[derive(Deserialize)]
@@ -150,7 +172,20 @@ struct RawQuota {
 struct RawCloudFront {
     distribution_id: String,
     #[serde(default = "default_paths")]
-    paths: Vec<String>,
+    paths: RawPaths,
+    #[serde(default = "default_max_paths")]
+    max_paths: usize,
+}
+
+/// `paths = ["/*"]` or `paths = "changed"`.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of paths like [\"/*\"] or the word \"changed\""
+)]
+enum RawPaths {
+    List(Vec<String>),
+    Word(String),
 }
 
 #[derive(Deserialize)]
@@ -214,14 +249,25 @@ fn default_timezone() -> String {
 fn default_when_exhausted() -> WhenExhausted {
     WhenExhausted::Skip
 }
-fn default_paths() -> Vec<String> {
-    vec!["/*".into()]
+fn default_paths() -> RawPaths {
+    RawPaths::List(vec!["/*".into()])
+}
+fn default_max_paths() -> usize {
+    15
+}
+fn default_wait_for() -> WaitFor {
+    WaitFor::Marker
 }
 fn default_database() -> PathBuf {
     PathBuf::from("/var/lib/purgewatch/purgewatch.db")
 }
 
 impl Config {
+    /// Whether every file change is recorded, not only markers.
+    pub fn tracks_changes(&self) -> bool {
+        self.origin.wait_for == WaitFor::Changes || self.cloudfront.paths == Paths::Changed
+    }
+
     /// Reads and validates `file`. Nothing is touched beyond reading it and stat-ing `watch.root`.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
@@ -325,16 +371,34 @@ impl Config {
                 "is empty: set the distribution's ID (CloudFront console, ID column)".into(),
             ));
         }
-        if c.paths.is_empty() {
+        let paths = match c.paths {
+            RawPaths::Word(w) if w == "changed" => Paths::Changed,
+            RawPaths::Word(w) => {
+                return Err(invalid(
+                    "cloudfront.paths",
+                    format!("{w:?}: expected a list like [\"/*\"] or \"changed\""),
+                ))
+            }
+            RawPaths::List(list) => {
+                if list.is_empty() {
+                    return Err(invalid(
+                        "cloudfront.paths",
+                        "needs at least one path".into(),
+                    ));
+                }
+                if let Some(p) = list.iter().find(|p| !p.starts_with('/')) {
+                    return Err(invalid(
+                        "cloudfront.paths",
+                        format!("{p:?} must start with '/'"),
+                    ));
+                }
+                Paths::Fixed(list)
+            }
+        };
+        if !(1..=3000).contains(&c.max_paths) {
             return Err(invalid(
-                "cloudfront.paths",
-                "needs at least one path".into(),
-            ));
-        }
-        if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
-            return Err(invalid(
-                "cloudfront.paths",
-                format!("{p:?} must start with '/'"),
+                "cloudfront.max_paths",
+                "must be between 1 and 3000 (CloudFront's limit per invalidation)".into(),
             ));
         }
 
@@ -358,6 +422,7 @@ impl Config {
                 bucket: o.bucket,
                 prefix: o.prefix,
                 wait_timeout: o.wait_timeout.0,
+                wait_for: o.wait_for,
             },
             quota: Quota {
                 max: q.max,
@@ -368,7 +433,8 @@ impl Config {
             },
             cloudfront: CloudFront {
                 distribution_id: c.distribution_id,
-                paths: c.paths,
+                paths,
+                max_paths: c.max_paths,
             },
             state: State {
                 database: raw.state.database,
@@ -425,7 +491,8 @@ distribution_id = "E2EXAMPLE"
         assert_eq!(c.quota.period, Period::Day);
         assert_eq!(c.quota.timezone, chrono_tz::UTC);
         assert_eq!(c.quota.when_exhausted, WhenExhausted::Skip);
-        assert_eq!(c.cloudfront.paths, vec!["/*".to_string()]);
+        assert_eq!(c.cloudfront.paths, Paths::Fixed(vec!["/*".to_string()]));
+        assert_eq!(c.origin.wait_for, WaitFor::Marker);
     }
 
     #[test]
@@ -478,5 +545,22 @@ distribution_id = "E2EXAMPLE"
             .unwrap_err()
             .to_string();
         assert!(s.contains("origin.wait_timeout"), "{s}");
+    }
+}
+
+#[cfg(test)]
+mod paths_tests {
+    use super::*;
+
+    #[test]
+    fn paths_is_a_list_or_the_word_changed() {
+        let base = "[watch]\nroot = \"/tmp\"\n[origin]\nbucket = \"abc\"\nwait_for = \"changes\"\n[quota]\nmax = 1\n[cloudfront]\ndistribution_id = \"E\"\n";
+        let c = Config::parse(Path::new("f"), &format!("{base}paths = \"changed\"\n")).expect("ok");
+        assert_eq!(c.cloudfront.paths, Paths::Changed);
+        assert_eq!(c.origin.wait_for, WaitFor::Changes);
+        let e = Config::parse(Path::new("f"), &format!("{base}paths = \"all\"\n")).unwrap_err();
+        assert!(e.to_string().contains("cloudfront.paths"), "{e}");
+        let e = Config::parse(Path::new("f"), &format!("{base}max_paths = 0\n")).unwrap_err();
+        assert!(e.to_string().contains("cloudfront.max_paths"), "{e}");
     }
 }

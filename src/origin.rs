@@ -77,6 +77,113 @@ impl Origin {
     }
 }
 
+/// Local state of a changed file, hashed once per (size, mtime): polls do not re-read it.
+type HashCache = std::collections::HashMap<String, (u64, i64, String)>;
+
+impl Origin {
+    /// Compares the changed paths with S3 in bulk: one ListObjectsV2 per folder (the smallest
+    /// common prefix of its keys), not one HeadObject per file. A path that exists locally must
+    /// be in S3 with the local size (and MD5 where the ETag is one); a path gone locally must be
+    /// gone from S3. Returns what still differs, in key order.
+    pub async fn check_changes(
+        &self,
+        root: &Path,
+        changes: &[(String, bool)],
+        cache: &mut HashCache,
+    ) -> Result<Vec<String>, AwsError> {
+        let mut by_dir: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for (rel, _) in changes {
+            let dir = rel.rfind('/').map_or("", |i| &rel[..=i]);
+            by_dir.entry(dir.to_owned()).or_default().push(rel);
+        }
+        let mut differs = Vec::new();
+        for (dir, rels) in by_dir {
+            let listed = self.list(&self.key(&dir)).await?;
+            for rel in rels {
+                let key = self.key(rel);
+                let local = local_state(root, rel, cache);
+                let remote = listed.get(&key);
+                let why = match (local, remote) {
+                    (None, None) => continue,
+                    (None, Some(_)) => "still in S3 (deleted locally)",
+                    (Some(_), None) => "not in S3 yet",
+                    (Some((size, _)), Some((rsize, _))) if size as i64 != *rsize => "size differs",
+                    (Some((_, md5)), Some((_, etag))) => {
+                        let plain = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
+                        if plain && *etag != md5 {
+                            "bytes differ"
+                        } else {
+                            continue;
+                        }
+                    }
+                };
+                differs.push(format!("{key} {why}"));
+            }
+        }
+        Ok(differs)
+    }
+
+    /// Every object directly under `prefix` (delimiter '/'): key → (size, lower-case ETag).
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::HashMap<String, (i64, String)>, AwsError> {
+        let mut out = std::collections::HashMap::new();
+        let mut token = None;
+        // Bounded: 1,000 pages of 1,000 keys is more than one folder of a web root holds.
+        for _ in 0..1000 {
+            let page = self
+                .s3
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    aws::classify(&format!("ListObjectsV2 s3://{}/{prefix}", self.bucket), &e)
+                })?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    let etag = o
+                        .e_tag()
+                        .unwrap_or("")
+                        .trim_matches('"')
+                        .to_ascii_lowercase();
+                    out.insert(k.to_owned(), (o.size().unwrap_or(-1), etag));
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// (size, md5) of `root/rel` if it is a regular file now (symlinks are not followed).
+fn local_state(root: &Path, rel: &str, cache: &mut HashCache) -> Option<(u64, String)> {
+    let path = root.join(rel);
+    let meta = std::fs::symlink_metadata(&path)
+        .ok()
+        .filter(|m| m.is_file())?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64);
+    if let Some((size, m, md5)) = cache.get(rel) {
+        if *size == meta.len() && *m == mtime {
+            return Some((*size, md5.clone()));
+        }
+    }
+    let seen = hash_file(&path, rel.to_owned()).ok()?;
+    cache.insert(rel.to_owned(), (seen.size, mtime, seen.md5.clone()));
+    Some((seen.size, seen.md5))
+}
+
 /// Plain ETags are the MD5 of the body; multipart ("…-N") and KMS ETags are not, so those fall
 /// back to size plus "uploaded no earlier than the local write".
 pub fn compare(m: &MarkerSeen, etag: &str, size: i64, last_modified: Option<&SmithyTime>) -> Check {

@@ -17,8 +17,9 @@ use tracing::{info, warn};
 
 use crate::aws::{AwsError, Clients};
 use crate::cdn::{self, Cdn};
-use crate::config::{Config, WhenExhausted};
+use crate::config::{Config, Paths, WaitFor, WhenExhausted};
 use crate::origin::{self, Check, Origin};
+use crate::paths;
 use crate::quota::{self, Mirror, MirrorError};
 use crate::store::{self, Status, Store, StoreError};
 
@@ -145,6 +146,7 @@ impl Pipeline {
 
     /// From verified (or a manual request) to a completed invalidation.
     pub async fn proceed(&self, verified: Verified) -> Result<Invalidated, Halt> {
+        self.decide_paths(&verified.request_ids).await?;
         let granted = self.grant(verified).await?;
         let invalidated = self.invalidate(granted, false).await?;
         self.complete(&invalidated).await?;
@@ -167,6 +169,7 @@ impl Pipeline {
             }
             let deadline = Instant::now() + timeout;
             let mut last_noted = String::new();
+            let mut hashes = Default::default();
             for attempt in 0u32.. {
                 let (generation, markers) = self
                     .store
@@ -188,9 +191,36 @@ impl Pipeline {
                     not_yet = Some(why);
                     break;
                 }
+                let mut checked = String::new();
+                if not_yet.is_none() && self.cfg.origin.wait_for == WaitFor::Changes {
+                    let (changes, _) = self
+                        .store
+                        .call(move |c| store::request_changes(c, id))
+                        .await?;
+                    match self
+                        .origin
+                        .check_changes(&self.cfg.watch.root, &changes, &mut hashes)
+                        .await
+                    {
+                        Ok(differs) if differs.is_empty() => {
+                            checked = format!(" and {} change(s)", changes.len());
+                        }
+                        Ok(differs) => {
+                            let first: Vec<&str> =
+                                differs.iter().take(20).map(String::as_str).collect();
+                            not_yet = Some(format!(
+                                "{} of {} changes not in S3 yet: {}",
+                                differs.len(),
+                                changes.len(),
+                                first.join(", ")
+                            ));
+                        }
+                        Err(e) => not_yet = Some(e.to_string()),
+                    }
+                }
                 let Some(why) = not_yet else {
                     let detail = format!(
-                        "S3 holds {} marker(s) after {} check(s)",
+                        "S3 holds {} marker(s){checked} after {} check(s)",
                         markers.len(),
                         attempt + 1
                     );
@@ -230,6 +260,76 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Settles the paths to invalidate, before any quota is used: those listed in the markers,
+    /// else the configured ones or, with `paths = "changed"`, the request's changes collapsed
+    /// under `max_paths`. A malformed marker list fails the request with its line number.
+    pub async fn decide_paths(&self, ids: &[i64]) -> Result<(), Halt> {
+        let first = ids[0];
+        let root = self.cfg.watch.root.clone();
+        let (markers, changes, unknown) = self
+            .store
+            .call(move |c| {
+                let (_, markers) = store::request_markers(c, first)?;
+                let (changes, unknown) = store::request_changes(c, first)?;
+                Ok((markers, changes, unknown))
+            })
+            .await?;
+        let mut listed = Vec::new();
+        let mut all_listed = !markers.is_empty();
+        for m in &markers {
+            match read_marker_list(&root.join(&m.rel)) {
+                Ok(Some(p)) => listed.extend(p),
+                Ok(None) => all_listed = false,
+                Err(e) => {
+                    let detail = format!("marker {}: {e}; nothing invalidated", m.rel);
+                    self.end(ids.to_vec(), Status::Failed, detail).await?;
+                    return Err(Halt::Ended);
+                }
+            }
+        }
+        let (mut paths, why) = if all_listed && !listed.is_empty() {
+            (listed, "listed in the marker".to_owned())
+        } else {
+            let (base, why) = match &self.cfg.cloudfront.paths {
+                Paths::Fixed(p) => (p.clone(), "configured".to_owned()),
+                Paths::Changed => match unknown {
+                    Some(u) => (vec!["/*".into()], format!("changes unknown ({u}): /*")),
+                    None if changes.is_empty() => {
+                        (vec!["/*".into()], "no changes recorded: /*".to_owned())
+                    }
+                    None => {
+                        let set: Vec<paths::Change> = changes
+                            .iter()
+                            .map(|(key, deleted)| paths::Change {
+                                key,
+                                deleted: *deleted,
+                            })
+                            .collect();
+                        let max = self.cfg.cloudfront.max_paths;
+                        let limits = paths::Limits {
+                            max_paths: max,
+                            max_wildcards: max.min(15),
+                        };
+                        let why = format!("{} change(s) collapsed", changes.len());
+                        (paths::collapse(&set, &limits), why)
+                    }
+                },
+            };
+            (base.into_iter().chain(listed).collect(), why)
+        };
+        paths.sort();
+        paths.dedup();
+        if paths.iter().any(|p| p == "/*") {
+            paths = vec!["/*".into()];
+        }
+        let detail = format!("{} path(s), {why}", paths.len());
+        let ids = ids.to_vec();
+        self.store
+            .call(move |c| store::set_paths(c, &ids, &paths, &detail))
+            .await?;
+        Ok(())
     }
 
     /// Takes a quota slot for the requests, or ends them as exhausted / deferred. Fails closed:
@@ -509,6 +609,20 @@ impl Pipeline {
         self.proceed(Verified { request_ids: ids }).await?;
         Ok(())
     }
+}
+
+/// The paths a marker file lists, if it is a list. Markers past 64 KiB cannot be one (4,000
+/// characters at most), so a big marker is never read whole.
+fn read_marker_list(path: &std::path::Path) -> Result<Option<Vec<String>>, String> {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(None); // gone since: what S3 holds was verified; use the configured paths
+    };
+    let mut buf = Vec::new();
+    if f.take(64 * 1024 + 1).read_to_end(&mut buf).is_err() || buf.len() > 64 * 1024 {
+        return Ok(None);
+    }
+    paths::parse_marker(&buf).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]

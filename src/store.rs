@@ -121,6 +121,9 @@ pub struct MarkerSeen {
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryRow {
     pub id: i64,
+    /// How many paths the invalidation carries (each wildcard counts as one, as AWS bills).
+    pub path_count: Option<i64>,
+    pub paths: Vec<String>,
     pub marker: String,
     pub origin: String,
     pub status: String,
@@ -162,7 +165,8 @@ pub fn ts(t: DateTime<Utc>) -> String {
 }
 
 /// Append-only: a new version adds an entry, never edits one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -216,7 +220,22 @@ CREATE TABLE markers (
     mtime_ns INTEGER NOT NULL,
     seen_at  TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE changes (
+    id         INTEGER PRIMARY KEY,
+    rel        TEXT NOT NULL,                -- path relative to watch.root
+    deleted    INTEGER NOT NULL,             -- the last event: 1 removed/moved away, 0 written
+    first_seen TEXT NOT NULL,
+    last_seen  TEXT NOT NULL,
+    request_id INTEGER REFERENCES requests(id) -- NULL: the open set, owned by the next request
+);
+CREATE UNIQUE INDEX changes_open ON changes(rel) WHERE request_id IS NULL;
+CREATE INDEX changes_request ON changes(request_id);
+ALTER TABLE requests ADD COLUMN changes_unknown TEXT; -- why the change set is incomplete
+ALTER TABLE requests ADD COLUMN path_count INTEGER;
+"#,
+];
 
 /// One connection, shared; calls run on blocking threads (see [`Store::call`]).
 #[derive(Clone)]
@@ -351,6 +370,7 @@ pub fn insert_request(
     if let Some(m) = marker {
         upsert_request_marker(&tx, id, m)?;
     }
+    claim_changes(&tx, id)?;
     tx.execute(
         "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, NULL, ?3, ?4)",
         params![id, now, Status::WaitingForOrigin.as_str(), detail],
@@ -408,6 +428,7 @@ pub fn merge_marker(conn: &mut Connection, id: i64, m: &MarkerSeen) -> Result<bo
         return Ok(false);
     }
     upsert_request_marker(&tx, id, m)?;
+    claim_changes(&tx, id)?;
     tx.commit()?;
     Ok(true)
 }
@@ -563,7 +584,7 @@ pub fn deferred_before(conn: &Connection, period: &str) -> Result<Vec<i64>, Stor
 pub fn history(conn: &Connection, limit: u32) -> Result<Vec<HistoryRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, marker, origin, status, detected_at, finished_at, invalidation_id, period,
-                caller_reference, detail
+                caller_reference, detail, path_count, paths
          FROM requests ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt
@@ -579,6 +600,8 @@ pub fn history(conn: &Connection, limit: u32) -> Result<Vec<HistoryRow>, StoreEr
                 period: r.get(7)?,
                 caller_reference: r.get(8)?,
                 detail: r.get(9)?,
+                path_count: r.get(10)?,
+                paths: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -717,4 +740,110 @@ mod tests {
         assert!(mark_verified(&mut c, id, 1, "ok").expect("verify"));
         assert!(!merge_marker(&mut c, id, &m).expect("merge"));
     }
+}
+
+// ---- change tracking ---------------------------------------------------------------------
+
+/// One path's net change since it was first seen in the open set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSeen {
+    pub rel: String,
+    pub deleted: bool,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// Adds a batch to the open set in one transaction (one commit, not one per event).
+pub fn record_changes(conn: &mut Connection, batch: &[ChangeSeen]) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO changes (rel, deleted, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (rel) WHERE request_id IS NULL
+             DO UPDATE SET deleted = excluded.deleted, last_seen = excluded.last_seen",
+        )?;
+        for c in batch {
+            stmt.execute(params![c.rel, c.deleted, c.first_seen, c.last_seen])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Notes that the open set misses changes (events lost, daemon down); the next request says so.
+pub fn changes_unknown(conn: &Connection, why: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('changes_unknown', ?1) ON CONFLICT (key) DO NOTHING",
+        [why],
+    )?;
+    Ok(())
+}
+
+/// The open set becomes the request's, with the note of what it may miss.
+fn claim_changes(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE changes SET request_id = ?1 WHERE request_id IS NULL",
+        [id],
+    )?;
+    conn.execute(
+        "UPDATE requests SET changes_unknown = coalesce(changes_unknown,
+             (SELECT value FROM meta WHERE key = 'changes_unknown')) WHERE id = ?1",
+        [id],
+    )?;
+    conn.execute("DELETE FROM meta WHERE key = 'changes_unknown'", [])?;
+    Ok(())
+}
+
+/// A request's changes, one per path (the last event wins), and why the set may be incomplete.
+pub fn request_changes(
+    conn: &Connection,
+    id: i64,
+) -> Result<(Vec<(String, bool)>, Option<String>), StoreError> {
+    let unknown: Option<String> = conn.query_row(
+        "SELECT changes_unknown FROM requests WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT rel, deleted FROM changes WHERE request_id = ?1 AND id IN
+             (SELECT max(id) FROM changes WHERE request_id = ?1 GROUP BY rel)
+         ORDER BY rel",
+    )?;
+    let rows = stmt
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((rows, unknown))
+}
+
+/// Sets the paths the invalidation of these requests will carry.
+pub fn set_paths(
+    conn: &mut Connection,
+    ids: &[i64],
+    paths: &[String],
+    detail: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let json = serde_json::to_string(paths).unwrap_or_else(|_| "[]".into());
+    for &id in ids {
+        tx.execute(
+            "UPDATE requests SET paths = ?2, path_count = ?3 WHERE id = ?1",
+            params![id, json, paths.len() as i64],
+        )?;
+        note(&tx, id, detail)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Paths sent to CloudFront in invalidations granted since `since` (UTC, RFC 3339 prefix), each
+/// invalidation once: what AWS bills past the free 1,000 a month.
+pub fn paths_since(conn: &Connection, since: &str) -> Result<u64, StoreError> {
+    let n: Option<i64> = conn.query_row(
+        "SELECT sum(n) FROM (SELECT max(coalesce(path_count, json_array_length(paths))) AS n
+             FROM requests WHERE invalidation_id IS NOT NULL AND granted_at >= ?1
+             GROUP BY invalidation_id)",
+        [since],
+        |r| r.get(0),
+    )?;
+    Ok(n.unwrap_or(0).max(0) as u64)
 }

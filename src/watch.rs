@@ -33,6 +33,11 @@ pub enum WatchEvent {
     /// A folder appeared (created or moved in). Its watch is set; markers written into it before
     /// that must be found by a scan.
     NewDir(PathBuf),
+    /// With change tracking: another file was written, renamed into place (`deleted` false),
+    /// removed or renamed away (`deleted` true).
+    Change { path: PathBuf, deleted: bool },
+    /// With change tracking: something happened whose files we cannot list (a folder moved away).
+    ChangesUnknown(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +82,17 @@ impl Lost {
 
 /// Folder watches: only what a marker or a new folder can cause. IN_ONLYDIR and IN_DONT_FOLLOW
 /// keep a symlink from taking the watch out of the tree.
-fn mask() -> WatchMask {
-    WatchMask::CLOSE_WRITE
+fn mask(track_changes: bool) -> WatchMask {
+    let m = WatchMask::CLOSE_WRITE
         | WatchMask::MOVED_TO
         | WatchMask::CREATE
         | WatchMask::ONLYDIR
-        | WatchMask::DONT_FOLLOW
+        | WatchMask::DONT_FOLLOW;
+    if track_changes {
+        m | WatchMask::DELETE | WatchMask::MOVED_FROM
+    } else {
+        m
+    }
 }
 
 /// Keeps the watch thread alive; [`Watch::stop`] ends and joins it.
@@ -110,6 +120,8 @@ struct Watcher {
     watches: inotify::Watches,
     root: PathBuf,
     marker: OsString,
+    /// Report every file change, not only markers (`paths = "changed"` or `wait_for = "changes"`).
+    track_changes: bool,
     paths: HashMap<WatchDescriptor, PathBuf>,
     tx: mpsc::Sender<WatchEvent>,
     lost: Arc<Lost>,
@@ -121,6 +133,7 @@ struct Watcher {
 pub fn start(
     root: &Path,
     marker: &str,
+    track_changes: bool,
     tx: mpsc::Sender<WatchEvent>,
     lost: Arc<Lost>,
 ) -> Result<Watch, WatchError> {
@@ -133,6 +146,7 @@ pub fn start(
         watches: inotify.watches(),
         root: root.to_owned(),
         marker: OsString::from(marker),
+        track_changes,
         paths: HashMap::new(),
         tx,
         lost,
@@ -199,7 +213,7 @@ impl Watcher {
             if !entry.file_type().is_dir() {
                 continue;
             }
-            match self.watches.add(entry.path(), mask()) {
+            match self.watches.add(entry.path(), mask(self.track_changes)) {
                 // Re-adding a folder (moved within the tree) returns its old descriptor: the
                 // path is updated so later events name the new place.
                 Ok(wd) => {
@@ -280,17 +294,33 @@ impl Watcher {
                 if let Some(parent) = self.paths.get(&wd) {
                     new_dirs.push(parent.join(name));
                 }
+            } else if self.track_changes && mask.contains(EventMask::MOVED_FROM) {
+                if let Some(parent) = self.paths.get(&wd) {
+                    let why = format!("folder {} moved away", parent.join(name).display());
+                    self.send(WatchEvent::ChangesUnknown(why));
+                }
             }
             return;
         }
+        let written = mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO);
         // The hot path: one comparison, no allocation, for every file that is not the marker.
-        if name != self.marker.as_os_str()
-            || !mask.intersects(EventMask::CLOSE_WRITE | EventMask::MOVED_TO)
-        {
+        if name == self.marker.as_os_str() {
+            if written {
+                if let Some(parent) = self.paths.get(&wd) {
+                    self.send(WatchEvent::Marker(parent.join(name)));
+                }
+            }
             return;
         }
-        if let Some(parent) = self.paths.get(&wd) {
-            self.send(WatchEvent::Marker(parent.join(name)));
+        if !self.track_changes {
+            return;
+        }
+        let deleted = mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM);
+        if written || deleted {
+            if let Some(parent) = self.paths.get(&wd) {
+                let path = parent.join(name);
+                self.send(WatchEvent::Change { path, deleted });
+            }
         }
     }
 
@@ -329,13 +359,25 @@ impl Watcher {
 
 /// Every file named `marker` under `dir`, never following symlinks.
 pub fn find_markers(dir: &Path, marker: &str) -> Vec<PathBuf> {
-    WalkDir::new(dir)
+    find_files(dir, marker, false).0
+}
+
+/// Markers under `dir` and, when `others` is set, every other regular file too.
+pub fn find_files(dir: &Path, marker: &str, others: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut markers, mut rest) = (Vec::new(), Vec::new());
+    let files = WalkDir::new(dir)
         .follow_links(false)
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.file_name() == marker)
-        .map(|e| e.into_path())
-        .collect()
+        .filter(|e| e.file_type().is_file());
+    for e in files {
+        if e.file_name() == marker {
+            markers.push(e.into_path());
+        } else if others {
+            rest.push(e.into_path());
+        }
+    }
+    (markers, rest)
 }
 
 /// What `purgewatch check` says about the tree.
