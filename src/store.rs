@@ -794,11 +794,14 @@ fn claim_changes(conn: &Connection, id: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// (path relative to the root, deleted) pairs.
+pub type ChangeList = Vec<(String, bool)>;
+
 /// A request's changes, one per path (the last event wins), and why the set may be incomplete.
 pub fn request_changes(
     conn: &Connection,
     id: i64,
-) -> Result<(Vec<(String, bool)>, Option<String>), StoreError> {
+) -> Result<(ChangeList, Option<String>), StoreError> {
     let unknown: Option<String> = conn.query_row(
         "SELECT changes_unknown FROM requests WHERE id = ?1",
         [id],
