@@ -346,10 +346,7 @@ impl App {
     /// Markers written while the daemon was down. On the very first start the markers found are
     /// only remembered: installing purgewatch must not purge for every old `.purge` in the tree.
     async fn catch_up(&mut self) -> Result<(), AppError> {
-        let first_start = !self
-            .store
-            .call(|c| store::has_any_marker_or_request(c))
-            .await?;
+        let first_start = self.store.call(|c| store::first_start(c)).await?;
         if first_start {
             let root = self.cfg.watch.root.clone();
             let marker = self.cfg.watch.marker.clone();

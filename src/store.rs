@@ -689,12 +689,13 @@ pub fn remember_marker(conn: &Connection, m: &MarkerSeen) -> Result<(), StoreErr
     Ok(())
 }
 
-pub fn has_any_marker_or_request(conn: &Connection) -> Result<bool, StoreError> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM markers) OR EXISTS (SELECT 1 FROM requests)",
-        [],
-        |r| r.get(0),
-    )?)
+/// True on the very first start of a daemon on this database (and records that it started).
+pub fn first_start(conn: &Connection) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('first_started', ?1) ON CONFLICT (key) DO NOTHING",
+        [now_text()],
+    )?;
+    Ok(n == 1)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod changes;
 mod cli;
 mod detect;
 mod iam;

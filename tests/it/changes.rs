@@ -1,0 +1,322 @@
+//! Purge what changed, once all of it is in S3: change tracking, the whole-change wait, and
+//! invalidation paths from the change set or from the marker's contents.
+
+use std::time::Duration;
+
+use purgewatch::app::Daemon;
+use purgewatch::paths::covers;
+
+use crate::common::{poll, Site};
+
+const DONE: &[&str] = &["completed"];
+
+/// A site that tracks changes: `paths = "changed"`, and optionally `wait_for = "changes"`.
+fn changed_config(
+    site: &Site,
+    wait_for_changes: bool,
+    extra_cloudfront: &str,
+) -> purgewatch::config::Config {
+    let origin = if wait_for_changes {
+        "wait_for = \"changes\""
+    } else {
+        ""
+    };
+    let toml = site
+        .toml("", "", origin)
+        .replace(
+            &format!("distribution_id = \"{}\"", site.distribution_id),
+            &format!(
+                "distribution_id = \"{}\"\npaths = \"changed\"\n{extra_cloudfront}",
+                site.distribution_id
+            ),
+        )
+        .replace("settle = \"200ms\"", "settle = \"300ms\"");
+    site.config_from(&toml)
+}
+
+/// Writes files, uploads them (as lsyncd would), then writes and uploads the marker.
+async fn deploy(site: &Site, files: &[String], marker: &str) {
+    for f in files {
+        site.write(f, format!("<p>{f}</p>").as_bytes());
+    }
+    for f in files {
+        site.upload(f).await;
+    }
+    site.write(marker, b"deploy\n");
+    site.upload(marker).await;
+}
+
+async fn only_invalidation_paths(site: &Site) -> Vec<String> {
+    let invs = site.invalidations().await;
+    assert_eq!(invs.len(), 1, "{invs:?}");
+    let mut p = invs[0].2.clone();
+    p.sort();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pages_in_one_folder_invalidate_exactly_those_and_the_folder_index() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, false, ""))
+        .await
+        .expect("start");
+    let files: Vec<String> = ["blog/a.html", "blog/b.html", "blog/index.html"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    deploy(&site, &files, ".purge").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(
+        only_invalidation_paths(&site).await,
+        vec!["/blog/", "/blog/a.html", "/blog/b.html", "/blog/index.html"]
+    );
+    assert_eq!(rows[0].path_count, Some(4));
+    assert_eq!(rows[0].paths.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_changes_under_blog_become_one_wildcard() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, false, ""))
+        .await
+        .expect("start");
+    let files: Vec<String> = (0..500)
+        .map(|i| format!("blog/{}/p{i}.html", i % 7))
+        .collect();
+    for f in &files {
+        site.write(f, b"x");
+    }
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(only_invalidation_paths(&site).await, vec!["/blog/*"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_over_forty_folders_fit_max_paths_and_cover_every_key() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, false, "max_paths = 15"))
+        .await
+        .expect("start");
+    let files: Vec<String> = (0..40)
+        .flat_map(|d| (0..3).map(move |i| format!("s{}/d{d}/page{i}.html", d % 4)))
+        .collect();
+    for f in &files {
+        site.write(f, b"x");
+    }
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    let paths = only_invalidation_paths(&site).await;
+    assert!(paths.len() <= 15, "{paths:?}");
+    assert!(paths.iter().filter(|p| p.ends_with('*')).count() <= 15);
+    for f in &files {
+        assert!(
+            paths.iter().any(|p| covers(p, f)),
+            "{f} not covered by {paths:?}"
+        );
+    }
+    assert_ne!(paths, vec!["/*"], "40 folders in 4 trees fit without /*");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_page_is_invalidated_once_s3_no_longer_has_it() {
+    let site = Site::new().await;
+    site.write("old/gone.html", b"old");
+    site.upload("old/gone.html").await;
+    let daemon = Daemon::start(changed_config(&site, true, ""))
+        .await
+        .expect("start");
+    std::fs::remove_file(site.root.join("old/gone.html")).expect("rm");
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    poll(
+        "the wait to name the deleted key",
+        Duration::from_secs(20),
+        || async {
+            let h = site.history();
+            let r = h.first()?;
+            site.events(r.id)
+                .iter()
+                .any(|e| {
+                    e.2.as_deref()
+                        .is_some_and(|d| d.contains("old/gone.html still in S3"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        site.invalidations().await.is_empty(),
+        "not before S3 agrees"
+    );
+    site.s3
+        .delete_object()
+        .bucket(&site.origin_bucket)
+        .key("old/gone.html")
+        .send()
+        .await
+        .expect("delete");
+    site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(only_invalidation_paths(&site).await, vec!["/old/gone.html"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_page_still_uploading_holds_the_invalidation_until_it_lands() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, true, ""))
+        .await
+        .expect("start");
+    let big = vec![b'x'; 3 * 1024 * 1024];
+    site.write("media/big.html", &big);
+    site.write("media/small.html", b"small");
+    site.upload("media/small.html").await;
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await; // the marker lands first, as it may with aws s3 sync
+    poll(
+        "the wait to name the missing page",
+        Duration::from_secs(20),
+        || async {
+            let h = site.history();
+            let r = h.first()?;
+            site.events(r.id)
+                .iter()
+                .any(|e| {
+                    e.2.as_deref()
+                        .is_some_and(|d| d.contains("media/big.html not in S3 yet"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        site.invalidations().await.is_empty(),
+        "invalidated before the page landed"
+    );
+    site.upload("media/big.html").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(
+        only_invalidation_paths(&site).await,
+        vec!["/media/big.html", "/media/small.html"]
+    );
+    let events = site.events(rows[0].id);
+    assert!(
+        events.iter().any(|e| e
+            .2
+            .as_deref()
+            .is_some_and(|d| d.contains("and 2 change(s)"))),
+        "the row says how many changes were checked: {events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_listing_paths_invalidates_exactly_those() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"# hot fix\n/news/today.html\n/img/*\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(
+        only_invalidation_paths(&site).await,
+        vec!["/img/*", "/news/today.html"]
+    );
+    assert_eq!(rows[0].path_count, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_marker_list_fails_with_its_line_and_purges_nothing() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"/ok.html\n/also ok.html\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, &["failed"]).await;
+    daemon.shutdown().await.expect("shutdown");
+    let detail = rows[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains("line 2"), "{detail}");
+    assert!(site.invalidations().await.is_empty(), "never a silent /*");
+    let period = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(site.count_object(&period).await, None, "no quota used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_changes_are_unknown_and_the_row_says_so() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, false, ""))
+        .await
+        .expect("first start");
+    daemon.shutdown().await.expect("shutdown");
+    site.write("while-down.html", b"changed while the daemon was stopped");
+    let daemon = Daemon::start(changed_config(&site, false, ""))
+        .await
+        .expect("restart");
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(only_invalidation_paths(&site).await, vec!["/*"]);
+    let events = site.events(rows[0].id);
+    assert!(
+        events.iter().any(|e| e
+            .2
+            .as_deref()
+            .is_some_and(|d| d.contains("changes unknown"))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_rewrites_is_stored_once_per_path() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, false, ""))
+        .await
+        .expect("start");
+    for round in 0..20 {
+        for i in 0..250 {
+            site.write(
+                &format!("s/{}/f{i}.html", i % 10),
+                format!("{round}").as_bytes(),
+            );
+        }
+    }
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    let conn = rusqlite::Connection::open(&site.db).expect("db");
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM changes WHERE request_id = ?1",
+            [rows[0].id],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, 250, "5,000 writes of 250 files: one row per file");
+    assert_eq!(only_invalidation_paths(&site).await, vec!["/s/*"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_reports_this_months_paths_and_their_cost() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"/a.html\n/b.html\n/c/*\n");
+    site.upload(".purge").await;
+    site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    let file = site.config_file(&site.toml("", "", ""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "quota", "--json"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .expect("quota");
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(q["paths_this_month"], 3);
+    assert_eq!(q["free_paths_per_month"], 1000);
+    assert_eq!(q["estimated_charge_usd"], 0.0);
+}
