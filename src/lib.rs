@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`config`]: TOML → typed config; errors name the file and the key.
-//! - [`watch`]: notify → marker events; name filter first; rescans when events are lost.
+//! - [`watch`]: inotify → marker (and change) events; name filter first; rescans when events are lost.
+//! - [`paths`]: which CloudFront paths: the change set collapsed, or the marker's own list.
 //! - [`origin`]: "does S3 hold these bytes yet?" (HeadObject, ETag vs MD5).
 //! - [`quota`]: period policy (time zone, day/month) and the count-bucket mirror.
 //! - [`cdn`]: CloudFront CreateInvalidation with a stable CallerReference.
