@@ -70,7 +70,7 @@ impl Daemon {
             cfg,
             pipeline,
             store,
-            open: None,
+            open: HashMap::new(),
             tasks: JoinSet::new(),
             changes: HashMap::new(),
         };
@@ -99,7 +99,7 @@ impl Daemon {
     }
 }
 
-/// The request still taking marker writes: merged in until its origin check passes.
+/// A request still taking writes of its marker: merged in until its origin check passes.
 struct Open {
     id: i64,
     wake: Arc<Notify>,
@@ -109,7 +109,9 @@ struct App {
     cfg: Arc<Config>,
     pipeline: Pipeline,
     store: Store,
-    open: Option<Open>,
+    /// Per marker path: writes of one marker coalesce; different markers are different requests,
+    /// as each `.purge` upload was one Lambda invocation.
+    open: HashMap<String, Open>,
     tasks: JoinSet<(i64, Result<(), Halt>)>,
     /// Changes not yet written to SQLite, one entry per path: a storm of rewrites of the same
     /// files costs memory per file, not per event; flushed in one transaction.
@@ -214,9 +216,7 @@ impl App {
                 return Err(e.into());
             }
             Ok((id, _)) => {
-                if self.open.as_ref().is_some_and(|o| o.id == id) {
-                    self.open = None;
-                }
+                self.open.retain(|_, o| o.id != id);
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => return Err(AppError::Other(format!("request task panicked: {e}"))),
@@ -254,7 +254,7 @@ impl App {
                 return Ok(());
             }
         };
-        if let Some(open) = &self.open {
+        if let Some(open) = self.open.get(&rel) {
             let (id, s) = (open.id, seen.clone());
             let merged = self
                 .store
@@ -298,7 +298,7 @@ impl App {
             }
             .instrument(span),
         );
-        self.open = Some(Open { id, wake });
+        self.open.insert(rel, Open { id, wake });
         Ok(())
     }
 
@@ -436,10 +436,11 @@ impl App {
             info!(request = p.id, status = %p.status, "resuming");
             let wake = Arc::new(Notify::new());
             if p.status == store::Status::WaitingForOrigin && !p.verified && p.source != "manual" {
-                self.open = Some(Open {
+                let open = Open {
                     id: p.id,
                     wake: wake.clone(),
-                });
+                };
+                self.open.insert(p.marker.clone(), open);
             }
             let pipe = self.pipeline.clone();
             let id = p.id;

@@ -139,6 +139,7 @@ pub struct HistoryRow {
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,
+    pub marker: String,
     pub status: Status,
     pub source: String,
     pub verified: bool,
@@ -545,7 +546,7 @@ pub fn paths_of(conn: &Connection, id: i64) -> Result<Vec<String>, StoreError> {
 pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, status, origin, verified_at IS NOT NULL, period, caller_reference,
-                invalidation_id, granted_at
+                invalidation_id, granted_at, marker
          FROM requests WHERE status IN ('waiting_for_origin', 'deferred', 'invalidating', 'invalidated')
          ORDER BY id",
     )?;
@@ -561,6 +562,7 @@ pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
                 caller_reference: r.get(5)?,
                 invalidation_id: r.get(6)?,
                 granted_at: r.get(7)?,
+                marker: r.get(8)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
