@@ -231,6 +231,15 @@ impl App {
         };
         // The request owns the changes recorded up to its marker: store them first.
         self.flush_changes().await?;
+        if path.to_str().is_none() {
+            // S3 keys are UTF-8; lsyncd cannot have synced this name as it is.
+            let detail = format!("marker path {rel:?} is not UTF-8: no S3 key can match it");
+            warn!(marker = %rel, "marker path is not UTF-8");
+            self.store
+                .call(move |c| store::insert_failed(c, source, &rel, &detail))
+                .await?;
+            return Ok(());
+        }
         let seen = {
             let (p, r) = (path.clone(), rel.clone());
             tokio::task::spawn_blocking(move || origin::hash_file(&p, r))

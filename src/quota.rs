@@ -237,6 +237,77 @@ mod tests {
         assert!(next > t && next - t < ChronoDuration::hours(24));
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ZONES: &[Tz] = &[
+            chrono_tz::UTC,
+            chrono_tz::America::New_York,
+            chrono_tz::Europe::Berlin,
+            chrono_tz::Asia::Tokyo,
+            chrono_tz::America::Santiago,
+            chrono_tz::Australia::Lord_Howe,
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            // Around every instant from 2000 to 2100, in zones with and without DST: the next
+            // period starts after now, the instant before it is still this period, and it is
+            // the next calendar day or month.
+            #[test]
+            fn the_next_period_follows_this_one(secs in 946_684_800i64..4_102_444_800, z in 0..ZONES.len(), month in any::<bool>()) {
+                let tz = ZONES[z];
+                let period = if month { Period::Month } else { Period::Day };
+                let now = DateTime::from_timestamp(secs, 0).expect("in range");
+                let next = next_period_start(now, tz, period);
+                prop_assert!(next > now);
+                let key = period_key(now, tz, period);
+                prop_assert_eq!(period_key(next - ChronoDuration::seconds(1), tz, period), key.clone());
+                let next_key = period_key(next, tz, period);
+                let today = now.with_timezone(&tz).date_naive();
+                let want = match period {
+                    Period::Day => (today + ChronoDuration::days(1)).format("%Y-%m-%d").to_string(),
+                    Period::Month => {
+                        let d = today.with_day(1).expect("day 1") + ChronoDuration::days(32);
+                        d.format("%Y-%m").to_string()
+                    }
+                };
+                prop_assert_eq!(next_key, want);
+                let span = next - now;
+                let limit = if month { ChronoDuration::days(32) } else { ChronoDuration::hours(25) };
+                prop_assert!(span <= limit, "{:?}", span);
+            }
+        }
+
+        #[test]
+        fn leap_day_and_year_end() {
+            let t = at("2028-02-29T12:00:00Z");
+            assert_eq!(period_key(t, chrono_tz::UTC, Period::Day), "2028-02-29");
+            assert_eq!(
+                next_period_start(t, chrono_tz::UTC, Period::Day),
+                at("2028-03-01T00:00:00Z")
+            );
+            // Berlin's DST ends 2026-10-25: that day has 25 hours.
+            let t = at("2026-10-24T22:30:00Z"); // 00:30 local on the 25th
+            assert_eq!(
+                period_key(t, chrono_tz::Europe::Berlin, Period::Day),
+                "2026-10-25"
+            );
+            assert_eq!(
+                next_period_start(t, chrono_tz::Europe::Berlin, Period::Day),
+                at("2026-10-25T23:00:00Z")
+            );
+            // New York's DST starts 2026-03-08: a 23-hour day.
+            let t = at("2026-03-08T05:00:00Z"); // midnight local
+            assert_eq!(
+                next_period_start(t, chrono_tz::America::New_York, Period::Day),
+                at("2026-03-09T04:00:00Z")
+            );
+        }
+    }
+
     #[test]
     fn seed_bodies_parse_and_garbage_does_not() {
         assert_eq!(parse_count("k", b"9"), Ok(9));

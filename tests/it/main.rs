@@ -6,5 +6,6 @@ mod common;
 mod changes;
 mod cli;
 mod detect;
+mod faults;
 mod iam;
 mod quota;
