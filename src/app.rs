@@ -73,6 +73,7 @@ impl Daemon {
             open: HashMap::new(),
             tasks: JoinSet::new(),
             changes: HashMap::new(),
+            unusable: HashMap::new(),
         };
         app.resume().await?;
         app.catch_up().await?;
@@ -116,6 +117,8 @@ struct App {
     /// Changes not yet written to SQLite, one entry per path: a storm of rewrites of the same
     /// files costs memory per file, not per event; flushed in one transaction.
     changes: HashMap<String, store::ChangeSeen>,
+    /// Markers last recorded as unusable, by (size, mtime): one row per write, not per report.
+    unusable: HashMap<String, (u64, i64)>,
 }
 
 /// Flush the change buffer at least this often, and whenever it holds this many paths.
@@ -234,11 +237,7 @@ impl App {
         if path.to_str().is_none() {
             // S3 keys are UTF-8; lsyncd cannot have synced this name as it is.
             let detail = format!("marker path {rel:?} is not UTF-8: no S3 key can match it");
-            warn!(marker = %rel, "marker path is not UTF-8");
-            self.store
-                .call(move |c| store::insert_failed(c, source, &rel, &detail))
-                .await?;
-            return Ok(());
+            return self.unusable(&path, rel, source, detail).await;
         }
         let seen = {
             let (p, r) = (path.clone(), rel.clone());
@@ -256,11 +255,7 @@ impl App {
             Err(e) => {
                 // Unreadable, or not a regular file: recorded, so the operator sees why.
                 let detail = format!("cannot use marker {rel}: {e}");
-                warn!(marker = %rel, error = %e, "marker not usable");
-                self.store
-                    .call(move |c| store::insert_failed(c, source, &rel, &detail))
-                    .await?;
-                return Ok(());
+                return self.unusable(&path, rel, source, detail).await;
             }
         };
         if let Some(open) = self.open.get(&rel) {
@@ -281,6 +276,29 @@ impl App {
         self.new_request(seen, source).await
     }
 
+    /// Records a marker that cannot be purged for, once per write: the watch event and the scan
+    /// of a new folder can both report the same write.
+    async fn unusable(
+        &mut self,
+        path: &std::path::Path,
+        rel: String,
+        source: Source,
+        detail: String,
+    ) -> Result<(), AppError> {
+        let stamp = std::fs::symlink_metadata(path)
+            .map(|m| (m.len(), mtime_ns(&m)))
+            .unwrap_or_default();
+        if self.unusable.get(&rel) == Some(&stamp) {
+            return Ok(());
+        }
+        warn!(marker = %rel, %detail, "marker not usable");
+        self.unusable.insert(rel.clone(), stamp);
+        self.store
+            .call(move |c| store::insert_failed(c, source, &rel, &detail))
+            .await?;
+        Ok(())
+    }
+
     async fn new_request(&mut self, seen: MarkerSeen, source: Source) -> Result<(), AppError> {
         let paths = configured_paths(&self.cfg);
         let rel = seen.rel.clone();
@@ -295,6 +313,7 @@ impl App {
                 store::insert_request(c, source, Some(&seen), &paths, detail)
             })
             .await?;
+        crate::pipeline::crash_point("after_request_stored");
         info!(request = id, marker = %rel, "purge requested");
         let wake = Arc::new(Notify::new());
         let p = self.pipeline.clone();

@@ -229,6 +229,7 @@ impl Pipeline {
                         .call(move |c| store::mark_verified(c, id, generation, &detail))
                         .await?;
                     if ok {
+                        crash_point("after_origin_verified");
                         info!(request = id, "origin holds the marker");
                         return Ok(Verified {
                             request_ids: vec![id],
@@ -378,38 +379,49 @@ impl Pipeline {
     ) -> Result<Option<Granted>, GrantError> {
         let q = &self.cfg.quota;
         let mut conn = self.store.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        // Another process may have moved these requests on (a resumed manual purge, say).
-        let mut live = Vec::new();
-        for &id in ids {
-            let status: String = tx
-                .query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .map_err(StoreError::from)?;
-            if status == "waiting_for_origin" || status == "deferred" {
-                live.push(id);
-            }
-        }
-        if live.is_empty() {
-            return Ok(None);
-        }
-        let period = quota::period_key(Utc::now(), q.timezone, q.period);
-        let mut local = store::counter(&tx, &period)?;
         for _ in 0..16 {
+            // Phase 1, one write transaction: decide, and journal the slot on the request before
+            // the count object is written, so a crash in between is recognised at restart.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::from)?;
+            // Another process may have moved these requests on (a resumed manual purge, say).
+            let live = store::grantable(&tx, ids)?;
+            let Some(&lead) = live.first() else {
+                return Ok(None);
+            };
+            let caller_reference = cdn::caller_reference(&self.host, &self.instance, lead);
+            let period = quota::period_key(Utc::now(), q.timezone, q.period);
+            let mut local = store::counter(&tx, &period)?;
+            let own = store::reservation(&tx, lead)?
+                .filter(|(p, _)| *p == period)
+                .map(|(_, slot)| slot);
             let remote = match &self.mirror {
                 Some(m) => Some(rt.block_on(m.read(&period))?),
                 None => None,
             };
-            let base = local.count.max(remote.as_ref().map_or(0, |r| r.count));
             if let Some(r) = &remote {
                 local.remote_count = Some(r.count);
                 local.remote_etag = r.etag.clone();
+                // We crashed after our count-object write landed: the object still names us.
+                if own == Some(r.count) && r.writer.as_deref() == Some(caller_reference.as_str()) {
+                    local.count = local.count.max(r.count);
+                    store::set_counter(&tx, &period, &local)?;
+                    let detail = self.grant_detail(r.count, &period, " (written before a restart)");
+                    store::grant(&tx, &live, &period, &caller_reference, &detail)?;
+                    tx.commit().map_err(StoreError::from)?;
+                    return Ok(Some(Granted {
+                        request_ids: live,
+                        period,
+                        caller_reference,
+                    }));
+                }
             }
+            // The local count holds confirmed slots only: a reservation whose write lost a race
+            // (or never happened) must not make the next attempt skip a slot.
+            let base = local.count.max(remote.as_ref().map_or(0, |r| r.count));
             if base >= q.max {
-                local.count = base;
+                local.count = local.count.max(base);
                 store::set_counter(&tx, &period, &local)?;
                 let (to, detail) = match q.when_exhausted {
                     WhenExhausted::Skip => (
@@ -433,28 +445,41 @@ impl Pipeline {
                 return Ok(None);
             }
             let slot = base + 1;
-            if let (Some(m), Some(r)) = (&self.mirror, &remote) {
-                match rt.block_on(m.write(&period, slot, r.etag.as_deref())) {
-                    Ok(etag) => {
-                        local.remote_count = Some(slot);
-                        local.remote_etag = etag;
-                    }
+            let (Some(m), Some(r)) = (&self.mirror, &remote) else {
+                // No count bucket: the local reservation is the grant, in the same transaction.
+                local.count = slot;
+                store::set_counter(&tx, &period, &local)?;
+                let detail = self.grant_detail(slot, &period, "");
+                store::grant(&tx, &live, &period, &caller_reference, &detail)?;
+                tx.commit().map_err(StoreError::from)?;
+                crash_point("after_slot_reserved");
+                return Ok(Some(Granted {
+                    request_ids: live,
+                    period,
+                    caller_reference,
+                }));
+            };
+            store::reserve(&tx, lead, &period, slot)?;
+            tx.commit().map_err(StoreError::from)?;
+            crash_point("after_slot_reserved");
+
+            // Phase 2: the conditional write that makes the slot the fleet's.
+            let etag =
+                match rt.block_on(m.write(&period, slot, r.etag.as_deref(), &caller_reference)) {
+                    Ok(etag) => etag,
                     Err(MirrorError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
-                }
-            }
-            local.count = slot;
+                };
+            crash_point("after_count_written");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(StoreError::from)?;
+            let mut local = store::counter(&tx, &period)?;
+            local.count = local.count.max(slot);
+            local.remote_count = Some(slot);
+            local.remote_etag = etag;
             store::set_counter(&tx, &period, &local)?;
-            let caller_reference = cdn::caller_reference(&self.host, &self.instance, live[0]);
-            let mirrored = match &self.mirror {
-                Some(m) => format!(
-                    ", s3://{}/{} = {slot}",
-                    m.bucket(),
-                    quota::object_key(&period)
-                ),
-                None => String::new(),
-            };
-            let detail = format!("slot {slot} of {} in {period}{mirrored}", q.max);
+            let detail = self.grant_detail(slot, &period, "");
             store::grant(&tx, &live, &period, &caller_reference, &detail)?;
             tx.commit().map_err(StoreError::from)?;
             return Ok(Some(Granted {
@@ -466,6 +491,21 @@ impl Pipeline {
         Err(GrantError::Mirror(MirrorError::Aws(AwsError::transient(
             "the count object kept changing under us",
         ))))
+    }
+
+    fn grant_detail(&self, slot: u32, period: &str, how: &str) -> String {
+        let mirrored = match &self.mirror {
+            Some(m) => format!(
+                ", s3://{}/{} = {slot}",
+                m.bucket(),
+                quota::object_key(period)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "slot {slot} of {} in {period}{mirrored}{how}",
+            self.cfg.quota.max
+        )
     }
 
     /// Sends CreateInvalidation until CloudFront takes it. After anything that may have reached
@@ -486,7 +526,8 @@ impl Pipeline {
                     .cdn
                     .create(&paths, &g.caller_reference)
                     .await
-                    .map(|id| (id, "created")),
+                    .map(|id| (id, "created"))
+                    .inspect(|_| crash_point("after_invalidation_sent")),
                 Err(e) => Err(e),
             };
             match result {
@@ -502,6 +543,7 @@ impl Pipeline {
                     self.store
                         .call(move |c| store::set_invalidation_id(c, &ids, &inv2, &detail))
                         .await?;
+                    crash_point("after_invalidation_stored");
                     return Ok(Invalidated {
                         request_ids: g.request_ids,
                         invalidation_id: inv,
@@ -624,6 +666,19 @@ fn read_marker_list(path: &std::path::Path) -> Result<Option<Vec<String>>, Strin
     }
     paths::parse_marker(&buf).map_err(|e| e.to_string())
 }
+
+/// A crash on purpose, for the kill-at-every-step tests (feature `failpoints`, env FAILPOINTS,
+/// e.g. `after_count_written=return`): abort(), like kill -9, with no clean-up at all.
+#[cfg(feature = "failpoints")]
+pub fn crash_point(name: &str) {
+    if fail::eval(name, |_| ()).is_some() {
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn crash_point(_name: &str) {}
 
 #[derive(Debug, thiserror::Error)]
 enum GrantError {

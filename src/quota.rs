@@ -75,7 +75,13 @@ pub struct Remote {
     pub count: u32,
     /// None when the object does not exist yet.
     pub etag: Option<String>,
+    /// The CallerReference of the purgewatch request that wrote it last (object metadata;
+    /// the seed Lambda writes none). Lets a restarted daemon recognise its own write.
+    pub writer: Option<String>,
 }
+
+/// User metadata naming the request that wrote the count; the body stays the seed's format.
+const WRITER_KEY: &str = "purgewatch-request";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -116,6 +122,7 @@ impl Mirror {
         match out {
             Ok(o) => {
                 let etag = o.e_tag.clone();
+                let writer = o.metadata().and_then(|m| m.get(WRITER_KEY)).cloned();
                 let body = o
                     .body
                     .collect()
@@ -127,6 +134,7 @@ impl Mirror {
                 Ok(Remote {
                     count: parse_count(&key, &body)?,
                     etag,
+                    writer,
                 })
             }
             Err(e) => {
@@ -138,6 +146,7 @@ impl Mirror {
                     Ok(Remote {
                         count: 0,
                         etag: None,
+                        writer: None,
                     })
                 } else {
                     Err(aws::classify(&format!("GetObject s3://{}/{key}", self.bucket), &e).into())
@@ -152,6 +161,7 @@ impl Mirror {
         period: &str,
         count: u32,
         etag: Option<&str>,
+        writer: &str,
     ) -> Result<Option<String>, MirrorError> {
         let key = object_key(period);
         let mut put = self
@@ -160,6 +170,7 @@ impl Mirror {
             .bucket(&self.bucket)
             .key(&key)
             .content_type("text/plain")
+            .metadata(WRITER_KEY, writer)
             .body(count.to_string().into_bytes().into());
         put = match etag {
             Some(t) => put.if_match(t),

@@ -236,6 +236,11 @@ CREATE INDEX changes_request ON changes(request_id);
 ALTER TABLE requests ADD COLUMN changes_unknown TEXT; -- why the change set is incomplete
 ALTER TABLE requests ADD COLUMN path_count INTEGER;
 "#,
+    r#"
+-- A slot journaled before the count object is written (see pipeline::try_grant).
+ALTER TABLE requests ADD COLUMN reserved_period TEXT;
+ALTER TABLE requests ADD COLUMN reserved_slot INTEGER;
+"#,
 ];
 
 /// One connection, shared; calls run on blocking threads (see [`Store::call`]).
@@ -852,4 +857,40 @@ pub fn paths_since(conn: &Connection, since: &str) -> Result<u64, StoreError> {
         |r| r.get(0),
     )?;
     Ok(n.unwrap_or(0).max(0) as u64)
+}
+
+/// Of `ids`, those a grant may still move on (waiting or deferred), in order.
+pub fn grantable(conn: &Connection, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+    let mut live = Vec::new();
+    for &id in ids {
+        let status: String =
+            conn.query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        if status == "waiting_for_origin" || status == "deferred" {
+            live.push(id);
+        }
+    }
+    Ok(live)
+}
+
+/// Journals the slot a request is about to write into the count object.
+pub fn reserve(conn: &Connection, id: i64, period: &str, slot: u32) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE requests SET reserved_period = ?2, reserved_slot = ?3 WHERE id = ?1",
+        params![id, period, slot],
+    )?;
+    Ok(())
+}
+
+pub fn reservation(conn: &Connection, id: i64) -> Result<Option<(String, u32)>, StoreError> {
+    Ok(conn.query_row(
+        "SELECT reserved_period, reserved_slot FROM requests WHERE id = ?1",
+        [id],
+        |r| {
+            let p: Option<String> = r.get(0)?;
+            let s: Option<u32> = r.get(1)?;
+            Ok(p.zip(s))
+        },
+    )?)
 }

@@ -253,12 +253,9 @@ impl Watcher {
             };
             match guard.get_inner_mut().read_events(&mut buf) {
                 Ok(events) => {
-                    let mut new_dirs = Vec::new();
+                    // In order: a folder created before a marker is watched and reported first.
                     for ev in events {
-                        self.on_event(ev.wd, ev.mask, ev.name, &mut new_dirs);
-                    }
-                    for dir in new_dirs {
-                        self.on_new_dir(dir);
+                        self.on_event(ev.wd, ev.mask, ev.name);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
@@ -270,17 +267,11 @@ impl Watcher {
         }
     }
 
-    fn on_event(
-        &mut self,
-        wd: WatchDescriptor,
-        mask: EventMask,
-        name: Option<&std::ffi::OsStr>,
-        new_dirs: &mut Vec<PathBuf>,
-    ) {
+    fn on_event(&mut self, wd: WatchDescriptor, mask: EventMask, name: Option<&std::ffi::OsStr>) {
         if mask.contains(EventMask::Q_OVERFLOW) {
             warn!("the kernel dropped file events (queue overflow); rescanning for markers");
             // Folders created meanwhile may lack a watch: walk the whole tree again.
-            new_dirs.push(self.root.clone());
+            self.on_new_dir(self.root.clone());
             return;
         }
         if mask.contains(EventMask::IGNORED) {
@@ -292,7 +283,8 @@ impl Watcher {
         if is_dir {
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
                 if let Some(parent) = self.paths.get(&wd) {
-                    new_dirs.push(parent.join(name));
+                    let dir = parent.join(name);
+                    self.on_new_dir(dir);
                 }
             } else if self.track_changes && mask.contains(EventMask::MOVED_FROM) {
                 if let Some(parent) = self.paths.get(&wd) {

@@ -5,6 +5,8 @@ mod common;
 
 mod changes;
 mod cli;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod detect;
 mod faults;
 mod iam;

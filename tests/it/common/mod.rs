@@ -20,16 +20,26 @@ pub struct Emulator {
 
 static EMULATOR: OnceLock<Emulator> = OnceLock::new();
 
-/// The moto_server the test command installed in .venv, or one named by PURGEWATCH_MOTO_SERVER.
-fn moto_binary() -> PathBuf {
+/// The emulator: moto from the .venv the test command made, through tests/moto_atomic.py (which
+/// makes S3 conditional writes atomic, as in S3), or the server named by PURGEWATCH_MOTO_SERVER.
+fn moto_command(port: u16) -> Command {
+    let port = port.to_string();
     if let Ok(p) = std::env::var("PURGEWATCH_MOTO_SERVER") {
-        return PathBuf::from(p);
+        let mut c = Command::new(p);
+        c.args(["-H", "127.0.0.1", "-p", &port]);
+        return c;
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("moto_server")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv_python = root.join(".venv/bin/python");
+    let python = if venv_python.exists() {
+        venv_python
+    } else {
+        PathBuf::from("python3")
+    };
+    let mut c = Command::new(python);
+    c.arg(root.join("tests/moto_atomic.py"))
+        .args(["-H", "127.0.0.1", "-p", &port]);
+    c
 }
 
 fn free_port() -> u16 {
@@ -66,9 +76,8 @@ pub fn emulator() -> &'static Emulator {
         let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<u32>>();
         std::thread::spawn(move || {
             use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new(moto_binary());
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
+            let mut cmd = moto_command(port);
+            cmd.stdout(Stdio::null())
                 .stderr(Stdio::null());
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
@@ -93,8 +102,7 @@ pub fn emulator() -> &'static Emulator {
         match rx.recv().expect("spawner thread") {
             Ok(_) => {}
             Err(e) => panic!(
-                "cannot start {}: {e}; run the tests with scripts/test, which installs moto[server] in .venv",
-                moto_binary().display()
+                "cannot start the emulator: {e}; run the tests with scripts/test, which installs moto[server] in .venv"
             ),
         }
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -120,8 +128,7 @@ impl PrivateEmulator {
     pub fn start() -> PrivateEmulator {
         emulator(); // sets the test credentials in the environment
         let port = free_port();
-        let child = Command::new(moto_binary())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = moto_command(port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

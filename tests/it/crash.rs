@@ -1,0 +1,145 @@
+//! kill -9 at every step: the daemon aborts at a crash point (feature `failpoints`), restarts,
+//! and the request still ends in exactly one invalidation, with the count object equal to the
+//! number of invalidations and a history that says what happened.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{poll, Site};
+
+/// Starts the built daemon and returns once it logs that it is watching.
+fn start(config: &std::path::Path, failpoints: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_purgewatch"));
+    cmd.args(["--config", &config.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("FAILPOINTS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(f) = failpoints {
+        cmd.env("FAILPOINTS", f);
+    }
+    let mut child = cmd.spawn().expect("spawn daemon");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("daemon log line");
+        if line.contains("watching") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon never said it was watching"
+        );
+    }
+    // Drain the rest so the pipe never fills.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    child
+}
+
+async fn crash_and_recover(point: &str) {
+    let site = Site::new().await;
+    let config = site.config_file(&site.toml("", "", ""));
+    let mut daemon = start(&config, Some(&format!("{point}=return")));
+    site.write(".purge", point.as_bytes());
+    site.upload(".purge").await;
+    let status = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = daemon.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{point}: the daemon did not reach its crash point"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "{point}: crashed, not exited"
+    );
+
+    let mut daemon = start(&config, None);
+    let rows = poll(
+        &format!("{point}: the request to complete after the restart"),
+        Duration::from_secs(60),
+        || async {
+            let h = site.history();
+            (h.len() == 1 && h[0].status == "completed").then_some(h)
+        },
+    )
+    .await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let invs = site.invalidations().await;
+    assert_eq!(invs.len(), 1, "{point}: exactly one invalidation: {invs:?}");
+    assert_eq!(
+        rows[0].invalidation_id.as_deref(),
+        Some(invs[0].0.as_str()),
+        "{point}"
+    );
+    let period = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(
+        site.count_object(&period).await.as_deref(),
+        Some("1"),
+        "{point}: count = invalidations"
+    );
+    let story: Vec<String> = site
+        .events(rows[0].id)
+        .into_iter()
+        .filter_map(|e| e.2)
+        .collect();
+    assert!(
+        story.iter().any(|d| d.contains("slot 1 of 10")),
+        "{point}: {story:?}"
+    );
+    assert!(
+        story.iter().any(|d| d.contains("completed")),
+        "{point}: {story:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_request_is_stored() {
+    crash_and_recover("after_request_stored").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_origin_check_succeeds() {
+    crash_and_recover("after_origin_verified").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_slot_is_reserved_locally() {
+    crash_and_recover("after_slot_reserved").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_count_object_is_written() {
+    crash_and_recover("after_count_written").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_create_invalidation_is_sent_before_its_id_is_stored() {
+    // moto does not deduplicate CallerReference: only the lookup before re-sending saves us.
+    crash_and_recover("after_invalidation_sent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_invalidation_id_is_stored() {
+    crash_and_recover("after_invalidation_stored").await;
+}
