@@ -250,3 +250,90 @@ async fn hostile_trees_have_defined_outcomes_and_the_daemon_stays_up() {
     );
     assert_eq!(site.invalidations().await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_refused_stalled_and_reset_for_30s_each_delay_but_never_lose_or_duplicate() {
+    use crate::common::proxy::{FaultProxy, Mode};
+    let secs: u64 = std::env::var("PURGEWATCH_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let site = Site::new().await;
+    let emulator_port: u16 = site
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("emulator port");
+    let proxy = FaultProxy::start(emulator_port);
+    let toml = site
+        .toml("", "", "")
+        .replace(&site.endpoint, &format!("http://127.0.0.1:{}", proxy.port))
+        .replace("wait_timeout = \"20s\"", "wait_timeout = \"10m\"");
+    let file = site.config_file(&toml);
+    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    for (i, mode) in [Mode::Refuse, Mode::Stall, Mode::Reset]
+        .into_iter()
+        .enumerate()
+    {
+        proxy.set(mode);
+        let rel = format!("o{i}/.purge");
+        site.write(&rel, format!("{mode:?}").as_bytes());
+        site.upload(&rel).await; // lsyncd still reaches S3; the daemon does not
+        poll(
+            "the request to be stored",
+            Duration::from_secs(10),
+            || async { (site.history().len() == i + 1).then_some(()) },
+        )
+        .await;
+        // `history` answers while AWS is out.
+        let asked = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+            .args(["--config", &file.display().to_string(), "history", "--json"])
+            .output()
+            .expect("history");
+        assert!(
+            out.status.success() && asked.elapsed() < Duration::from_secs(5),
+            "{mode:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await; // the outage itself
+        assert_eq!(
+            site.invalidations().await.len(),
+            i,
+            "{mode:?}: nothing gets through an outage"
+        );
+        assert_eq!(
+            site.history()[0].status,
+            "waiting_for_origin",
+            "{mode:?}: kept, not dropped"
+        );
+        proxy.set(Mode::Pass);
+        poll(
+            &format!("{mode:?}: completion after recovery"),
+            Duration::from_secs(150),
+            || async {
+                let h = site.history();
+                (h.len() == i + 1 && h.iter().all(|r| r.status == "completed")).then_some(())
+            },
+        )
+        .await;
+    }
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.invalidations().await.len(), 3, "nothing duplicated");
+    assert_eq!(site.count_object(&today_utc()).await.as_deref(), Some("3"));
+    // Refused and reset calls fail at once and are recorded as retries; a stalled one ends in
+    // the SDK's attempt timeout and is retried inside the same call, so its row may show none.
+    for r in site
+        .history()
+        .into_iter()
+        .filter(|r| r.marker != "o1/.purge")
+    {
+        let story: Vec<String> = site.events(r.id).into_iter().filter_map(|e| e.2).collect();
+        assert!(
+            story
+                .iter()
+                .any(|d| d.contains("will retry") || d.contains("waiting")),
+            "the history says what happened: {story:?}"
+        );
+    }
+}
