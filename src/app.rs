@@ -137,7 +137,8 @@ impl App {
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
-        let mut ping = tokio::time::interval(watchdog.map_or(Duration::MAX / 4, |d| d / 2));
+        let every = watchdog.map_or(Duration::from_secs(86_400), |d| d / 2);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut flush_at: Option<tokio::time::Instant> = None;
         let result = loop {
             tokio::select! {

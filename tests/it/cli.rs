@@ -277,3 +277,51 @@ async fn check_names_folders_the_daemon_user_cannot_read() {
     );
     let _ = std::fs::remove_file("/tmp/purgewatch-check-nobody.db");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_tells_systemd_ready_once_watching_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::new().await;
+    let file = site.config_file(&site.toml("", "", ""));
+    let socket_path = site.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000") // 0.4 s: pings every 0.2 s
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 256];
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while messages
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "messages so far: {messages:?}");
+        let n = socket.recv(&mut buf).expect("a notification");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(messages[0].contains("READY=1"), "READY first: {messages:?}");
+    // READY comes after the start-up: the database exists and the first start is recorded.
+    let conn = rusqlite::Connection::open(&site.db).expect("db");
+    let started: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key = 'first_started'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("meta");
+    assert_eq!(started, 1);
+}

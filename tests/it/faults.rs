@@ -308,6 +308,7 @@ async fn aws_refused_stalled_and_reset_for_30s_each_delay_but_never_lose_or_dupl
             "{mode:?}: kept, not dropped"
         );
         proxy.set(Mode::Pass);
+        let recovered = Instant::now();
         poll(
             &format!("{mode:?}: completion after recovery"),
             Duration::from_secs(150),
@@ -317,6 +318,10 @@ async fn aws_refused_stalled_and_reset_for_30s_each_delay_but_never_lose_or_dupl
             },
         )
         .await;
+        eprintln!(
+            "outage {mode:?} {secs}s: completed {:?} after recovery",
+            recovered.elapsed()
+        );
     }
     daemon.shutdown().await.expect("shutdown");
     assert_eq!(site.invalidations().await.len(), 3, "nothing duplicated");
