@@ -140,8 +140,15 @@ impl App {
         let every = watchdog.map_or(Duration::from_secs(86_400), |d| d / 2);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut flush_at: Option<tokio::time::Instant> = None;
+        // Only once the watch limit was hit: periodic scans for folders without a watch.
+        let mut fallback = tokio::time::interval(self.cfg.watch.fallback_scan);
+        fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
+                _ = fallback.tick(), if lost.degraded.load(Ordering::Relaxed) => {
+                    let root = self.cfg.watch.root.clone();
+                    if let Err(e) = self.scan(root, Source::Scan, true).await { break Err(e) }
+                }
                 _ = sleep_until_some(flush_at) => {
                     flush_at = None;
                     if let Err(e) = self.flush_changes().await { break Err(e) }

@@ -46,6 +46,8 @@ pub struct Watch {
     pub marker: String,
     /// Marker writes closer together than this become one request.
     pub settle: Duration,
+    /// How often folders without an inotify watch (the kernel's limit reached) are scanned.
+    pub fallback_scan: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +142,8 @@ struct RawWatch {
     marker: String,
     #[serde(default = "default_settle")]
     settle: HumanDuration,
+    #[serde(default = "default_fallback_scan")]
+    fallback_scan: HumanDuration,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +240,9 @@ fn default_marker() -> String {
 }
 fn default_settle() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
+}
+fn default_fallback_scan() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 fn default_wait_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(15 * 60))
@@ -417,6 +424,7 @@ impl Config {
                 root: w.root,
                 marker: w.marker,
                 settle: w.settle.0,
+                fallback_scan: w.fallback_scan.0.max(Duration::from_millis(100)),
             },
             origin: Origin {
                 bucket: o.bucket,

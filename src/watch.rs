@@ -42,15 +42,6 @@ pub enum WatchEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error(
-        "inotify ran out of watches at {path}: raise fs.inotify.max_user_watches \
-         (the tree has {folders} folders; e.g. sysctl fs.inotify.max_user_watches={suggest})"
-    )]
-    TooManyWatches {
-        path: String,
-        folders: usize,
-        suggest: usize,
-    },
     #[error("cannot watch {path}: {source}")]
     Io {
         path: String,
@@ -65,6 +56,8 @@ pub struct Lost {
     /// Times events were lost since start.
     pub count: AtomicU64,
     pub wake: Notify,
+    /// Some folders have no watch (fs.inotify.max_user_watches reached): scan periodically.
+    pub degraded: AtomicBool,
 }
 
 impl Lost {
@@ -152,20 +145,16 @@ pub fn start(
         lost,
         warned_limit: false,
     };
-    w.add_tree(root).map_err(|e| match e {
-        AddError::Limit(path) => {
-            let folders = count_folders(root);
-            WatchError::TooManyWatches {
+    match w.add_tree(root) {
+        Ok(()) => {}
+        Err(AddError::Limit(path)) => w.out_of_watches(&path),
+        Err(AddError::Io(path, source)) => {
+            return Err(WatchError::Io {
                 path: path.display().to_string(),
-                folders,
-                suggest: (folders * 2).max(65_536),
-            }
+                source,
+            })
         }
-        AddError::Io(path, source) => WatchError::Io {
-            path: path.display().to_string(),
-            source,
-        },
-    })?;
+    }
     let token = CancellationToken::new();
     let t = token.clone();
     let thread = std::thread::Builder::new()
@@ -212,6 +201,9 @@ impl Watcher {
             };
             if !entry.file_type().is_dir() {
                 continue;
+            }
+            if test_watch_cap_reached(self.paths.len()) {
+                return Err(AddError::Limit(entry.into_path()));
             }
             match self.watches.add(entry.path(), mask(self.track_changes)) {
                 // Re-adding a folder (moved within the tree) returns its old descriptor: the
@@ -322,16 +314,7 @@ impl Watcher {
         let whole_tree = dir == self.root;
         match self.add_tree(&dir) {
             Ok(()) => {}
-            Err(AddError::Limit(at)) => {
-                if !self.warned_limit {
-                    error!(
-                        folder = %at.display(),
-                        "inotify ran out of watches: raise fs.inotify.max_user_watches; \
-                         folders without a watch are only seen by rescans"
-                    );
-                    self.warned_limit = true;
-                }
-            }
+            Err(AddError::Limit(at)) => self.out_of_watches(&at),
             Err(AddError::Io(at, e)) => warn!(folder = %at.display(), error = %e, "cannot watch"),
         }
         if whole_tree {
@@ -341,12 +324,51 @@ impl Watcher {
         }
     }
 
+    /// Says once, with the number needed, that the kernel's watch limit was reached; keeps
+    /// serving the watched folders and asks the pipeline to scan the tree periodically.
+    fn out_of_watches(&mut self, at: &Path) {
+        self.lost.degraded.store(true, Ordering::SeqCst);
+        self.lost.wake.notify_one();
+        if self.warned_limit {
+            return;
+        }
+        self.warned_limit = true;
+        let folders = count_folders(&self.root);
+        error!(
+            folder = %at.display(),
+            watched = self.paths.len(),
+            folders,
+            "inotify ran out of watches: raise fs.inotify.max_user_watches to at least {} \
+             (e.g. sysctl fs.inotify.max_user_watches={}); until then folders without a watch \
+             are scanned for markers every watch.fallback_scan",
+            folders,
+            (folders * 2).max(65_536)
+        );
+    }
+
     fn send(&self, ev: WatchEvent) {
         if self.tx.try_send(ev).is_err() {
             // Full (or closing): never drop a marker, look for it again instead.
             self.lost.raise();
         }
     }
+}
+
+/// Test seam (feature `failpoints` only): PURGEWATCH_TEST_MAX_WATCHES=N behaves as if the
+/// kernel refused the watch after N, so the fallback can be tested without lowering the
+/// machine-wide fs.inotify.max_user_watches under other tests.
+#[cfg(feature = "failpoints")]
+fn test_watch_cap_reached(watched: usize) -> bool {
+    std::env::var("PURGEWATCH_TEST_MAX_WATCHES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|cap| watched >= cap)
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+fn test_watch_cap_reached(_watched: usize) -> bool {
+    false
 }
 
 /// Every file named `marker` under `dir`, never following symlinks.

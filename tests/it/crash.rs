@@ -143,3 +143,71 @@ async fn crash_after_create_invalidation_is_sent_before_its_id_is_stored() {
 async fn crash_after_the_invalidation_id_is_stored() {
     crash_and_recover("after_invalidation_stored").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_watches_keeps_serving_and_scans_the_unwatched_folders() {
+    let site = Site::new().await;
+    std::fs::create_dir_all(site.root.join("deep/er/folder")).expect("mkdir");
+    let toml = site
+        .toml("", "fallback_scan = \"300ms\"", "")
+        .replace("settle = \"200ms\"", "settle = \"100ms\"");
+    let config = site.config_file(&toml);
+    // The kernel refuses a second watch (test seam): only the root is watched.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &config.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("PURGEWATCH_TEST_MAX_WATCHES", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut advice = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("log line");
+        if line.contains("fs.inotify.max_user_watches") {
+            advice = Some(line.clone());
+        }
+        if line.contains("watching") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let advice = advice.expect("one clear error naming fs.inotify.max_user_watches");
+    assert!(
+        advice.contains("at least 4"),
+        "the number needed (4 folders): {advice}"
+    );
+    // A marker in the watched root: seen by inotify, as before.
+    site.write(".purge", b"watched");
+    site.upload(".purge").await;
+    // A marker in a folder without a watch: found by the periodic scan.
+    site.write("deep/er/folder/.purge", b"unwatched");
+    site.upload("deep/er/folder/.purge").await;
+    let rows = poll("both markers handled", Duration::from_secs(30), || async {
+        let h = site.history();
+        (h.len() == 2 && h.iter().all(|r| r.status == "completed")).then_some(h)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let by_scan = rows
+        .iter()
+        .find(|r| r.marker == "deep/er/folder/.purge")
+        .expect("row");
+    assert_eq!(by_scan.origin, "scan");
+    assert_eq!(site.invalidations().await.len(), 2);
+    let errors = rx
+        .try_iter()
+        .filter(|l| l.contains("ran out of watches"))
+        .count();
+    assert_eq!(errors, 0, "said once, not per folder");
+}
