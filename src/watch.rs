@@ -22,7 +22,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 use walkdir::WalkDir;
 
 /// What the watcher tells the pipeline.
@@ -120,7 +120,12 @@ struct Watcher {
     lost: Arc<Lost>,
     /// Said once: repeating "out of watches" for every new folder helps nobody.
     warned_limit: bool,
+    /// The root itself was removed: look for it once a second until it is back.
+    root_gone: bool,
 }
+
+/// How often a removed root is looked for (only while it is missing).
+const ROOT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Starts watching `root` recursively; returns once every folder's watch is set.
 pub fn start(
@@ -144,6 +149,7 @@ pub fn start(
         tx,
         lost,
         warned_limit: false,
+        root_gone: false,
     };
     match w.add_tree(root) {
         Ok(()) => {}
@@ -162,6 +168,7 @@ pub fn start(
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
             {
                 Ok(rt) => rt,
@@ -242,6 +249,14 @@ impl Watcher {
                     Err(e) => return error!(error = %e, "inotify poll failed"),
                 },
                 _ = token.cancelled() => return,
+                _ = tokio::time::sleep(ROOT_POLL), if self.root_gone => {
+                    if self.root.is_dir() {
+                        info!(root = %self.root.display(), "the watch root is back; rescanning");
+                        self.root_gone = false;
+                        self.on_new_dir(self.root.clone());
+                    }
+                    continue;
+                }
             };
             match guard.get_inner_mut().read_events(&mut buf) {
                 Ok(events) => {
@@ -267,7 +282,10 @@ impl Watcher {
             return;
         }
         if mask.contains(EventMask::IGNORED) {
-            self.paths.remove(&wd);
+            if self.paths.remove(&wd).is_some_and(|p| p == self.root) {
+                warn!(root = %self.root.display(), "the watch root was removed; waiting for it to come back");
+                self.root_gone = true;
+            }
             return;
         }
         let Some(name) = name else { return };

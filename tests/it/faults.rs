@@ -342,3 +342,25 @@ async fn aws_refused_stalled_and_reset_for_30s_each_delay_but_never_lose_or_dupl
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_removed_and_recreated_is_watched_again() {
+    let site = Site::new().await;
+    site.write("a/index.html", b"v1");
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    std::fs::remove_dir_all(&site.root).expect("rm -rf root");
+    // A deploy that replaces the whole tree: the daemon stays up and finds the new marker.
+    site.write("a/index.html", b"v2");
+    site.write("a/.purge", b"after the root came back");
+    site.upload("a/.purge").await;
+    let rows = site.settled(1, &["completed"]).await;
+    assert_eq!(rows[0].marker, "a/.purge");
+    // And the re-created tree is watched again: a later marker is seen by inotify.
+    site.write("b/.purge", b"later");
+    site.upload("b/.purge").await;
+    let rows = site.settled(2, &["completed"]).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(rows[0].marker, "b/.purge");
+    assert_eq!(rows[0].origin, "watch");
+    assert_eq!(site.invalidations().await.len(), 2);
+}
