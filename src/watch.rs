@@ -227,6 +227,11 @@ impl Watcher {
                 {
                     walk.skip_current_dir(); // gone, or replaced by a file (ENOTDIR)
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    // Markers in there can never be read either: say so, serve the rest.
+                    warn!(folder = %entry.path().display(), "no read access; folder not watched (see purgewatch check)");
+                    walk.skip_current_dir();
+                }
                 Err(e) => return Err(AddError::Io(entry.into_path(), e)),
             }
         }

@@ -325,3 +325,79 @@ async fn run_tells_systemd_ready_once_watching_and_pings_the_watchdog() {
         .expect("meta");
     assert_eq!(started, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the daemon as another user");
+        return;
+    }
+    let site = Site::new().await;
+    let chmod = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(site.dir.path(), 0o755);
+    chmod(&site.root, 0o755);
+    std::fs::create_dir_all(site.root.join("private/inner")).expect("mkdir");
+    std::fs::create_dir_all(site.root.join("public")).expect("mkdir");
+    chmod(&site.root.join("private"), 0o700);
+    let state = tempfile::tempdir().expect("state dir");
+    chmod(state.path(), 0o777);
+    let db = state.path().join("pw.db");
+    let toml = site
+        .toml("", "", "")
+        .replace(&site.db.display().to_string(), &db.display().to_string());
+    let file = site.config_file(&toml);
+    chmod(&file, 0o644);
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn as nobody");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut warned = false;
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("log line");
+        warned |= line.contains("no read access") && line.contains("private");
+        if line.contains("watching") {
+            break;
+        }
+    }
+    assert!(warned, "the unreadable folder is named in the log");
+    site.write("public/.purge", b"readable");
+    site.upload("public/.purge").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = rusqlite::Connection::open(&db)
+            .ok()
+            .and_then(|c| purgewatch::store::history(&c, 10).ok())
+            .unwrap_or_default();
+        if rows.len() == 1 && rows[0].status == "completed" {
+            break rows;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rows {rows:?}; log {:?}", rx.try_iter().collect::<Vec<_>>());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(rows[0].marker, "public/.purge");
+}
