@@ -364,3 +364,166 @@ async fn the_root_removed_and_recreated_is_watched_again() {
     assert_eq!(rows[0].origin, "watch");
     assert_eq!(site.invalidations().await.len(), 2);
 }
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_marker_is_hashed_streaming_with_flat_memory() {
+    use std::io::Write;
+    let site = Site::new().await;
+    let toml = site
+        .toml("", "", "")
+        .replace("wait_timeout = \"20s\"", "wait_timeout = \"1s\"");
+    let file = site.config_file(&toml);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon");
+    poll(
+        "the daemon to open its database",
+        Duration::from_secs(30),
+        || async { site.db.exists().then_some(()) },
+    )
+    .await;
+    // Let the start-up settle so the high-water mark below is the hash's, not the start's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = vm_hwm_kib(child.id());
+    {
+        let mut f = std::fs::File::create(site.root.join(".purge")).expect("create");
+        let chunk = vec![b'p'; 1 << 20];
+        for _ in 0..1024 {
+            f.write_all(&chunk).expect("write 1 MiB");
+        }
+    }
+    // Never uploaded (1 GiB into the emulator would only test the emulator): the request is
+    // stored with the whole file's size, then ends origin_timeout.
+    let rows = site.settled(1, &["origin_timeout"]).await;
+    let after = vm_hwm_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let conn = rusqlite::Connection::open(&site.db).expect("db");
+    let size: i64 = conn
+        .query_row(
+            "SELECT size FROM request_markers WHERE request_id = ?1",
+            [rows[0].id],
+            |r| r.get(0),
+        )
+        .expect("marker row");
+    assert_eq!(size, 1 << 30);
+    eprintln!("1 GiB marker: VmHWM {before} KiB before, {after} KiB after");
+    assert!(
+        after < before + 16 * 1024,
+        "memory grew {before} -> {after} KiB hashing 1 GiB"
+    );
+    let _ = std::fs::remove_file(site.root.join(".purge"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
+    let site = Site::new().await;
+    let state = site.dir.path().join("small-state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(state.clone());
+    let db = state.join("pw.db");
+    let toml = site
+        .toml("", "", "")
+        .replace(&site.db.display().to_string(), &db.display().to_string());
+    let file = site.config_file(&toml);
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+            .args(["--config", &file.display().to_string(), "run"])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("daemon")
+    };
+    let mut child = run();
+    poll("the database to exist", Duration::from_secs(30), || async {
+        db.exists().then_some(())
+    })
+    .await;
+    // Fill the disk.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    site.write("news/.purge", b"on a full disk");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon kept running on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(!status.success(), "a clear exit, not a hang");
+    assert!(err.contains("full"), "the error says why: {err}");
+    // Space back: no corruption, and the marker is found by the start-up scan.
+    std::fs::remove_file(&filler).expect("free space");
+    let check: String = rusqlite::Connection::open(&db)
+        .expect("db")
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity");
+    assert_eq!(check, "ok");
+    site.upload("news/.purge").await;
+    let mut child = run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = rusqlite::Connection::open(&db)
+            .ok()
+            .and_then(|c| purgewatch::store::history(&c, 10).ok())
+            .unwrap_or_default();
+        if rows.len() == 1 && rows[0].status == "completed" {
+            assert_eq!(rows[0].marker, "news/.purge");
+            break;
+        }
+        assert!(Instant::now() < deadline, "rows after restart: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
