@@ -216,13 +216,6 @@ class Tree:
             self.folders += n
         self.files = n * files_per_leaf if fanouts else 0
 
-    def _names(self):
-        levels = [[("d%0" + str(len(str(f - 1))) + "d") % i for i in range(f)] for f in self.fanouts]
-        out = [""]
-        for names in levels:
-            out = [(p + "/" + n) if p else n for p in out for n in names]
-        return out
-
     def build(self):
         if os.path.exists(os.path.dirname(self.root)):
             shutil.rmtree(os.path.dirname(self.root))
@@ -731,7 +724,7 @@ def paced_storm(files, markers, rate, sampler, limit):
 
 def watcher_run(ctx, kind, tree, run):
     tag = "%s-%s-r%d" % (tree.name, SHORT[kind], run)
-    seed = hash((tree.name, kind, run)) & 0xFFFFFFFF
+    seed = int(hashlib.md5(tag.encode()).hexdigest()[:8], 16)
     res = {"tree": tree.name, "kind": kind, "run": run, "load_before": loadavg()}
     # The markers: one per folder; storm ones alternate plain write / rename into place.
     leaves = tree.pick_leaves(ctx.storm_markers, seed)
@@ -746,9 +739,8 @@ def watcher_run(ctx, kind, tree, run):
     for rel in ctx.burst_markers:
         expected[burst_dst + "/" + rel] = "burst"
     if kind == "purgewatch":  # the origin already holds them: requests complete, no polling
-        for rel, (_, content, _) in ((os.path.relpath(p, tree.root), v)
-                                     for p, v in ((v[0], v) for v in storm_markers.values())):
-            ctx.emu.put_marker(rel, content)
+        for path, content, _ in storm_markers.values():
+            ctx.emu.put_marker(os.path.relpath(path, tree.root), content)
         for rel in ctx.burst_markers:
             ctx.emu.put_marker(burst_dst + "/" + rel, ctx.burst_marker_content)
     w = start(ctx, kind, tag, tree.root)

@@ -53,7 +53,7 @@ impl Daemon {
                 .map_err(|e| AppError::Other(e.to_string()))??
         };
         let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
-        let (tx, rx) = mpsc::channel(CHANNEL);
+        let (tx, rx) = mpsc::channel(channel_capacity());
         let lost = Arc::new(Lost::default());
         let watch = {
             let (root, marker, lost) = (
@@ -486,6 +486,19 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Test seam (feature `failpoints` only): PURGEWATCH_TEST_CHANNEL=N shrinks the watcher's
+/// channel so the "channel full → rescan" path runs in a test.
+fn channel_capacity() -> usize {
+    #[cfg(feature = "failpoints")]
+    if let Some(n) = std::env::var("PURGEWATCH_TEST_CHANNEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    CHANNEL
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for (no idle wake-ups).

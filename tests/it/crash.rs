@@ -211,3 +211,75 @@ async fn out_of_watches_keeps_serving_and_scans_the_unwatched_folders() {
         .count();
     assert_eq!(errors, 0, "said once, not per folder");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_channel_rescans_instead_of_dropping_the_marker() {
+    let site = Site::new().await;
+    for d in 0..200 {
+        std::fs::create_dir_all(site.root.join(format!("s{d}"))).expect("mkdir");
+    }
+    // Change tracking puts every write on the channel; a channel of 2 overflows at once.
+    let toml = site.toml("", "", "").replace(
+        &format!("distribution_id = \"{}\"", site.distribution_id),
+        &format!(
+            "distribution_id = \"{}\"\npaths = \"changed\"",
+            site.distribution_id
+        ),
+    );
+    let config = site.config_file(&toml);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_purgewatch"));
+    cmd.args(["--config", &config.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("PURGEWATCH_TEST_CHANNEL", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    while !rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("log")
+        .contains("watching")
+    {}
+    for w in 0..5_000 {
+        site.write(&format!("s{}/p{}.html", w % 200, w % 3), b"storm");
+        if w == 2_500 {
+            site.write("s7/.purge", b"mid-storm");
+        }
+    }
+    site.upload("s7/.purge").await;
+    let rows = poll(
+        "the marker to be handled",
+        Duration::from_secs(60),
+        || async {
+            let h = site.history();
+            (h.len() == 1 && h[0].status == "completed").then_some(h)
+        },
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(rows[0].marker, "s7/.purge");
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("change set is incomplete")),
+        "lost events were noticed"
+    );
+    // With events lost, the changes are unknown: the purge says so and falls back to /*.
+    let story: Vec<String> = site
+        .events(rows[0].id)
+        .into_iter()
+        .filter_map(|e| e.2)
+        .collect();
+    assert!(
+        story.iter().any(|d| d.contains("changes unknown")),
+        "{story:?}"
+    );
+    assert_eq!(site.invalidations().await.len(), 1);
+}
