@@ -247,9 +247,11 @@ impl Pipeline {
                     self.end(vec![id], Status::OriginTimeout, detail).await?;
                     return Err(Halt::Ended);
                 }
-                // Record what we wait for once per distinct reason, not once per poll.
+                // Record what we wait for once per distinct reason, not once per poll; an AWS
+                // failure at once, a marker not uploaded yet only if the first look missed it.
                 let reason = why.split(':').next().unwrap_or("").to_owned();
-                if attempt > 0 && reason != last_noted {
+                let failure = why.ends_with("(will retry)") || !why.starts_with("s3://");
+                if (attempt > 0 || failure) && reason != last_noted {
                     self.note(id, format!("waiting: {why}")).await?;
                     last_noted = reason;
                 }
@@ -405,16 +407,13 @@ impl Pipeline {
                 local.remote_etag = r.etag.clone();
                 // We crashed after our count-object write landed: the object still names us.
                 if own == Some(r.count) && r.writer.as_deref() == Some(caller_reference.as_str()) {
-                    local.count = local.count.max(r.count);
-                    store::set_counter(&tx, &period, &local)?;
-                    let detail = self.grant_detail(r.count, &period, " (written before a restart)");
-                    store::grant(&tx, &live, &period, &caller_reference, &detail)?;
-                    tx.commit().map_err(StoreError::from)?;
-                    return Ok(Some(Granted {
+                    let slot = r.count;
+                    let g = Granted {
                         request_ids: live,
                         period,
                         caller_reference,
-                    }));
+                    };
+                    return self.commit_grant(tx, local, g, slot, " (written before a restart)");
                 }
             }
             // The local count holds confirmed slots only: a reservation whose write lost a race
@@ -447,17 +446,14 @@ impl Pipeline {
             let slot = base + 1;
             let (Some(m), Some(r)) = (&self.mirror, &remote) else {
                 // No count bucket: the local reservation is the grant, in the same transaction.
-                local.count = slot;
-                store::set_counter(&tx, &period, &local)?;
-                let detail = self.grant_detail(slot, &period, "");
-                store::grant(&tx, &live, &period, &caller_reference, &detail)?;
-                tx.commit().map_err(StoreError::from)?;
-                crash_point("after_slot_reserved");
-                return Ok(Some(Granted {
+                let g = Granted {
                     request_ids: live,
                     period,
                     caller_reference,
-                }));
+                };
+                let granted = self.commit_grant(tx, local, g, slot, "");
+                crash_point("after_slot_reserved");
+                return granted;
             };
             store::reserve(&tx, lead, &period, slot)?;
             tx.commit().map_err(StoreError::from)?;
@@ -475,37 +471,46 @@ impl Pipeline {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(StoreError::from)?;
             let mut local = store::counter(&tx, &period)?;
-            local.count = local.count.max(slot);
             local.remote_count = Some(slot);
             local.remote_etag = etag;
-            store::set_counter(&tx, &period, &local)?;
-            let detail = self.grant_detail(slot, &period, "");
-            store::grant(&tx, &live, &period, &caller_reference, &detail)?;
-            tx.commit().map_err(StoreError::from)?;
-            return Ok(Some(Granted {
+            let g = Granted {
                 request_ids: live,
                 period,
                 caller_reference,
-            }));
+            };
+            return self.commit_grant(tx, local, g, slot, "");
         }
         Err(GrantError::Mirror(MirrorError::Aws(AwsError::transient(
             "the count object kept changing under us",
         ))))
     }
 
-    fn grant_detail(&self, slot: u32, period: &str, how: &str) -> String {
+    /// Counts `slot` as used and moves the requests to `invalidating`, in `tx`.
+    fn commit_grant(
+        &self,
+        tx: rusqlite::Transaction<'_>,
+        mut local: store::Counter,
+        g: Granted,
+        slot: u32,
+        how: &str,
+    ) -> Result<Option<Granted>, GrantError> {
+        local.count = local.count.max(slot);
+        store::set_counter(&tx, &g.period, &local)?;
         let mirrored = match &self.mirror {
             Some(m) => format!(
                 ", s3://{}/{} = {slot}",
                 m.bucket(),
-                quota::object_key(period)
+                quota::object_key(&g.period)
             ),
             None => String::new(),
         };
-        format!(
-            "slot {slot} of {} in {period}{mirrored}{how}",
-            self.cfg.quota.max
-        )
+        let detail = format!(
+            "slot {slot} of {} in {}{mirrored}{how}",
+            self.cfg.quota.max, g.period
+        );
+        store::grant(&tx, &g.request_ids, &g.period, &g.caller_reference, &detail)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Some(g))
     }
 
     /// Sends CreateInvalidation until CloudFront takes it. After anything that may have reached

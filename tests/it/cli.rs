@@ -3,7 +3,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{poll, Site};
+use crate::common::{daemon_command, poll, spawn_watching, Site};
 
 fn purgewatch(config: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_purgewatch"))
@@ -165,47 +165,15 @@ async fn manual_purges_then_history_json_matches_the_emulator_one_for_one() {
 async fn sigterm_stops_the_daemon_with_status_0_within_5s() {
     let site = Site::new().await;
     let file = site.config_file(&site.toml("", "", ""));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
-        .args(["--config", &file.display().to_string(), "run"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
-    // A request in hand when the signal comes: waiting for an upload that never happens.
-    poll(
-        "the daemon to open its database",
-        Duration::from_secs(30),
-        || async { site.db.exists().then_some(()) },
-    )
-    .await;
     // The watch is set once the daemon logs "watching"; the marker must come after that.
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("daemon log line");
+    let mut daemon = spawn_watching(daemon_command(&file));
+    for line in &daemon.early {
         assert!(
             !line.contains('\u{1b}'),
             "no ANSI colour when stderr is not a terminal: {line:?}"
         );
-        if line.contains("watching") {
-            break;
-        }
-        assert!(Instant::now() < deadline);
     }
+    // A request in hand when the signal comes: waiting for an upload that never happens.
     site.write(".purge", b"in hand");
     poll(
         "the request to be stored",
@@ -215,9 +183,9 @@ async fn sigterm_stops_the_daemon_with_status_0_within_5s() {
     .await;
     let started = Instant::now();
     // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = daemon.child.try_wait().expect("wait") {
             break s;
         }
         assert!(
@@ -328,7 +296,6 @@ async fn run_tells_systemd_ready_once_watching_and_pings_the_watchdog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
-    use std::io::BufRead;
     use std::os::unix::fs::PermissionsExt;
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run the daemon as another user");
@@ -351,34 +318,19 @@ async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
         .replace(&site.db.display().to_string(), &db.display().to_string());
     let file = site.config_file(&toml);
     chmod(&file, 0o644);
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_purgewatch"))
         .args(["--config", &file.display().to_string(), "run"])
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn as nobody");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut warned = false;
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("log line");
-        warned |= line.contains("no read access") && line.contains("private");
-        if line.contains("watching") {
-            break;
-        }
-    }
+        .stderr(Stdio::piped());
+    let daemon = spawn_watching(cmd);
+    let warned = daemon
+        .early
+        .iter()
+        .any(|l| l.contains("no read access") && l.contains("private"));
     assert!(warned, "the unreadable folder is named in the log");
     site.write("public/.purge", b"readable");
     site.upload("public/.purge").await;
@@ -392,12 +344,12 @@ async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
             break rows;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("rows {rows:?}; log {:?}", rx.try_iter().collect::<Vec<_>>());
+            panic!(
+                "rows {rows:?}; log {:?}",
+                daemon.log.try_iter().collect::<Vec<_>>()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(rows[0].marker, "public/.purge");
 }

@@ -2,49 +2,19 @@
 //! and the request still ends in exactly one invalidation, with the count object equal to the
 //! number of invalidations and a history that says what happened.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{poll, Site};
+use crate::common::{daemon_command, poll, spawn_watching, Site, Spawned};
 
-/// Starts the built daemon and returns once it logs that it is watching.
-fn start(config: &std::path::Path, failpoints: Option<&str>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_purgewatch"));
-    cmd.args(["--config", &config.display().to_string(), "run"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env_remove("FAILPOINTS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+/// Starts the built daemon (with FAILPOINTS, or without) once it is watching.
+fn start(config: &std::path::Path, failpoints: Option<&str>) -> Spawned {
+    let mut cmd = daemon_command(config);
+    cmd.env_remove("FAILPOINTS");
     if let Some(f) = failpoints {
         cmd.env("FAILPOINTS", f);
     }
-    let mut child = cmd.spawn().expect("spawn daemon");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("daemon log line");
-        if line.contains("watching") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon never said it was watching"
-        );
-    }
-    // Drain the rest so the pipe never fills.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    child
+    spawn_watching(cmd)
 }
 
 async fn crash_and_recover(point: &str) {
@@ -56,7 +26,7 @@ async fn crash_and_recover(point: &str) {
     let status = {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(s) = daemon.try_wait().expect("wait") {
+            if let Some(s) = daemon.child.try_wait().expect("wait") {
                 break s;
             }
             assert!(
@@ -72,7 +42,7 @@ async fn crash_and_recover(point: &str) {
         "{point}: crashed, not exited"
     );
 
-    let mut daemon = start(&config, None);
+    let daemon = start(&config, None);
     let rows = poll(
         &format!("{point}: the request to complete after the restart"),
         Duration::from_secs(60),
@@ -82,8 +52,7 @@ async fn crash_and_recover(point: &str) {
         },
     )
     .await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 
     let invs = site.invalidations().await;
     assert_eq!(invs.len(), 1, "{point}: exactly one invalidation: {invs:?}");
@@ -153,34 +122,14 @@ async fn out_of_watches_keeps_serving_and_scans_the_unwatched_folders() {
         .replace("settle = \"200ms\"", "settle = \"100ms\"");
     let config = site.config_file(&toml);
     // The kernel refuses a second watch (test seam): only the root is watched.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("PURGEWATCH_TEST_MAX_WATCHES", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut advice = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("log line");
-        if line.contains("fs.inotify.max_user_watches") {
-            advice = Some(line.clone());
-        }
-        if line.contains("watching") {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-    }
+    let mut cmd = daemon_command(&config);
+    cmd.env("PURGEWATCH_TEST_MAX_WATCHES", "1");
+    let daemon = spawn_watching(cmd);
+    let advice = daemon
+        .early
+        .iter()
+        .find(|l| l.contains("fs.inotify.max_user_watches"))
+        .cloned();
     let advice = advice.expect("one clear error naming fs.inotify.max_user_watches");
     assert!(
         advice.contains("at least 4"),
@@ -197,15 +146,14 @@ async fn out_of_watches_keeps_serving_and_scans_the_unwatched_folders() {
         (h.len() == 2 && h.iter().all(|r| r.status == "completed")).then_some(h)
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
     let by_scan = rows
         .iter()
         .find(|r| r.marker == "deep/er/folder/.purge")
         .expect("row");
     assert_eq!(by_scan.origin, "scan");
     assert_eq!(site.invalidations().await.len(), 2);
-    let errors = rx
+    let errors = daemon
+        .log
         .try_iter()
         .filter(|l| l.contains("ran out of watches"))
         .count();
@@ -227,26 +175,9 @@ async fn a_full_channel_rescans_instead_of_dropping_the_marker() {
         ),
     );
     let config = site.config_file(&toml);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_purgewatch"));
-    cmd.args(["--config", &config.display().to_string(), "run"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("PURGEWATCH_TEST_CHANNEL", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    while !rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("log")
-        .contains("watching")
-    {}
+    let mut cmd = daemon_command(&config);
+    cmd.env("PURGEWATCH_TEST_CHANNEL", "2");
+    let daemon = spawn_watching(cmd);
     for w in 0..5_000 {
         site.write(&format!("s{}/p{}.html", w % 200, w % 3), b"storm");
         if w == 2_500 {
@@ -263,10 +194,8 @@ async fn a_full_channel_rescans_instead_of_dropping_the_marker() {
         },
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(rows[0].marker, "s7/.purge");
-    let log: Vec<String> = rx.try_iter().collect();
+    let log: Vec<String> = daemon.log.try_iter().collect();
     assert!(
         log.iter().any(|l| l.contains("change set is incomplete")),
         "lost events were noticed"

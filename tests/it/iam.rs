@@ -1,11 +1,10 @@
 //! The shipped least-privilege IAM policy (packaging/iam-policy.json), enforced by the emulator:
 //! enough for a whole purge, and no write to the origin.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::common::{aws_cli, poll, PrivateEmulator};
+use crate::common::{aws_cli, daemon_command, poll, spawn_watching, PrivateEmulator};
 
 fn ok(emu: &PrivateEmulator, keys: (&str, &str), args: &[&str]) -> String {
     let out = aws_cli(&emu.url, keys, args);
@@ -150,31 +149,10 @@ async fn the_shipped_iam_policy_allows_a_whole_purge_and_denies_origin_writes() 
     // hashes the request headers as the payload and answers SignatureDoesNotMatch whatever the
     // policy. CreateInvalidation (a POST) is checked; the GETs are checked with enforcement off.
 
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("AWS_ACCESS_KEY_ID", &limited.0)
-        .env("AWS_SECRET_ACCESS_KEY", &limited.1)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("daemon");
-    let stderr = daemon.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("log line")
-        .contains("watching")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "daemon never said it was watching"
-        );
-    }
+    let mut cmd = daemon_command(&config);
+    cmd.env("AWS_ACCESS_KEY_ID", &limited.0)
+        .env("AWS_SECRET_ACCESS_KEY", &limited.1);
+    let daemon = spawn_watching(cmd);
     let marker = tree.join(".purge");
     std::fs::write(&marker, b"iam test\n").expect("marker");
     ok(
@@ -225,8 +203,7 @@ async fn the_shipped_iam_policy_allows_a_whole_purge_and_denies_origin_writes() 
         history("completed")
     })
     .await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let invs = ok(
         &emu,
         (&admin.0, &admin.1),

@@ -188,6 +188,72 @@ pub fn aws_cli(endpoint: &str, keys: (&str, &str), args: &[&str]) -> std::proces
         .expect("run the aws CLI (scripts/test installs it in .venv)")
 }
 
+/// The built daemon, `purgewatch --config FILE run`, with test credentials and stderr piped.
+pub fn daemon_command(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_purgewatch"));
+    cmd.args(["--config", &config.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A daemon process that said it is watching.
+pub struct Spawned {
+    pub child: Child,
+    /// Lines logged up to and including "watching".
+    pub early: Vec<String>,
+    /// Lines logged since (the reader keeps draining the pipe even if this is dropped).
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and returns once the daemon logs "watching" (30 s at most).
+pub fn spawn_watching(mut cmd: Command) -> Spawned {
+    use std::io::BufRead;
+    let mut child = cmd.spawn().expect("spawn the daemon");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut early = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) => {
+                let ready = line.contains("watching");
+                early.push(line);
+                if ready {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    // Built before the check, so a failed start is killed and reaped by Drop.
+    let spawned = Spawned { child, early, log };
+    assert!(
+        ready,
+        "the daemon never said it was watching: {:?}",
+        spawned.early
+    );
+    spawned
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Polls `f` until it returns Some, or panics with `what` after `limit`.
