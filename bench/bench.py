@@ -161,12 +161,33 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
+def cpu_ns(pid):
+    """CPU time of the whole process (every thread, dead ones included), in ns: the process's
+    CPUCLOCK_SCHED clock, as clock_getcpuclockid(3) would return it."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2)
+    except OSError:
+        return cpu_ticks(pid)[0] * (1_000_000_000 // CLK_TCK)
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def rss_parts(pid):
+    """VmRSS split: anonymous (heap, stacks) and file-backed (the executable's text, libraries;
+    RssShmem counted with it, as a binary on tmpfs maps its text that way)."""
+    d = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                d[k] = int(v.split()[0])
+    return {"anon_kb": d.get("RssAnon", 0), "file_kb": d.get("RssFile", 0) + d.get("RssShmem", 0)}
 
 
 def ctx_switches(pid):
@@ -654,21 +675,20 @@ class Sampler:
                 pass
 
 
-def wait_quiet(w, sampler, quiet=1.5, limit=30.0):
-    """Until the watcher used no CPU for `quiet` seconds (bounded by `limit`)."""
+def wait_quiet(w, sampler, quiet=1.5, limit=30.0, eps_ns=2_000_000):
+    """Until the watcher used less than 2 ms of CPU in the last `quiet` seconds (bounded)."""
     t0 = time.monotonic()
-    last, _ = cpu_ticks(w.pid)
-    changed = t0
+    hist = [(t0, cpu_ns(w.pid))]
     while True:
         time.sleep(0.05)
         sampler.tick()
         if not w.alive():
             return False
-        c, _ = cpu_ticks(w.pid)
         now = time.monotonic()
-        if c != last:
-            last, changed = c, now
-        if now - changed >= quiet:
+        hist.append((now, cpu_ns(w.pid)))
+        while len(hist) > 2 and now - hist[1][0] >= quiet:
+            hist.pop(0)
+        if now - hist[0][0] >= quiet and hist[-1][1] - hist[0][1] < eps_ns:
             return True
         if now - t0 >= limit:
             return False
@@ -747,35 +767,40 @@ def watcher_run(ctx, kind, tree, run):
     try:
         res["setup_s"] = w.setup_s()
         res["rss_ready_kb"] = rss_kb(w.pid)
+        parts = rss_parts(w.pid)
+        res["rss_ready_anon_kb"], res["rss_ready_file_kb"] = parts["anon_kb"], parts["file_kb"]
         time.sleep(0.5)  # lsyncd's init spawn, purgewatch's last start-up writes
         sampler = Sampler(w.pid)
         sampler.tick()
         # paced storm
-        c0, k0 = cpu_ticks(w.pid)
+        c0, k0 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
         dt, rate = paced_storm(ctx.storm_files[tree.name], storm_markers, ctx.storm_rate,
                                sampler, limit=ctx.storm_writes / ctx.storm_rate * 3 + 30)
         quiet = wait_quiet(w, sampler, limit=ctx.quiet_limit)
         if not w.alive():
             raise RuntimeError("%s died in the storm:\n%s" % (kind, w.stderr_tail()))
-        c1, k1 = cpu_ticks(w.pid)
+        c1, k1 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
         res["storm_s"] = dt
         res["storm_rate"] = rate
-        res["storm_cpu_s"] = (c1 - c0) / CLK_TCK
+        res["storm_cpu_s"] = (c1 - c0) / 1e9
         res["storm_child_cpu_s"] = (k1 - k0) / CLK_TCK
         res["storm_quiet"] = quiet
         res["rss_storm_max_kb"] = sampler.max_kb
         res["rss_after_storm_kb"] = rss_kb(w.pid)
+        parts = rss_parts(w.pid)
+        res["rss_after_storm_anon_kb"] = parts["anon_kb"]
+        res["rss_after_storm_file_kb"] = parts["file_kb"]
         res["rss_growth"] = (max(sampler.max_kb, res["rss_after_storm_kb"]) -
                              res["rss_ready_kb"]) / res["rss_ready_kb"]
         # burst: cp -r of a folder tree
-        c0, k0 = cpu_ticks(w.pid)
+        c0, k0 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
         t = time.monotonic()
         subprocess.run(["cp", "-r", ctx.burst_src, os.path.join(tree.root, burst_dst)],
                        check=True, timeout=120)
         res["burst_cp_s"] = time.monotonic() - t
         res["burst_quiet"] = wait_quiet(w, sampler, limit=ctx.quiet_limit)
-        c1, k1 = cpu_ticks(w.pid)
-        res["burst_cpu_s"] = (c1 - c0) / CLK_TCK
+        c1, k1 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
+        res["burst_cpu_s"] = (c1 - c0) / 1e9
         res["burst_child_cpu_s"] = (k1 - k0) / CLK_TCK
         res["alive"] = w.alive()
         seen, info = markers_seen(w, tree.root)
@@ -805,7 +830,9 @@ def baseline_run(ctx, kind, run):
     tag = "E-%s-r%d" % (SHORT[kind], run)
     w = start(ctx, kind, tag, ctx.empty_root)
     try:
-        return {"kind": kind, "run": run, "setup_s": w.setup_s(), "rss_ready_kb": rss_kb(w.pid)}
+        parts = rss_parts(w.pid)
+        return {"kind": kind, "run": run, "setup_s": w.setup_s(), "rss_ready_kb": rss_kb(w.pid),
+                "rss_ready_anon_kb": parts["anon_kb"], "rss_ready_file_kb": parts["file_kb"]}
     finally:
         w.stop()
 
@@ -830,6 +857,40 @@ def wait_requests(plog, t0, key, want_head, timeout):
             return head, inv
         time.sleep(0.001)
     return head, inv
+
+
+def proxy_calibration(ctx, n):
+    """How late the proxy stamps a request: client send → logged time, over fresh connections
+    (the daemon keeps its connections open, so this is an upper bound of what it adds)."""
+    plog = ProxyLog(ctx.emu.proxy_log)
+    plog.new()
+    delays = []
+    for i in range(n):
+        c = socket.create_connection(("127.0.0.1", ctx.emu.proxy_port), timeout=10)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = "calibration-%d-%d" % (os.getpid(), i)
+        req = ("HEAD /%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\n"
+               "Connection: close\r\n\r\n" % (ORIGIN_BUCKET, key, FAKE_AUTH)).encode()
+        time.sleep(0.02)
+        t0 = NOW()
+        c.sendall(req)
+        try:
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+        c.close()
+        head = None
+        deadline = time.monotonic() + 5
+        while head is None and time.monotonic() < deadline:
+            for t, meth, path in plog.new():
+                if meth == "HEAD" and path.endswith("/" + key):
+                    head = t
+            if head is None:
+                time.sleep(0.001)
+        if head is not None:
+            delays.append((head - t0) / 1e6)
+    return delays
 
 
 def marker_latency(ctx, tree, samples, gap):
@@ -949,10 +1010,10 @@ def idle(ctx, tree):
             except BlockingIOError:
                 break
         before = {name: ctx_switches(w.pid) for name, w in ws}
-        cpu_before = {name: cpu_ticks(w.pid)[0] for name, w in ws}
+        cpu_before = {name: cpu_ns(w.pid) for name, w in ws}
         time.sleep(ctx.idle)
         after = {name: ctx_switches(w.pid) for name, w in ws}
-        cpu_after = {name: cpu_ticks(w.pid)[0] for name, w in ws}
+        cpu_after = {name: cpu_ns(w.pid) for name, w in ws}
         pings = 0
         while True:
             try:
@@ -968,7 +1029,7 @@ def idle(ctx, tree):
             out["watchers"][name] = {
                 "voluntary": vol, "nonvoluntary": inv, "threads": len(a),
                 "threads_gone": sorted(set(b) - set(a)),
-                "cpu_s": (cpu_after[name] - cpu_before[name]) / CLK_TCK}
+                "cpu_s": (cpu_after[name] - cpu_before[name]) / 1e9}
         out["watchers"]["purgewatch (WatchdogSec=60)"]["watchdog_pings"] = pings
         return out
     finally:
@@ -1007,6 +1068,10 @@ def summarize(R):
                 "runs": len(rs),
                 "setup_s": med(r["setup_s"] for r in rs),
                 "rss_ready_mb": med(mb(r["rss_ready_kb"]) for r in rs),
+                "rss_ready_anon_mb": med(mb(r["rss_ready_anon_kb"]) for r in rs),
+                "rss_ready_file_mb": med(mb(r["rss_ready_file_kb"]) for r in rs),
+                "rss_after_storm_anon_mb": med(mb(r["rss_after_storm_anon_kb"]) for r in rs),
+                "rss_after_storm_file_mb": med(mb(r["rss_after_storm_file_kb"]) for r in rs),
                 "rss_storm_max_mb": med(mb(r["rss_storm_max_kb"]) for r in rs),
                 "rss_growth": med(r["rss_growth"] for r in rs),
                 "rss_growth_max": max(r["rss_growth"] for r in rs),
@@ -1027,7 +1092,9 @@ def summarize(R):
         rs = [b for b in R.get("baseline", []) if b["kind"] == kind]
         if rs:
             base[kind] = {"setup_s": med(b["setup_s"] for b in rs),
-                          "rss_ready_mb": med(mb(b["rss_ready_kb"]) for b in rs)}
+                          "rss_ready_mb": med(mb(b["rss_ready_kb"]) for b in rs),
+                          "rss_ready_anon_mb": med(mb(b["rss_ready_anon_kb"]) for b in rs),
+                          "rss_ready_file_mb": med(mb(b["rss_ready_file_kb"]) for b in rs)}
     S["empty_tree"] = base
     lat = R.get("latency")
     if lat:
@@ -1036,7 +1103,9 @@ def summarize(R):
             "head_max_ms": max(lat["head_ms"]) if lat["head_ms"] else None,
             "inv_p50_ms": med(lat["invalidation_ms"]),
             "inv_p99_ms": pct(lat["invalidation_ms"], 0.99),
-            "samples": len(lat["head_ms"]), "lost": lat["lost"]}
+            "samples": len(lat["head_ms"]), "lost": lat["lost"],
+            "proxy_p50_ms": med(lat.get("proxy_delay_ms", [])),
+            "proxy_p99_ms": pct(lat.get("proxy_delay_ms", []), 0.99)}
     sh = R.get("shell_peer")
     if sh:
         S["shell_peer"] = {"inv_p50_ms": med(sh["invalidation_ms"]),
@@ -1157,13 +1226,17 @@ def table(R, S, T):
 
     row("setup to ready (s)", "setup_s", lambda v: fmt_n(v, "", 3))
     row("RSS at ready (MB)", "rss_ready_mb", lambda v: fmt_n(v, "", 1))
+    row("RSS at ready: anonymous (MB)", "rss_ready_anon_mb", lambda v: fmt_n(v, "", 1))
+    row("RSS at ready: file-backed (MB)", "rss_ready_file_mb", lambda v: fmt_n(v, "", 1))
     row("RSS max in storm (MB)", "rss_storm_max_mb", lambda v: fmt_n(v, "", 1))
+    row("RSS after storm: anonymous (MB)", "rss_after_storm_anon_mb", lambda v: fmt_n(v, "", 1))
+    row("RSS after storm: file-backed (MB)", "rss_after_storm_file_mb", lambda v: fmt_n(v, "", 1))
     for t in tr:
         v = {k: tr[t].get(k, {}).get("rss_growth") for k in KINDS}
         L.append("| RSS growth through storm | %s | %s | %s | %s | | |" % (
             t, fmt_pct(v["purgewatch"]), fmt_pct(v["inotifywait"]), fmt_pct(v["lsyncd"])))
     row("storm CPU, paced (s)", "storm_cpu_s", lambda v: fmt_n(v, "", 2))
-    row("burst CPU, cp -r (s)", "burst_cpu_s", lambda v: fmt_n(v, "", 2))
+    row("burst CPU, cp -r (s)", "burst_cpu_s", lambda v: fmt_n(v, "", 3))
     for t in tr:
         cells = []
         for k in KINDS:
@@ -1209,6 +1282,8 @@ def table(R, S, T):
     if lat:
         L.append("| marker close → HeadObject, p50 / p99 (ms) | %s | %s / %s | | | | |" % (
             R["latency"]["tree"], fmt_n(lat["head_p50_ms"], "", 2), fmt_n(lat["head_p99_ms"], "", 2)))
+        L.append("| (the proxy's own stamping delay, p50 / p99, ms) | | %s / %s | | | | |" % (
+            fmt_n(lat["proxy_p50_ms"], "", 3), fmt_n(lat["proxy_p99_ms"], "", 3)))
         L.append("| marker → CreateInvalidation, median (ms) | %s | %s | shell peer: %s | | %s faster | |" % (
             R["latency"]["tree"], fmt_n(lat["inv_p50_ms"], "", 1),
             fmt_n(sh["inv_p50_ms"], "", 0) if sh else "–",
@@ -1560,6 +1635,7 @@ def main():
             log("latency: purgewatch (settle 0), %d markers already in S3" % P["latency_samples"])
             R["latency"] = marker_latency(ctx, lat_tree, P["latency_samples"], 0.1)
             R["latency"]["tree"] = lat_tree.name
+            R["latency"]["proxy_delay_ms"] = proxy_calibration(ctx, 50)
             log("latency: the shell peer, %d markers" % P["shell_samples"])
             try:
                 R["shell_peer"] = shell_latency(ctx, lat_tree, P["shell_samples"])
