@@ -266,6 +266,8 @@ impl Store {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             migrate(&mut conn)?;
+            // A read-only file or file system shows here, with the path, not at the first purge.
+            conn.execute("UPDATE meta SET value = value WHERE key = 'instance'", [])?;
             Ok(conn)
         };
         // Switching a new database to WAL takes an exclusive lock that SQLite's busy handler does

@@ -527,3 +527,50 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_is_a_clear_error_at_start() {
+    let site = Site::new().await;
+    let state = site.dir.path().join("ro-state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let mount = |args: &[&str]| {
+        std::process::Command::new("mount")
+            .args(args)
+            .arg(&state)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount(&["-t", "tmpfs", "-o", "size=4m", "tmpfs"]) {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(state.clone());
+    let db = state.join("pw.db");
+    let toml = site
+        .toml("", "", "")
+        .replace(&site.db.display().to_string(), &db.display().to_string());
+    let file = site.config_file(&toml);
+    // A first start creates the database; then the file system turns read-only under it.
+    drop(crate::common::spawn_watching(
+        crate::common::daemon_command(&file),
+    ));
+    assert!(mount(&["-o", "remount,ro"]), "remount read-only");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .args(["--config", &file.display().to_string(), "run"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pw.db") && err.contains("read"),
+        "names the database and why: {err}"
+    );
+}
