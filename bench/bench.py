@@ -79,7 +79,9 @@ def proxy_main(listen_port, upstream_port, log_path):
     srv.bind(("127.0.0.1", listen_port))
     srv.listen(256)
 
-    def pump(c):
+    ids = iter(range(1, 1 << 62))
+
+    def pump(c, cid):
         try:
             u = socket.create_connection(("127.0.0.1", upstream_port), timeout=10)
             u.settimeout(None)
@@ -89,6 +91,7 @@ def proxy_main(listen_port, upstream_port, log_path):
         for s in (c, u):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tail = b""
+        waiting = 0  # requests seen whose response has not begun
         try:
             while True:
                 ready, _, _ = select.select([c, u], [], [], 300)
@@ -98,17 +101,22 @@ def proxy_main(listen_port, upstream_port, log_path):
                     data = s.recv(65536)
                     if not data:
                         return
+                    t = NOW()
                     if s is c:
-                        t = NOW()
                         buf = tail + data
                         for m in REQ_LINE.finditer(buf):
                             if m.end() > len(tail):  # not already logged with the last chunk
+                                waiting += 1
                                 with lock:
-                                    out.write("%d %s %s\n" % (t, m.group(1).decode(),
-                                                              m.group(2).decode("latin-1")))
+                                    out.write("%d %d %s %s\n" % (t, cid, m.group(1).decode(),
+                                                                 m.group(2).decode("latin-1")))
                         tail = buf[-2048:]
                         u.sendall(data)
                     else:
+                        if waiting and data.startswith(b"HTTP/1."):
+                            waiting -= 1
+                            with lock:
+                                out.write("%d %d RESP %s\n" % (t, cid, data[9:12].decode("latin-1")))
                         c.sendall(data)
         except OSError:
             return
@@ -118,11 +126,11 @@ def proxy_main(listen_port, upstream_port, log_path):
 
     while True:
         c, _ = srv.accept()
-        threading.Thread(target=pump, args=(c,), daemon=True).start()
+        threading.Thread(target=pump, args=(c, next(ids)), daemon=True).start()
 
 
 class ProxyLog:
-    """Reads the proxy's log incrementally: (t_ns, method, path)."""
+    """Reads the proxy's log incrementally: (t_ns, connection, method or RESP, path or status)."""
 
     def __init__(self, path):
         self.path = path
@@ -142,9 +150,9 @@ class ProxyLog:
         self.partial = lines.pop()
         out = []
         for ln in lines:
-            p = ln.decode("latin-1").split(" ", 2)
-            if len(p) == 3:
-                out.append((int(p[0]), p[1], p[2]))
+            p = ln.decode("latin-1").split(" ", 3)
+            if len(p) == 4:
+                out.append((int(p[0]), int(p[1]), p[2], p[3]))
         return out
 
 
@@ -210,6 +218,44 @@ def ctx_switches(pid):
             continue
         out[tid] = (v, n)
     return out
+
+
+def thread_stats(pid):
+    """{tid: (name, cpu_ns, voluntary switches)} over every live thread."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        base = "/proc/%d/task/%s/" % (pid, tid)
+        try:
+            with open(base + "comm") as f:
+                name = f.read().strip()
+            with open(base + "schedstat") as f:
+                cpu = int(f.read().split()[0])
+            vol = 0
+            with open(base + "status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol = int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        out[tid] = (name, cpu, vol)
+    return out
+
+
+def thread_delta(before, after):
+    """(CPU s and wakeups of the watch thread, wakeups of all threads) between two snapshots."""
+    watch_cpu = watch_vol = 0
+    vol = 0
+    for tid, (name, cpu, v) in after.items():
+        b = before.get(tid, (name, 0, 0))
+        vol += v - b[2]
+        if name.startswith("purgewatch-watc"):
+            watch_cpu += cpu - b[1]
+            watch_vol += v - b[2]
+    return watch_cpu / 1e9, watch_vol, vol
 
 
 def mb(kb):
@@ -774,12 +820,18 @@ def watcher_run(ctx, kind, tree, run):
         sampler.tick()
         # paced storm
         c0, k0 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
+        th0 = thread_stats(w.pid)
         dt, rate = paced_storm(ctx.storm_files[tree.name], storm_markers, ctx.storm_rate,
                                sampler, limit=ctx.storm_writes / ctx.storm_rate * 3 + 30)
         quiet = wait_quiet(w, sampler, limit=ctx.quiet_limit)
         if not w.alive():
             raise RuntimeError("%s died in the storm:\n%s" % (kind, w.stderr_tail()))
         c1, k1 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
+        wcpu, wvol, vol = thread_delta(th0, thread_stats(w.pid))
+        res["storm_wakeups"] = vol
+        if kind == "purgewatch":
+            res["storm_watch_thread_cpu_s"] = wcpu
+            res["storm_watch_thread_wakeups"] = wvol
         res["storm_s"] = dt
         res["storm_rate"] = rate
         res["storm_cpu_s"] = (c1 - c0) / 1e9
@@ -842,21 +894,30 @@ def baseline_run(ctx, kind, run):
 # ---------------------------------------------------------------------------------------------
 
 def wait_requests(plog, t0, key, want_head, timeout):
-    """First HEAD of `key` and first POST …/invalidation after t0 (ns), as the proxy saw them."""
+    """First HEAD of `key` and first POST …/invalidation after t0 (ns), as the proxy saw them,
+    and the emulator's share before that POST: the sum of request → response start times."""
     head = inv = None
+    pending = {}
+    emu_ns = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for t, meth, path in plog.new():
+        for t, cid, meth, path in plog.new():
             if t < t0:
                 continue
+            if meth == "RESP":
+                if cid in pending and inv is None:
+                    emu_ns += t - pending.pop(cid)
+                continue
+            if inv is None:
+                pending[cid] = t
             if meth == "HEAD" and head is None and path.split("?")[0].endswith("/" + key):
                 head = t
             if meth == "POST" and inv is None and path.split("?")[0].endswith("/invalidation"):
                 inv = t
         if inv is not None and (head is not None or not want_head):
-            return head, inv
+            return head, inv, emu_ns
         time.sleep(0.001)
-    return head, inv
+    return head, inv, emu_ns
 
 
 def proxy_calibration(ctx, n):
@@ -883,7 +944,7 @@ def proxy_calibration(ctx, n):
         head = None
         deadline = time.monotonic() + 5
         while head is None and time.monotonic() < deadline:
-            for t, meth, path in plog.new():
+            for t, _, meth, path in plog.new():
                 if meth == "HEAD" and path.endswith("/" + key):
                     head = t
             if head is None:
@@ -898,7 +959,7 @@ def marker_latency(ctx, tree, samples, gap):
     w = start_purgewatch(ctx, "%s-lat" % tree.name, tree.root)
     plog = ProxyLog(ctx.emu.proxy_log)
     plog.new()
-    heads, invs, lost = [], [], 0
+    heads, invs, emus, lost = [], [], [], 0
     leaves = tree.pick_leaves(samples, 4242)
     try:
         for i, leaf in enumerate(leaves):
@@ -911,14 +972,15 @@ def marker_latency(ctx, tree, samples, gap):
             os.write(fd, content)
             t0 = NOW()  # the write is done; the event is raised inside close()
             os.close(fd)
-            head, inv = wait_requests(plog, t0, rel, True, 10)
+            head, inv, emu = wait_requests(plog, t0, rel, True, 10)
             if head is None or inv is None:
                 lost += 1
                 continue
             heads.append((head - t0) / 1e6)
             invs.append((inv - t0) / 1e6)
+            emus.append(emu / 1e6)
         res = {"samples": len(leaves), "lost": lost, "head_ms": heads, "invalidation_ms": invs,
-               "alive": w.alive()}
+               "emulator_ms": emus, "alive": w.alive()}
     finally:
         w.stop()
         for leaf in leaves:
@@ -953,7 +1015,7 @@ def shell_latency(ctx, tree, samples):
                          start_new_session=True)
     r = Reader(p.stderr, "Watches established.")
     r.start()
-    invs, heads, lost = [], [], 0
+    invs, heads, emus, lost = [], [], [], 0
     leaves = tree.pick_leaves(samples, 777)
     try:
         if not r.ready.wait(ctx.ready_timeout):
@@ -970,11 +1032,12 @@ def shell_latency(ctx, tree, samples):
             os.write(fd, content)
             t0 = NOW()
             os.close(fd)
-            head, inv = wait_requests(plog, t0, rel, True, 30)
+            head, inv, emu = wait_requests(plog, t0, rel, True, 30)
             if inv is None:
                 lost += 1
                 continue
             invs.append((inv - t0) / 1e6)
+            emus.append(emu / 1e6)
             if head is not None:
                 heads.append((head - t0) / 1e6)
             time.sleep(0.5)
@@ -984,7 +1047,8 @@ def shell_latency(ctx, tree, samples):
             pth = os.path.join(tree.root, leaf, ".purge")
             if os.path.exists(pth):
                 os.unlink(pth)
-    return {"samples": len(leaves), "lost": lost, "head_ms": heads, "invalidation_ms": invs}
+    return {"samples": len(leaves), "lost": lost, "head_ms": heads, "invalidation_ms": invs,
+            "emulator_ms": emus}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1077,6 +1141,8 @@ def summarize(R):
                 "rss_growth_max": max(r["rss_growth"] for r in rs),
                 "storm_cpu_s": med(r["storm_cpu_s"] for r in rs),
                 "storm_rate": med(r["storm_rate"] for r in rs),
+                "storm_wakeups": med(r.get("storm_wakeups") for r in rs),
+                "storm_watch_thread_cpu_s": med(r.get("storm_watch_thread_cpu_s") for r in rs),
                 "burst_cpu_s": med(r["burst_cpu_s"] for r in rs),
                 "missed_storm": sum(r["missed_storm"] for r in rs),
                 "missed_burst": sum(r["missed_burst"] for r in rs),
@@ -1096,6 +1162,25 @@ def summarize(R):
                           "rss_ready_anon_mb": med(mb(b["rss_ready_anon_kb"]) for b in rs),
                           "rss_ready_file_mb": med(mb(b["rss_ready_file_kb"]) for b in rs)}
     S["empty_tree"] = base
+    # Setup = empty-tree cost + b·folders + c·files, solved from trees S and B (two equations);
+    # RSS per folder from B − S.
+    model = {}
+    if "S" in R["trees"] and "B" in R["trees"]:
+        fS, nS = R["trees"]["S"]["folders"] - 1, R["trees"]["S"]["files"]
+        fB, nB = R["trees"]["B"]["folders"] - 1, R["trees"]["B"]["files"]
+        det = fS * nB - fB * nS
+        for kind in KINDS:
+            s_, b_ = S["trees"]["S"].get(kind), S["trees"]["B"].get(kind)
+            if not s_ or not b_ or kind not in base or det == 0:
+                continue
+            ns = s_["setup_s"] - base[kind]["setup_s"]
+            nb = b_["setup_s"] - base[kind]["setup_s"]
+            model[kind] = {
+                "setup_us_per_folder": (ns * nB - nb * nS) / det * 1e6,
+                "setup_us_per_file": (fS * nb - fB * ns) / det * 1e6,
+                "rss_bytes_per_folder": (b_["rss_ready_mb"] - s_["rss_ready_mb"]) * 1e6 / (fB - fS),
+            }
+    S["cost_model"] = model
     lat = R.get("latency")
     if lat:
         S["latency"] = {
@@ -1103,12 +1188,16 @@ def summarize(R):
             "head_max_ms": max(lat["head_ms"]) if lat["head_ms"] else None,
             "inv_p50_ms": med(lat["invalidation_ms"]),
             "inv_p99_ms": pct(lat["invalidation_ms"], 0.99),
+            "inv_emulator_p50_ms": med(lat.get("emulator_ms", [])),
+            "inv_own_p50_ms": med([a - b for a, b in zip(lat["invalidation_ms"],
+                                                         lat.get("emulator_ms", []))]),
             "samples": len(lat["head_ms"]), "lost": lat["lost"],
             "proxy_p50_ms": med(lat.get("proxy_delay_ms", [])),
             "proxy_p99_ms": pct(lat.get("proxy_delay_ms", []), 0.99)}
     sh = R.get("shell_peer")
     if sh:
         S["shell_peer"] = {"inv_p50_ms": med(sh["invalidation_ms"]),
+                           "inv_emulator_p50_ms": med(sh.get("emulator_ms", [])),
                            "samples": len(sh["invalidation_ms"]), "lost": sh["lost"]}
     return S
 
@@ -1236,6 +1325,10 @@ def table(R, S, T):
         L.append("| RSS growth through storm | %s | %s | %s | %s | | |" % (
             t, fmt_pct(v["purgewatch"]), fmt_pct(v["inotifywait"]), fmt_pct(v["lsyncd"])))
     row("storm CPU, paced (s)", "storm_cpu_s", lambda v: fmt_n(v, "", 2))
+    for t in tr:
+        v = tr[t].get("purgewatch", {}).get("storm_watch_thread_cpu_s")
+        L.append("| … of which purgewatch's watch thread (s) | %s | %s | | | | |" % (t, fmt_n(v, "", 2)))
+    row("wakeups in the storm (voluntary ctx switches)", "storm_wakeups", lambda v: fmt_n(v, "", 0))
     row("burst CPU, cp -r (s)", "burst_cpu_s", lambda v: fmt_n(v, "", 3))
     for t in tr:
         cells = []
@@ -1269,6 +1362,16 @@ def table(R, S, T):
         L.append("| RSS, empty tree (MB) | – | %s | %s | %s | %s | %s |" % (
             fmt_n(v["purgewatch"], "", 1), fmt_n(v["inotifywait"], "", 1), fmt_n(v["lsyncd"], "", 1),
             fmt_x(ratio(v["purgewatch"], v["inotifywait"])), fmt_x(ratio(v["purgewatch"], v["lsyncd"]), 3)))
+    cm = S.get("cost_model", {})
+    if cm:
+        for key, label, nd in (("setup_us_per_folder", "setup per folder (µs, fitted)", 2),
+                               ("setup_us_per_file", "setup per file (µs, fitted)", 2),
+                               ("rss_bytes_per_folder", "RSS per folder (bytes, B − S)", 0)):
+            v = {k: cm.get(k, {}).get(key) for k in KINDS}
+            L.append("| %s | – | %s | %s | %s | %s | %s |" % (
+                label, fmt_n(v["purgewatch"], "", nd), fmt_n(v["inotifywait"], "", nd),
+                fmt_n(v["lsyncd"], "", nd), fmt_x(ratio(v["purgewatch"], v["inotifywait"])),
+                fmt_x(ratio(v["purgewatch"], v["lsyncd"]), 3)))
     idl = R.get("idle")
     if idl:
         w = idl["watchers"]
@@ -1288,6 +1391,9 @@ def table(R, S, T):
             R["latency"]["tree"], fmt_n(lat["inv_p50_ms"], "", 1),
             fmt_n(sh["inv_p50_ms"], "", 0) if sh else "–",
             fmt_x(ratio(sh["inv_p50_ms"], lat["inv_p50_ms"]), 0) if sh else "–"))
+        L.append("| … of which waiting on the emulator (ms) | %s | %s | shell peer: %s | | | |" % (
+            R["latency"]["tree"], fmt_n(lat["inv_emulator_p50_ms"], "", 1),
+            fmt_n(sh.get("inv_emulator_p50_ms"), "", 1) if sh else "–"))
     L.append("")
     L.append("| target (issue 6) | measured | met |")
     L.append("|---|---|---|")
@@ -1303,7 +1409,7 @@ def chart(S, path, subtitle):
     """Two panels: setup to ready, paced storm CPU (log scale); per tree, one bar per watcher."""
     import math
     trees = list(S["trees"])
-    W, H = 900, 420
+    W, H = 900, 440
     pw_, ph = 380, 280
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'font-family="sans-serif" font-size="12">' % (W, H),
@@ -1312,8 +1418,8 @@ def chart(S, path, subtitle):
            'vs lsyncd (medians)</text>' % (W // 2),
            '<text x="%d" y="40" fill="#555" text-anchor="middle">%s</text>' % (W // 2, esc(subtitle))]
 
-    def panel(x0, title, key, logscale):
-        y0 = 70
+    def panel(x0, title, key, logscale, target):
+        y0 = 90
         vals = [S["trees"][t].get(k, {}).get(key) for t in trees for k in KINDS]
         vals = [v for v in vals if v]
         if not vals:
@@ -1361,23 +1467,40 @@ def chart(S, path, subtitle):
                     bx, by, bw * 0.9, y0 + ph - by, COLORS[k]))
                 out.append('<text x="%.1f" y="%.1f" text-anchor="middle" font-size="11">%s</text>' % (
                     bx + bw * 0.45, by - 3, ("%.2f" % v) if v < 10 else ("%.1f" % v)))
+                iw = S["trees"][t].get("inotifywait", {}).get(key)
+                if k == "purgewatch" and iw and t in target:
+                    ty = y(target[t] * iw)
+                    out.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#c00" '
+                               'stroke-width="2" stroke-dasharray="4,3"/>' % (
+                                   bx - 3, bx + bw * 0.9 + 3, ty, ty))
             f = S_FOLDERS.get(t)
             out.append('<text x="%.1f" y="%d" text-anchor="middle">tree %s%s</text>' % (
                 x0 + i * gw + gw / 2, y0 + ph + 18, t, (" (%s folders)" % f) if f else ""))
 
-    panel(70, "Setup to ready (s)", "setup_s", False)
-    panel(510, "Paced storm CPU (s, log scale)", "storm_cpu_s", True)
-    lx = 260
+    panel(70, "Setup to ready (s)", "setup_s", False, {"S": 0.6, "B": 0.75})
+    panel(510, "Paced storm CPU (s, log scale)", "storm_cpu_s", True, {"S": 0.6, "B": 0.6})
+    lx = 110
+    out.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#c00" stroke-width="2" '
+               'stroke-dasharray="4,3"/>' % (lx + 400, lx + 422, H - 24, H - 24))
+    out.append('<text x="%d" y="%d">target for purgewatch (0.6× / 0.75× inotifywait)</text>' % (
+        lx + 428, H - 20))
     for k in KINDS:
         out.append('<rect x="%d" y="%d" width="12" height="12" fill="%s"/>' % (lx, H - 30, COLORS[k]))
         out.append('<text x="%d" y="%d">%s</text>' % (lx + 16, H - 20, k))
-        lx += 140
+        lx += 130
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
 
 
 S_FOLDERS = {}
+
+
+def chart_subtitle(R):
+    m, st = R["machine"], R["settings"]
+    return "%d cores, Linux %s, trees on %s; %d run(s); paced storm: {:,} rewrites at {:,}/s".format(
+        st["storm_writes"], st["storm_rate"]) % (m["nproc"], m["kernel"], m["tree_fs"],
+                                               R["runs_planned"])
 
 
 def nice_step(x):
@@ -1503,12 +1626,20 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "proxy":
         proxy_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "chart":  # bench.py chart RESULTS.json OUT.svg
+        with open(sys.argv[2]) as f:
+            R = json.load(f)
+        for n, t in R["trees"].items():
+            S_FOLDERS[n] = "{:,}".format(t["folders"])
+        chart(R["summary"], sys.argv[3], chart_subtitle(R))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
     ap.add_argument("--purgewatch", default=os.path.join(REPO, "target", "release", "purgewatch"))
     ap.add_argument("--venv", default=os.path.join(REPO, ".venv"))
     ap.add_argument("--runs", type=int)
     ap.add_argument("--trees", help="comma-separated subset of the profile's trees")
+    ap.add_argument("--kinds", help="comma-separated subset of the watchers (default: all three)")
     ap.add_argument("--storm-rate", type=int, default=5000)
     ap.add_argument("--idle", type=float, help="idle window, seconds")
     ap.add_argument("--iw-events", default="close_write,moved_to,create",
@@ -1518,7 +1649,8 @@ def main():
                     help="purgewatch's databases (on disk, as /var/lib/purgewatch is)")
     ap.add_argument("--no-tmpfs", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--name", default="latest", help="base name of the result files")
+    ap.add_argument("--name", help="base name of the result files (latest for the full profile, "
+                    "else the profile's name)")
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--wait-load", type=float, default=0.0,
                     help="wait (bounded by --wait-max) until the 1-min load is below this")
@@ -1530,6 +1662,8 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of phases to skip: latency,idle,baseline")
     a = ap.parse_args()
     P = PROFILES[a.profile]
+    if not a.name:
+        a.name = "latest" if a.profile == "full" else a.profile
     skip = set(x for x in a.skip.split(",") if x)
 
     ctx = Ctx()
@@ -1573,13 +1707,20 @@ def main():
          "trees": {}, "runs": [], "baseline": [], "notes": []}
     emu = None
     rc = 0
+    restore_watches = None
     try:
         need = sum(Tree(n, work, *spec).folders for n, spec in P["trees"].items()) * 4 + 50_000
         mw = R["machine"]["max_user_watches"] or 0
         if mw < need and os.geteuid() == 0:
-            with open("/proc/sys/fs/inotify/max_user_watches", "w") as f:
-                f.write(str(need))
-            R["notes"].append("raised fs.inotify.max_user_watches from %d to %d" % (mw, need))
+            try:
+                with open("/proc/sys/fs/inotify/max_user_watches", "w") as f:
+                    f.write(str(need))
+                restore_watches = mw
+                R["notes"].append("raised fs.inotify.max_user_watches from %d to %d for the run "
+                                  "(restored at the end)" % (mw, need))
+            except OSError as e:
+                R["notes"].append("fs.inotify.max_user_watches is %d and cannot be raised (%s)"
+                                  % (mw, e))
         trees = {}
         names = [n for n in P["trees"] if not a.trees or n in a.trees.split(",")]
         for n in names:
@@ -1616,7 +1757,8 @@ def main():
                 R["notes"].append("budget of %.0f s reached: run %d and later skipped" % (a.budget, run))
                 log(R["notes"][-1])
                 break
-            order = KINDS[run % 3:] + KINDS[:run % 3]
+            order = [k for k in KINDS[run % 3:] + KINDS[:run % 3]
+                     if not a.kinds or k in a.kinds.split(",")]
             log("run %d of %d (order %s), load %s" % (run + 1, runs, ", ".join(order), loadavg()))
             if "baseline" not in skip:
                 for kind in order:
@@ -1633,9 +1775,14 @@ def main():
         lat_tree = trees[names[0]]
         if "latency" not in skip:
             log("latency: purgewatch (settle 0), %d markers already in S3" % P["latency_samples"])
-            R["latency"] = marker_latency(ctx, lat_tree, P["latency_samples"], 0.1)
-            R["latency"]["tree"] = lat_tree.name
-            R["latency"]["proxy_delay_ms"] = proxy_calibration(ctx, 50)
+            try:
+                R["latency"] = marker_latency(ctx, lat_tree, P["latency_samples"], 0.1)
+                R["latency"]["tree"] = lat_tree.name
+                R["latency"]["proxy_delay_ms"] = proxy_calibration(ctx, 50)
+            except Exception as e:
+                log("  latency FAILED: %s" % e)
+                R["notes"].append("latency phase failed: %s" % e)
+                R.pop("latency", None)
             log("latency: the shell peer, %d markers" % P["shell_samples"])
             try:
                 R["shell_peer"] = shell_latency(ctx, lat_tree, P["shell_samples"])
@@ -1644,8 +1791,12 @@ def main():
                 R["notes"].append("shell peer failed: %s" % e)
         if "idle" not in skip:
             log("idle: every watcher at once on %s for %g s" % (lat_tree.name, ctx.idle))
-            R["idle"] = idle(ctx, lat_tree)
-            R["idle"]["tree"] = lat_tree.name
+            try:
+                R["idle"] = idle(ctx, lat_tree)
+                R["idle"]["tree"] = lat_tree.name
+            except Exception as e:
+                log("  idle FAILED: %s" % e)
+                R["notes"].append("idle phase failed: %s" % e)
     finally:
         if emu:
             emu.stop()
@@ -1657,6 +1808,13 @@ def main():
                 subprocess.run(["umount", "-l", work], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(ctx.state_dir, ignore_errors=True)
+        if restore_watches is not None:
+            time.sleep(1)  # watches of stopped watchers are freed asynchronously
+            try:
+                with open("/proc/sys/fs/inotify/max_user_watches", "w") as f:
+                    f.write(str(restore_watches))
+            except OSError:
+                pass
 
     S = summarize(R)
     T = targets(R, S)
@@ -1674,14 +1832,15 @@ def main():
     with open(os.path.join(a.out, a.name + ".md"), "w") as f:
         f.write(head + "\n\n" + tbl + "\n")
     if not a.no_chart:
-        chart(S, os.path.join(a.out, "chart.svg"),
-              "%d cores, Linux %s, %s; %d run(s), paced storm %d rewrites at %d/s" % (
-                  m["nproc"], m["kernel"], m["tree_fs"], runs, ctx.storm_writes, ctx.storm_rate))
+        chart(S, os.path.join(a.out, "chart.svg" if a.name == "latest" else a.name + "-chart.svg"),
+              chart_subtitle(R))
     print()
     print(head)
     print()
     print(tbl)
     print()
+    for n in R["notes"]:
+        print("note: " + n)
     print("results: %s" % os.path.join(a.out, a.name + ".json"))
     missed = sum(r.get("missed_storm", 0) + r.get("missed_burst", 0)
                  for r in R["runs"] if r["kind"] == "purgewatch")
