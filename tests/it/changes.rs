@@ -1,12 +1,10 @@
 //! Purge what changed, once all of it is in S3: change tracking, the whole-change wait, and
 //! invalidation paths from the change set or from the marker's contents.
 
-use std::time::Duration;
-
 use purgewatch::app::Daemon;
 use purgewatch::paths::covers;
 
-use crate::common::{poll, Site};
+use crate::common::Site;
 
 const DONE: &[&str] = &["completed"];
 
@@ -138,22 +136,7 @@ async fn a_deleted_page_is_invalidated_once_s3_no_longer_has_it() {
     std::fs::remove_file(site.root.join("old/gone.html")).expect("rm");
     site.write(".purge", b"deploy\n");
     site.upload(".purge").await;
-    poll(
-        "the wait to name the deleted key",
-        Duration::from_secs(20),
-        || async {
-            let h = site.history();
-            let r = h.first()?;
-            site.events(r.id)
-                .iter()
-                .any(|e| {
-                    e.2.as_deref()
-                        .is_some_and(|d| d.contains("old/gone.html still in S3"))
-                })
-                .then_some(())
-        },
-    )
-    .await;
+    site.noted("old/gone.html still in S3").await;
     assert!(
         site.invalidations().await.is_empty(),
         "not before S3 agrees"
@@ -182,22 +165,7 @@ async fn a_large_page_still_uploading_holds_the_invalidation_until_it_lands() {
     site.upload("media/small.html").await;
     site.write(".purge", b"deploy\n");
     site.upload(".purge").await; // the marker lands first, as it may with aws s3 sync
-    poll(
-        "the wait to name the missing page",
-        Duration::from_secs(20),
-        || async {
-            let h = site.history();
-            let r = h.first()?;
-            site.events(r.id)
-                .iter()
-                .any(|e| {
-                    e.2.as_deref()
-                        .is_some_and(|d| d.contains("media/big.html not in S3 yet"))
-                })
-                .then_some(())
-        },
-    )
-    .await;
+    site.noted("media/big.html not in S3 yet").await;
     assert!(
         site.invalidations().await.is_empty(),
         "invalidated before the page landed"

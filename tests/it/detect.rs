@@ -91,19 +91,7 @@ async fn invalidation_waits_for_the_upload_that_comes_3s_later() {
     let daemon = Daemon::start(site.config()).await.expect("start");
     site.write(".purge", b"late");
     // The daemon has looked at S3 and found nothing yet, more than once.
-    poll(
-        "the origin wait to note a missing marker",
-        Duration::from_secs(20),
-        || async {
-            let h = site.history();
-            let first = h.first()?;
-            site.events(first.id)
-                .iter()
-                .any(|e| e.2.as_deref().is_some_and(|d| d.contains("not there yet")))
-                .then_some(())
-        },
-    )
-    .await;
+    site.noted("not there yet").await;
     tokio::time::sleep(Duration::from_secs(3)).await; // the lsyncd delay being simulated, not a sync
     assert!(
         site.invalidations().await.is_empty(),
@@ -123,19 +111,7 @@ async fn an_older_marker_in_s3_is_not_the_new_one() {
     site.upload(".purge").await;
     let daemon = Daemon::start(site.config()).await.expect("start");
     site.write(".purge", b"new");
-    poll(
-        "a check that sees different bytes",
-        Duration::from_secs(20),
-        || async {
-            let h = site.history();
-            let first = h.first()?;
-            site.events(first.id)
-                .iter()
-                .any(|e| e.2.as_deref().is_some_and(|d| d.contains("differs")))
-                .then_some(())
-        },
-    )
-    .await;
+    site.noted("differs").await;
     assert!(site.invalidations().await.is_empty());
     site.upload(".purge").await;
     site.settled(1, DONE).await;

@@ -2,22 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use purgewatch::app::Daemon;
 
-use crate::common::{poll, Site};
-
-const ENDED: &[&str] = &[
-    "completed",
-    "quota_exhausted",
-    "origin_timeout",
-    "failed",
-    "deferred",
-];
-
-fn today_utc() -> String {
-    Utc::now().format("%Y-%m-%d").to_string()
-}
+use crate::common::{poll, today_utc, Site, Tmpfs, ENDED};
 
 /// One round of the fleet race: 4 daemons (own trees and databases, one count bucket, max 10),
 /// 25 markers each, all at once.
@@ -435,23 +422,10 @@ async fn a_1_gib_marker_is_hashed_streaming_with_flat_memory() {
 async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
     let site = Site::new().await;
     let state = site.dir.path().join("small-state");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&state)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_tmpfs) = Tmpfs::mount(&state, "2m") else {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(state.clone());
+    };
     let db = state.join("pw.db");
     let toml = site
         .toml("", "", "")
@@ -532,25 +506,10 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
 async fn a_read_only_database_is_a_clear_error_at_start() {
     let site = Site::new().await;
     let state = site.dir.path().join("ro-state");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    let mount = |args: &[&str]| {
-        std::process::Command::new("mount")
-            .args(args)
-            .arg(&state)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !mount(&["-t", "tmpfs", "-o", "size=4m", "tmpfs"]) {
+    let Some(tmpfs) = Tmpfs::mount(&state, "4m") else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(state.clone());
+    };
     let db = state.join("pw.db");
     let toml = site
         .toml("", "", "")
@@ -560,7 +519,7 @@ async fn a_read_only_database_is_a_clear_error_at_start() {
     drop(crate::common::spawn_watching(
         crate::common::daemon_command(&file),
     ));
-    assert!(mount(&["-o", "remount,ro"]), "remount read-only");
+    assert!(tmpfs.remount_read_only(), "remount read-only");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
         .args(["--config", &file.display().to_string(), "run"])
         .env("AWS_ACCESS_KEY_ID", "test")

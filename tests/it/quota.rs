@@ -5,19 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use purgewatch::app::{purge_now, Daemon};
 
-use crate::common::{poll, Site};
-
-const ENDED: &[&str] = &[
-    "completed",
-    "quota_exhausted",
-    "origin_timeout",
-    "failed",
-    "deferred",
-];
-
-fn today_utc() -> String {
-    Utc::now().format("%Y-%m-%d").to_string()
-}
+use crate::common::{poll, today_utc, Site, ENDED};
 
 /// Writes and uploads a fresh marker, then waits until the daemon has ended `n` requests.
 async fn marker_round(site: &Site, folder: &str, n: usize) {

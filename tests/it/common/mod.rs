@@ -256,6 +256,49 @@ pub fn spawn_watching(mut cmd: Command) -> Spawned {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Every status a request can end (or park) in.
+pub const ENDED: &[&str] = &[
+    "completed",
+    "quota_exhausted",
+    "origin_timeout",
+    "failed",
+    "deferred",
+];
+
+/// Today's count-object stem in UTC, the seed's default.
+pub fn today_utc() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+/// A small tmpfs mounted on `dir` (root only; None elsewhere), unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    pub fn remount_read_only(&self) -> bool {
+        Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `limit`.
 pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where
@@ -511,6 +554,24 @@ endpoint_url = "{url}"
             .expect("query")
             .collect::<Result<Vec<_>, _>>()
             .expect("rows")
+    }
+
+    /// Polls (20 s at most) until the newest request's history has an event whose detail
+    /// contains `needle`; returns that request's id.
+    pub async fn noted(&self, needle: &str) -> i64 {
+        poll(
+            &format!("a history event saying {needle:?}"),
+            Duration::from_secs(20),
+            || async {
+                let h = self.history();
+                let r = h.first()?;
+                self.events(r.id)
+                    .iter()
+                    .any(|e| e.2.as_deref().is_some_and(|d| d.contains(needle)))
+                    .then_some(r.id)
+            },
+        )
+        .await
     }
 
     pub fn statuses(&self) -> Vec<String> {
