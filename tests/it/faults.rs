@@ -427,10 +427,7 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
         return;
     };
     let db = state.join("pw.db");
-    let toml = site
-        .toml("", "", "")
-        .replace(&site.db.display().to_string(), &db.display().to_string());
-    let file = site.config_file(&toml);
+    let file = site.config_file_with_db(&db);
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
             .args(["--config", &file.display().to_string(), "run"])
@@ -511,10 +508,7 @@ async fn a_read_only_database_is_a_clear_error_at_start() {
         return;
     };
     let db = state.join("pw.db");
-    let toml = site
-        .toml("", "", "")
-        .replace(&site.db.display().to_string(), &db.display().to_string());
-    let file = site.config_file(&toml);
+    let file = site.config_file_with_db(&db);
     // A first start creates the database; then the file system turns read-only under it.
     drop(crate::common::spawn_watching(
         crate::common::daemon_command(&file),

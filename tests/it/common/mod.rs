@@ -452,6 +452,14 @@ endpoint_url = "{url}"
         file
     }
 
+    /// Writes the default config with the database at `db` instead; returns the file's path.
+    pub fn config_file_with_db(&self, db: &Path) -> PathBuf {
+        let toml = self
+            .toml("", "", "")
+            .replace(&self.db.display().to_string(), &db.display().to_string());
+        self.config_file(&toml)
+    }
+
     /// Writes a file under the root, creating folders.
     pub fn write(&self, rel: &str, body: &[u8]) -> PathBuf {
         let p = self.root.join(rel);
