@@ -270,10 +270,7 @@ impl App {
             let (id, s) = (open.id, seen.clone());
             let merged = self
                 .store
-                .call(move |c| {
-                    store::remember_marker(c, &s)?;
-                    store::merge_marker(c, id, &s)
-                })
+                .call(move |c| store::merge_marker(c, id, &s))
                 .await?;
             if merged {
                 debug!(request = id, marker = %rel, "merged into the open request");
@@ -316,10 +313,7 @@ impl App {
         };
         let id = self
             .store
-            .call(move |c| {
-                store::remember_marker(c, &seen)?;
-                store::insert_request(c, source, Some(&seen), &paths, detail)
-            })
+            .call(move |c| store::insert_request(c, source, Some(&seen), &paths, detail))
             .await?;
         crate::pipeline::crash_point("after_request_stored");
         info!(request = id, marker = %rel, "purge requested");

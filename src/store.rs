@@ -377,6 +377,9 @@ pub fn insert_request(
     let id = tx.last_insert_rowid();
     if let Some(m) = marker {
         upsert_request_marker(&tx, id, m)?;
+        // In the same transaction: a marker remembered without its request (the disk filled
+        // between the two) would look unchanged at the next start and never be purged.
+        remember_marker(&tx, m)?;
     }
     claim_changes(&tx, id)?;
     tx.execute(
@@ -436,6 +439,7 @@ pub fn merge_marker(conn: &mut Connection, id: i64, m: &MarkerSeen) -> Result<bo
         return Ok(false);
     }
     upsert_request_marker(&tx, id, m)?;
+    remember_marker(&tx, m)?;
     claim_changes(&tx, id)?;
     tx.commit()?;
     Ok(true)
