@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use purgewatch::app::Daemon;
 
-use crate::common::{poll, today_utc, Site, Tmpfs, ENDED};
+use crate::common::{daemon_command, poll, spawn_watching, today_utc, Site, Tmpfs, ENDED};
 
 /// One round of the fleet race: 4 daemons (own trees and databases, one count bucket, max 10),
 /// 25 markers each, all at once.
@@ -428,21 +428,9 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
     };
     let db = state.join("pw.db");
     let file = site.config_file_with_db(&db);
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
-            .args(["--config", &file.display().to_string(), "run"])
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("daemon")
-    };
-    let mut child = run();
-    poll("the database to exist", Duration::from_secs(30), || async {
-        db.exists().then_some(())
-    })
-    .await;
+    // Past its first start (which only remembers markers) before the disk fills: a start cut
+    // short would rightly count as a first start again.
+    let mut daemon = spawn_watching(daemon_command(&file));
     // Fill the disk.
     let filler = state.join("filler");
     {
@@ -454,7 +442,7 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
     site.write("news/.purge", b"on a full disk");
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = daemon.child.try_wait().expect("wait") {
             break s;
         }
         assert!(
@@ -463,14 +451,13 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
+    // The process ended: its pipe closes, so this drains every line it logged.
+    let err: String = daemon
+        .log
+        .iter()
+        .take_while(|_| Instant::now() < deadline)
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(!status.success(), "a clear exit, not a hang");
     assert!(err.contains("full"), "the error says why: {err}");
     // Space back: no corruption, and the marker is found by the start-up scan.
@@ -481,7 +468,7 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
         .expect("integrity");
     assert_eq!(check, "ok");
     site.upload("news/.purge").await;
-    let mut child = run();
+    let _daemon = spawn_watching(daemon_command(&file));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows = rusqlite::Connection::open(&db)
@@ -495,8 +482,6 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
         assert!(Instant::now() < deadline, "rows after restart: {rows:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
