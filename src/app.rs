@@ -46,16 +46,11 @@ impl Daemon {
     pub async fn start(cfg: Config) -> Result<Daemon, AppError> {
         let cfg = Arc::new(cfg);
         let token = CancellationToken::new();
-        let store = {
-            let path = cfg.state.database.clone();
-            tokio::task::spawn_blocking(move || Store::open(&path))
-                .await
-                .map_err(|e| AppError::Other(e.to_string()))??
-        };
-        let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
         let (tx, rx) = mpsc::channel(channel_capacity());
         let lost = Arc::new(Lost::default());
-        let watch = {
+        // The walk that sets the watches is most of the start-up: it runs on its own thread
+        // while the database opens and the AWS clients are built.
+        let walking = {
             let (root, marker, lost) = (
                 cfg.watch.root.clone(),
                 cfg.watch.marker.clone(),
@@ -63,9 +58,18 @@ impl Daemon {
             );
             let track = cfg.tracks_changes();
             tokio::task::spawn_blocking(move || watch::start(&root, &marker, track, tx, lost))
+        };
+        let store = {
+            let path = cfg.state.database.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
                 .await
                 .map_err(|e| AppError::Other(e.to_string()))??
         };
+        let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
+        let started = walking
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))??;
+        let watch = started.watch;
         let mut app = App {
             cfg,
             pipeline,
@@ -76,7 +80,7 @@ impl Daemon {
             unusable: HashMap::new(),
         };
         app.resume().await?;
-        app.catch_up().await?;
+        app.catch_up(started.markers).await?;
         info!(root = %app.cfg.watch.root.display(), "watching");
         let main = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch));
         Ok(Daemon { token, main, lost })
@@ -147,7 +151,7 @@ impl App {
             tokio::select! {
                 _ = fallback.tick(), if lost.degraded.load(Ordering::Relaxed) => {
                     let root = self.cfg.watch.root.clone();
-                    if let Err(e) = self.scan(root, Source::Scan, true).await { break Err(e) }
+                    if let Err(e) = self.scan(root).await { break Err(e) }
                 }
                 _ = sleep_until_some(flush_at) => {
                     flush_at = None;
@@ -161,8 +165,8 @@ impl App {
                     Some(WatchEvent::Marker(path)) => {
                         if let Err(e) = self.on_marker(path, Source::Watch).await { break Err(e) }
                     }
-                    Some(WatchEvent::NewDir(dir)) => {
-                        if let Err(e) = self.scan(dir, Source::Watch, false).await { break Err(e) }
+                    Some(WatchEvent::Appeared { markers, files }) => {
+                        if let Err(e) = self.appeared(markers, files).await { break Err(e) }
                     }
                     Some(WatchEvent::Change { path, deleted }) => {
                         self.buffer_change(&path, deleted);
@@ -184,7 +188,7 @@ impl App {
                             if let Err(e) = self.changes_unknown(why).await { break Err(e) }
                         }
                         let root = self.cfg.watch.root.clone();
-                        if let Err(e) = self.scan(root, Source::Scan, true).await { break Err(e) }
+                        if let Err(e) = self.scan(root).await { break Err(e) }
                     }
                 }
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
@@ -332,56 +336,59 @@ impl App {
         Ok(())
     }
 
-    /// Markers under `dir` that differ from what the database last saw become marker events.
-    /// `only_changed` = false treats every marker found as written (a folder that just appeared).
-    async fn scan(
+    /// A folder appeared with files in it: they are changes, and its markers count as written.
+    async fn appeared(
         &mut self,
-        dir: PathBuf,
-        source: Source,
-        only_changed: bool,
+        markers: Vec<PathBuf>,
+        files: Vec<PathBuf>,
     ) -> Result<(), AppError> {
-        let marker = self.cfg.watch.marker.clone();
-        // A folder that appeared brings its files without events: they are changes too.
-        let others = !only_changed && self.cfg.tracks_changes();
-        let (found, files) =
-            tokio::task::spawn_blocking(move || watch::find_files(&dir, &marker, others))
-                .await
-                .map_err(|e| AppError::Other(e.to_string()))?;
         for f in &files {
             self.buffer_change(f, false);
         }
-        let known = if only_changed {
-            self.store.call(|c| store::known_markers(c)).await?
-        } else {
-            Default::default()
-        };
-        for path in found {
-            if only_changed {
-                let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
-                    continue;
-                };
-                if let (Some(&(size, mtime)), Ok(meta)) =
-                    (known.get(&rel), std::fs::metadata(&path))
-                {
-                    if meta.len() == size && mtime_ns(&meta) == mtime {
-                        continue;
-                    }
-                }
-            }
-            self.on_marker(path, source).await?;
+        for path in markers {
+            self.on_marker(path, Source::Watch).await?;
         }
         Ok(())
     }
 
-    /// Markers written while the daemon was down. On the very first start the markers found are
-    /// only remembered: installing purgewatch must not purge for every old `.purge` in the tree.
-    async fn catch_up(&mut self) -> Result<(), AppError> {
+    /// Walks `dir` (events were lost, or folders lack a watch): markers that differ from what the
+    /// database last saw become marker events.
+    async fn scan(&mut self, dir: PathBuf) -> Result<(), AppError> {
+        let marker = self.cfg.watch.marker.clone();
+        let found = tokio::task::spawn_blocking(move || watch::find_files(&dir, &marker, false))
+            .await
+            .map_err(|e| AppError::Other(e.to_string()))?;
+        self.changed_markers(found.markers).await
+    }
+
+    async fn changed_markers(&mut self, found: Vec<PathBuf>) -> Result<(), AppError> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        let known = self.store.call(|c| store::known_markers(c)).await?;
+        for path in found {
+            let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
+                continue;
+            };
+            if let (Some(&(size, mtime)), Ok(meta)) = (known.get(&rel), std::fs::metadata(&path)) {
+                if meta.len() == size && mtime_ns(&meta) == mtime {
+                    continue;
+                }
+            }
+            self.on_marker(path, Source::Scan).await?;
+        }
+        Ok(())
+    }
+
+    /// Markers written while the daemon was down, from the start-up walk. On the very first
+    /// start they are only remembered: installing purgewatch must not purge for every old
+    /// `.purge` in the tree.
+    async fn catch_up(&mut self, found: Vec<PathBuf>) -> Result<(), AppError> {
         let first_start = self.store.call(|c| store::first_start(c)).await?;
         if first_start {
             let root = self.cfg.watch.root.clone();
-            let marker = self.cfg.watch.marker.clone();
             let seen: Vec<MarkerSeen> = tokio::task::spawn_blocking(move || {
-                watch::find_markers(&root, &marker)
+                found
                     .into_iter()
                     .filter_map(|p| {
                         let rel = watch::relative(&root, &p)?;
@@ -412,8 +419,7 @@ impl App {
             let why = "the daemon was stopped: changes made meanwhile are unknown".into();
             self.changes_unknown(why).await?;
         }
-        let root = self.cfg.watch.root.clone();
-        self.scan(root, Source::Scan, true).await
+        self.changed_markers(found).await
     }
 
     fn buffer_change(&mut self, path: &std::path::Path, deleted: bool) {

@@ -8,31 +8,40 @@
 //! mask holds only what a marker needs, and an event's name is compared with the marker's before
 //! any path is built — the other files of a deploy cost one comparison each.
 //!
+//! The tree is listed once: the walk that sets the watches also reports the markers (and, with
+//! change tracking, the files) it passes, so neither the start-up catch-up nor a new folder
+//! costs a second listing. Folders are read with `readdir` (d_type, no stat, no allocation per
+//! file). A folder already watched at the same path is not listed again, so the CREATE events
+//! of a `cp -r` for folders the walk already covered cost one `inotify_add_watch` each.
+//!
 //! Markers are never dropped: a kernel queue overflow or a full channel raises [`Lost`], and the
 //! pipeline answers with a rescan of the tree.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use walkdir::WalkDir;
 
 /// What the watcher tells the pipeline.
 #[derive(Debug)]
 pub enum WatchEvent {
     /// A file named like the marker was closed after writing or renamed into place.
     Marker(PathBuf),
-    /// A folder appeared (created or moved in). Its watch is set; markers written into it before
-    /// that must be found by a scan.
-    NewDir(PathBuf),
+    /// A folder appeared (created or moved in). Its watch is set and these files were already in
+    /// it (`files`: only with change tracking). Written before the watch, they had no event.
+    Appeared {
+        markers: Vec<PathBuf>,
+        files: Vec<PathBuf>,
+    },
     /// With change tracking: another file was written, renamed into place (`deleted` false),
     /// removed or renamed away (`deleted` true).
     Change { path: PathBuf, deleted: bool },
@@ -88,15 +97,16 @@ fn mask(track_changes: bool) -> WatchMask {
     }
 }
 
-/// Keeps the watch thread alive; [`Watch::stop`] ends and joins it.
+/// Keeps the watch thread alive; [`Watch::stop`] (or dropping it) ends the thread.
 pub struct Watch {
-    token: CancellationToken,
+    /// Closing this end wakes the thread's poll (hang-up on its end): it returns.
+    stop: Option<UnixStream>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watch {
     pub fn stop(mut self) {
-        self.token.cancel();
+        self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -105,8 +115,15 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.token.cancel();
+        self.stop.take();
     }
+}
+
+/// What the start-up walk found besides setting the watches.
+pub struct Started {
+    pub watch: Watch,
+    /// Every marker in the tree when its folder was listed (after its watch was set).
+    pub markers: Vec<PathBuf>,
 }
 
 struct Watcher {
@@ -125,16 +142,26 @@ struct Watcher {
 }
 
 /// How often a removed root is looked for (only while it is missing).
-const ROOT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+const ROOT_POLL_MS: i32 = 1000;
 
-/// Starts watching `root` recursively; returns once every folder's watch is set.
+/// Batching under load: when events keep coming (the last wake-up was less than `BUSY` ago),
+/// the thread pauses `GATHER` after handling a read, so the next read takes a batch instead of
+/// waking up once per event. An event arriving alone is handled at once; a marker in a storm
+/// waits at most `GATHER`. The kernel queue (16,384 events) holds far more than a pause lets in.
+const BUSY: Duration = Duration::from_millis(5);
+const GATHER: Duration = Duration::from_millis(2);
+/// A read this full means we are behind: read again at once.
+const BEHIND: usize = 512;
+
+/// Starts watching `root` recursively; returns once every folder's watch is set, with the
+/// markers the walk found.
 pub fn start(
     root: &Path,
     marker: &str,
     track_changes: bool,
     tx: mpsc::Sender<WatchEvent>,
     lost: Arc<Lost>,
-) -> Result<Watch, WatchError> {
+) -> Result<Started, WatchError> {
     let io_err = |source| WatchError::Io {
         path: root.display().to_string(),
         source,
@@ -151,7 +178,8 @@ pub fn start(
         warned_limit: false,
         root_gone: false,
     };
-    match w.add_tree(root) {
+    let mut found = Found::default();
+    match w.add_tree(root, &mut found, false, true) {
         Ok(()) => {}
         Err(AddError::Limit(path)) => w.out_of_watches(&path),
         Err(AddError::Io(path, source)) => {
@@ -161,31 +189,24 @@ pub fn start(
             })
         }
     }
-    let token = CancellationToken::new();
-    let t = token.clone();
+    let (stop, stopped) = UnixStream::pair().map_err(io_err)?;
     let thread = std::thread::Builder::new()
         .name("purgewatch-watch".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return error!(error = %e, "watch thread"),
-            };
-            rt.block_on(w.run(inotify, t));
-        })
+        .spawn(move || w.run(inotify, stopped))
         .map_err(io_err)?;
-    Ok(Watch {
-        token,
-        thread: Some(thread),
+    Ok(Started {
+        watch: Watch {
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+        markers: found.markers,
     })
 }
 
-// Linux errno values (asm-generic), to tell the watch limit from a vanished folder.
-const ENOSPC: i32 = 28;
-const ENOTDIR: i32 = 20;
+// To tell the watch limit from a vanished (or replaced) folder.
+const ENOSPC: i32 = libc::ENOSPC;
+const ENOTDIR: i32 = libc::ENOTDIR;
+const ELOOP: i32 = libc::ELOOP;
 
 enum AddError {
     /// ENOSPC: fs.inotify.max_user_watches reached.
@@ -194,87 +215,122 @@ enum AddError {
 }
 
 impl Watcher {
-    /// Watches `dir` and every folder below it (d_type from readdir: no stat per entry).
-    /// A folder that vanished meanwhile is skipped.
-    fn add_tree(&mut self, dir: &Path) -> Result<(), AddError> {
-        let mut walk = WalkDir::new(dir).follow_links(false).into_iter();
-        while let Some(entry) = walk.next() {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "cannot read a folder of the tree; it is not watched");
-                    continue;
-                }
-            };
-            if !entry.file_type().is_dir() {
-                continue;
-            }
+    /// Watches `dir` and every folder below it, each watch set before its folder is listed, and
+    /// collects the markers (with `files`, every regular file) met on the way. A folder already
+    /// watched at this path was listed when its watch was set and is skipped, unless `relist`
+    /// (events were lost). A folder that vanished meanwhile is skipped.
+    fn add_tree(
+        &mut self,
+        dir: &Path,
+        found: &mut Found,
+        files: bool,
+        relist: bool,
+    ) -> Result<(), AddError> {
+        let mask = mask(self.track_changes);
+        let marker = self.marker.clone();
+        let mut result = Ok(());
+        walk(dir, &marker, files, found, |path| {
             if test_watch_cap_reached(self.paths.len()) {
-                return Err(AddError::Limit(entry.into_path()));
+                result = Err(AddError::Limit(path.to_owned()));
+                return Visit::Stop;
             }
-            match self.watches.add(entry.path(), mask(self.track_changes)) {
+            match self.watches.add(path, mask) {
                 // Re-adding a folder (moved within the tree) returns its old descriptor: the
                 // path is updated so later events name the new place.
-                Ok(wd) => {
-                    self.paths.insert(wd, entry.into_path());
-                }
+                Ok(wd) => match self.paths.get_mut(&wd) {
+                    Some(known) if known == path && !relist => Visit::Skip,
+                    Some(known) => {
+                        path.clone_into(known);
+                        Visit::List
+                    }
+                    None => {
+                        self.paths.insert(wd, path.to_owned());
+                        Visit::List
+                    }
+                },
                 Err(e) if e.raw_os_error() == Some(ENOSPC) => {
-                    return Err(AddError::Limit(entry.into_path()));
+                    result = Err(AddError::Limit(path.to_owned()));
+                    Visit::Stop
                 }
+                // Gone, or replaced by a file (ENOTDIR) or a symlink.
                 Err(e)
                     if e.kind() == std::io::ErrorKind::NotFound
                         || e.raw_os_error() == Some(ENOTDIR) =>
                 {
-                    walk.skip_current_dir(); // gone, or replaced by a file (ENOTDIR)
+                    Visit::Skip
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     // Markers in there can never be read either: say so, serve the rest.
-                    warn!(folder = %entry.path().display(), "no read access; folder not watched (see purgewatch check)");
-                    walk.skip_current_dir();
+                    warn!(folder = %path.display(), "no read access; folder not watched (see purgewatch check)");
+                    Visit::Skip
                 }
-                Err(e) => return Err(AddError::Io(entry.into_path(), e)),
+                Err(e) => {
+                    result = Err(AddError::Io(path.to_owned(), e));
+                    Visit::Stop
+                }
             }
-        }
-        Ok(())
+        });
+        result
     }
 
-    async fn run(mut self, inotify: Inotify, token: CancellationToken) {
+    /// Blocks on poll(2) over the inotify descriptor and the stop socket; no runtime needed.
+    fn run(mut self, mut inotify: Inotify, stopped: UnixStream) {
         let mut buf = vec![0u8; 64 * 1024];
-        // SAFETY: the AsyncFd owns the Inotify, so its descriptor stays open and the same for
-        // the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register_with_interest(inotify, Interest::READABLE) };
-        let mut fd = match fd {
-            Ok(fd) => fd,
-            Err(e) => return error!(error = %e, "cannot poll inotify"),
-        };
+        let mut last_wake = Instant::now() - BUSY;
         loop {
-            let mut guard = tokio::select! {
-                g = fd.readable_mut() => match g {
-                    Ok(g) => g,
-                    Err(e) => return error!(error = %e, "inotify poll failed"),
+            let mut fds = [
+                libc::pollfd {
+                    fd: inotify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
                 },
-                _ = token.cancelled() => return,
-                _ = tokio::time::sleep(ROOT_POLL), if self.root_gone => {
-                    if self.root.is_dir() {
-                        info!(root = %self.root.display(), "the watch root is back; rescanning");
-                        self.root_gone = false;
-                        self.on_new_dir(self.root.clone());
-                    }
+                libc::pollfd {
+                    fd: stopped.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let timeout = if self.root_gone { ROOT_POLL_MS } else { -1 };
+            // SAFETY: two valid pollfd structs, both descriptors open for the whole call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-            };
-            match guard.get_inner_mut().read_events(&mut buf) {
+                return error!(error = %e, "inotify poll failed");
+            }
+            if fds[1].revents != 0 {
+                return; // the other end was closed: stop
+            }
+            if n == 0 {
+                if self.root_gone && self.root.is_dir() {
+                    info!(root = %self.root.display(), "the watch root is back; rescanning");
+                    self.root_gone = false;
+                    self.on_new_dir(self.root.clone());
+                }
+                continue;
+            }
+            let busy = last_wake.elapsed() < BUSY;
+            last_wake = Instant::now();
+            let mut count = 0;
+            match inotify.read_events(&mut buf) {
                 Ok(events) => {
                     // In order: a folder created before a marker is watched and reported first.
                     for ev in events {
+                        count += 1;
                         self.on_event(ev.wd, ev.mask, ev.name);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     error!(error = %e, "reading inotify failed; rescanning");
                     self.lost.raise();
+                    std::thread::sleep(GATHER); // not a busy loop if it keeps failing
                 }
+            }
+            if busy && count > 0 && count < BEHIND {
+                std::thread::sleep(GATHER);
             }
         }
     }
@@ -331,19 +387,25 @@ impl Watcher {
         }
     }
 
-    /// Watch first, then tell the pipeline to scan: a marker written into the folder is either
-    /// already there for the scan or caught by the watch.
+    /// Watch first, then list: a marker written into the folder is either already there for
+    /// the listing or caught by the watch. The whole tree (after a queue overflow, or the root
+    /// coming back) is listed again in full and the pipeline rescans it against the database.
     fn on_new_dir(&mut self, dir: PathBuf) {
         let whole_tree = dir == self.root;
-        match self.add_tree(&dir) {
+        let mut found = Found::default();
+        let files = self.track_changes && !whole_tree;
+        match self.add_tree(&dir, &mut found, files, whole_tree) {
             Ok(()) => {}
             Err(AddError::Limit(at)) => self.out_of_watches(&at),
             Err(AddError::Io(at, e)) => warn!(folder = %at.display(), error = %e, "cannot watch"),
         }
         if whole_tree {
             self.lost.raise();
-        } else {
-            self.send(WatchEvent::NewDir(dir));
+        } else if !found.markers.is_empty() || !found.files.is_empty() {
+            self.send(WatchEvent::Appeared {
+                markers: found.markers,
+                files: found.files,
+            });
         }
     }
 
@@ -394,53 +456,152 @@ fn test_watch_cap_reached(_watched: usize) -> bool {
     false
 }
 
-/// Every file named `marker` under `dir`, never following symlinks.
-pub fn find_markers(dir: &Path, marker: &str) -> Vec<PathBuf> {
-    find_files(dir, marker, false).0
-}
-
-/// Markers under `dir` and, when `others` is set, every other regular file too.
-pub fn find_files(dir: &Path, marker: &str, others: bool) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let (mut markers, mut rest) = (Vec::new(), Vec::new());
-    let files = WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file());
-    for e in files {
-        if e.file_name() == marker {
-            markers.push(e.into_path());
-        } else if others {
-            rest.push(e.into_path());
-        }
-    }
-    (markers, rest)
-}
-
-/// What `purgewatch check` says about the tree.
-pub struct Survey {
+/// What a walk met besides folders.
+#[derive(Default, Debug)]
+pub struct Found {
+    pub markers: Vec<PathBuf>,
+    /// Every other regular file, when asked for.
+    pub files: Vec<PathBuf>,
+    /// Folders visited (listed or not).
     pub folders: usize,
-    /// Folders this user cannot list: markers there are never seen.
+    /// Folders that could not be listed: markers there are never seen.
     pub unreadable: Vec<PathBuf>,
 }
 
-pub fn survey(root: &Path) -> Survey {
-    let mut s = Survey {
-        folders: 0,
-        unreadable: Vec::new(),
-    };
-    for entry in WalkDir::new(root).follow_links(false) {
-        match entry {
-            Ok(e) if e.file_type().is_dir() => s.folders += 1,
-            Ok(_) => {}
-            Err(e) => {
-                if let Some(p) = e.path() {
-                    s.unreadable.push(p.to_owned());
+/// What to do with a folder a walk reached.
+enum Visit {
+    List,
+    Skip,
+    Stop,
+}
+
+/// Walks `root` depth-first, never following symlinks below it: `visit` decides for every folder
+/// (before it is listed) whether to list it; markers, and with `files` every other regular file,
+/// go into `found`.
+fn walk(
+    root: &Path,
+    marker: &OsStr,
+    files: bool,
+    found: &mut Found,
+    mut visit: impl FnMut(&Path) -> Visit,
+) {
+    let marker = marker.as_bytes();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        found.folders += 1;
+        match visit(&dir) {
+            Visit::List => {}
+            Visit::Skip => continue,
+            Visit::Stop => return,
+        }
+        let listed = list_dir(&dir, |name, kind| {
+            let kind = match kind {
+                Kind::Unknown => {
+                    // Some file systems leave d_type empty: one lstat, only there.
+                    match std::fs::symlink_metadata(dir.join(OsStr::from_bytes(name))) {
+                        Ok(m) if m.is_dir() => Kind::Dir,
+                        Ok(m) if m.is_file() => Kind::File,
+                        _ => Kind::Other,
+                    }
                 }
+                k => k,
+            };
+            match kind {
+                Kind::Dir => stack.push(dir.join(OsStr::from_bytes(name))),
+                Kind::File if name == marker => {
+                    found.markers.push(dir.join(OsStr::from_bytes(name)));
+                }
+                Kind::File if files => found.files.push(dir.join(OsStr::from_bytes(name))),
+                _ => {}
+            }
+        });
+        match listed {
+            Ok(()) => {}
+            // Vanished or replaced since its parent was listed: nothing to see there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if matches!(e.raw_os_error(), Some(ENOTDIR) | Some(ELOOP)) => {}
+            Err(e) => {
+                warn!(folder = %dir.display(), error = %e, "cannot read a folder of the tree; markers there are not seen");
+                found.unreadable.push(dir);
             }
         }
     }
-    s
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Dir,
+    File,
+    Other,
+    Unknown,
+}
+
+/// Lists one folder with readdir(3): each entry's name and d_type, without an allocation or a
+/// stat per entry. The folder is opened with O_NOFOLLOW: a symlink swapped in is not entered.
+fn list_dir(dir: &Path, mut each: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid NUL-terminated path; the descriptor returned is checked.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is an open directory descriptor; on success the DIR owns it.
+    let d = unsafe { libc::fdopendir(fd) };
+    if d.is_null() {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `fd` is still ours to close.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        return Err(e);
+    }
+    let result = loop {
+        // readdir returns NULL both at the end and on error; errno tells them apart.
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `d` is a valid open DIR until closedir below.
+        let ent = unsafe { libc::readdir64(d) };
+        if ent.is_null() {
+            let e = std::io::Error::last_os_error();
+            break if e.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: the entry stays valid until the next readdir on `d`; d_name is NUL-terminated.
+        let (name, d_type) = unsafe {
+            (
+                CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes(),
+                (*ent).d_type,
+            )
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let kind = match d_type {
+            libc::DT_DIR => Kind::Dir,
+            libc::DT_REG => Kind::File,
+            libc::DT_UNKNOWN => Kind::Unknown,
+            _ => Kind::Other,
+        };
+        each(name, kind);
+    };
+    // SAFETY: `d` came from fdopendir and is closed once (closing its descriptor too).
+    unsafe { libc::closedir(d) };
+    result
+}
+
+/// Markers under `dir` and, when `files` is set, every other regular file too (no watches).
+pub fn find_files(dir: &Path, marker: &str, files: bool) -> Found {
+    let mut found = Found::default();
+    walk(dir, OsStr::new(marker), files, &mut found, |_| Visit::List);
+    found
+}
+
+/// What `purgewatch check` says about the tree: folders, and those this user cannot list.
+pub fn survey(root: &Path) -> Found {
+    find_files(root, "", false)
 }
 
 /// The kernel's per-user inotify watch limit.
@@ -453,12 +614,7 @@ pub fn max_user_watches() -> Option<usize> {
 }
 
 pub fn count_folders(dir: &Path) -> usize {
-    WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_dir())
-        .count()
+    survey(dir).folders
 }
 
 /// `root/a/b/.purge` → `a/b/.purge`, the S3 key below the prefix.
@@ -498,7 +654,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/.purge")).expect("mkdir");
         std::fs::write(dir.path().join("a/b.purge"), b"").expect("write");
         std::fs::write(dir.path().join(".purge"), b"").expect("write");
-        let found = find_markers(dir.path(), ".purge");
-        assert_eq!(found, vec![dir.path().join(".purge")]);
+        let found = find_files(dir.path(), ".purge", false);
+        assert_eq!(found.markers, vec![dir.path().join(".purge")]);
     }
 }

@@ -73,6 +73,43 @@ async fn three_pages_in_one_folder_invalidate_exactly_those_and_the_folder_index
     assert_eq!(rows[0].paths.len(), 4);
 }
 
+// A folder prepared elsewhere and moved in whole (mv, rsync --delay-updates) brings files that
+// no event names: the walk that sets its watches reports them, and the marker inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_moved_in_whole_is_purged_for_every_file_it_brought() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, false, ""))
+        .await
+        .expect("start");
+    let staging = site.dir.path().join("staging");
+    for (rel, body) in [
+        ("shop/a.html", "a"),
+        ("shop/x/b.html", "b"),
+        ("shop/x/y/c.css", "c"),
+        ("shop/x/.purge", "deploy"),
+    ] {
+        let p = staging.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, body).expect("write");
+    }
+    std::fs::rename(staging.join("shop"), site.root.join("shop")).expect("move in");
+    for rel in [
+        "shop/a.html",
+        "shop/x/b.html",
+        "shop/x/y/c.css",
+        "shop/x/.purge",
+    ] {
+        site.upload(rel).await;
+    }
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(rows[0].marker, "shop/x/.purge");
+    assert_eq!(
+        only_invalidation_paths(&site).await,
+        vec!["/shop/a.html", "/shop/x/b.html", "/shop/x/y/c.css"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_changes_under_blog_become_one_wildcard() {
     let site = Site::new().await;
