@@ -315,9 +315,12 @@ impl App {
             Source::Scan => "marker found changed by a scan",
             _ => "marker written",
         };
-        let id = self
+        let (id, first) = self
             .store
-            .call(move |c| store::insert_request(c, source, Some(&seen), &paths, detail))
+            .call(move |c| {
+                let id = store::insert_request(c, source, Some(&seen), &paths, detail)?;
+                Ok((id, store::request_markers(c, id)?))
+            })
             .await?;
         crate::pipeline::crash_point("after_request_stored");
         info!(request = id, marker = %rel, "purge requested");
@@ -327,7 +330,7 @@ impl App {
         let span = info_span!("request", id, marker = %rel);
         self.tasks.spawn(
             async move {
-                let r = p.run_watched(id, w).await.map(|_| ());
+                let r = p.run_watched(id, w, Some(first)).await.map(|_| ());
                 (id, r)
             }
             .instrument(span),

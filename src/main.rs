@@ -8,6 +8,9 @@ use clap::Parser;
 use purgewatch::cli::{Cli, Command};
 use purgewatch::commands;
 use purgewatch::config::Config;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 const EX_CONFIG: u8 = 78;
 
@@ -16,15 +19,25 @@ fn main() -> ExitCode {
     // Crash points for the kill-at-every-step tests, from env FAILPOINTS (test builds only).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // journald shows escape codes as garbage: colour only on a terminal.
-        .with_ansi(std::io::stderr().is_terminal())
+    // `info`, or per target: `purgewatch=debug,aws_smithy_runtime=info`. Targets, not EnvFilter:
+    // the same syntax for levels and targets without linking a regex engine into the daemon.
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log_level.clone());
+    let (filter, bad) = match spec.parse::<Targets>() {
+        Ok(t) => (t, None),
+        Err(e) => (Targets::new().with_default(LevelFilter::INFO), Some(e)),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // journald shows escape codes as garbage: colour only on a terminal.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
+    if let Some(e) = bad {
+        tracing::warn!(filter = %spec, error = %e, "bad log filter; logging at info");
+    }
 
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,

@@ -21,7 +21,7 @@ use crate::config::{Config, Paths, WaitFor, WhenExhausted};
 use crate::origin::{self, Check, Origin};
 use crate::paths;
 use crate::quota::{self, Mirror, MirrorError};
-use crate::store::{self, Status, Store, StoreError};
+use crate::store::{self, MarkerSeen, Status, Store, StoreError};
 
 /// Why a request stopped moving.
 #[derive(Debug)]
@@ -139,8 +139,15 @@ impl Pipeline {
     }
 
     /// A watched request from start to end: settle, origin wait, then [`Pipeline::proceed`].
-    pub async fn run_watched(&self, id: i64, wake: Arc<Notify>) -> Result<Invalidated, Halt> {
-        let verified = self.verify(id, wake).await?;
+    /// `first`: the request's generation and markers as just stored, which saves reading them
+    /// back before the first origin check (a stale generation only costs a second look).
+    pub async fn run_watched(
+        &self,
+        id: i64,
+        wake: Arc<Notify>,
+        first: Option<(i64, Vec<MarkerSeen>)>,
+    ) -> Result<Invalidated, Halt> {
+        let verified = self.verify(id, wake, first).await?;
         self.proceed(verified).await
     }
 
@@ -155,12 +162,18 @@ impl Pipeline {
 
     /// Waits until S3 holds the bytes of every marker of the request. A marker write merged in
     /// meanwhile (signalled on `wake`) restarts the settle window and the wait.
-    pub async fn verify(&self, id: i64, wake: Arc<Notify>) -> Result<Verified, Halt> {
+    pub async fn verify(
+        &self,
+        id: i64,
+        wake: Arc<Notify>,
+        mut first: Option<(i64, Vec<MarkerSeen>)>,
+    ) -> Result<Verified, Halt> {
         let settle = self.cfg.watch.settle;
         let timeout = self.cfg.origin.wait_timeout;
         'wait: loop {
-            // Settle: writes closer together than `settle` are one request.
-            loop {
+            // Settle: writes closer together than `settle` are one request. A zero settle
+            // skips the timer: tokio's is millisecond-grained, so even sleep(0) costs ~1 ms.
+            while !settle.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(settle) => break,
                     _ = wake.notified() => continue,
@@ -171,10 +184,14 @@ impl Pipeline {
             let mut last_noted = String::new();
             let mut hashes = Default::default();
             for attempt in 0u32.. {
-                let (generation, markers) = self
-                    .store
-                    .call(move |c| store::request_markers(c, id))
-                    .await?;
+                let (generation, markers) = match first.take() {
+                    Some(f) => f,
+                    None => {
+                        self.store
+                            .call(move |c| store::request_markers(c, id))
+                            .await?
+                    }
+                };
                 let mut not_yet = None;
                 for m in &markers {
                     let key = self.origin.key(&m.rel);
@@ -615,7 +632,7 @@ impl Pipeline {
                 self.proceed(Verified { request_ids: ids }).await?;
             }
             Status::WaitingForOrigin => {
-                self.run_watched(p.id, wake).await?;
+                self.run_watched(p.id, wake, None).await?;
             }
             Status::Invalidating => {
                 let g = Granted {

@@ -18,7 +18,7 @@
 //! pipeline answers with a rescan of the tree.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -127,12 +127,13 @@ pub struct Started {
 }
 
 struct Watcher {
-    watches: inotify::Watches,
+    /// The inotify descriptor (owned by the `Inotify` that `run` reads).
+    fd: i32,
     root: PathBuf,
     marker: OsString,
     /// Report every file change, not only markers (`paths = "changed"` or `wait_for = "changes"`).
     track_changes: bool,
-    paths: HashMap<WatchDescriptor, PathBuf>,
+    folders: Folders,
     tx: mpsc::Sender<WatchEvent>,
     lost: Arc<Lost>,
     /// Said once: repeating "out of watches" for every new folder helps nobody.
@@ -168,18 +169,18 @@ pub fn start(
     };
     let inotify = Inotify::init().map_err(io_err)?;
     let mut w = Watcher {
-        watches: inotify.watches(),
+        fd: inotify.as_raw_fd(),
         root: root.to_owned(),
         marker: OsString::from(marker),
         track_changes,
-        paths: HashMap::new(),
+        folders: Folders::default(),
         tx,
         lost,
         warned_limit: false,
         root_gone: false,
     };
-    let mut found = Found::default();
-    match w.add_tree(root, &mut found, false, true) {
+    let (found, added) = w.add_whole_tree();
+    match added {
         Ok(()) => {}
         Err(AddError::Limit(path)) => w.out_of_watches(&path),
         Err(AddError::Io(path, source)) => {
@@ -203,6 +204,67 @@ pub fn start(
     })
 }
 
+/// Folder paths by watch descriptor, relative to the root and packed into one byte arena: a
+/// folder costs its path plus a 12-byte map entry, not a PathBuf allocation plus a 40-byte
+/// entry (BENCHMARKS.md: RSS per folder). Replaced and removed paths are garbage until the
+/// arena is compacted, which happens once they outweigh the live ones.
+#[derive(Default)]
+struct Folders {
+    arena: Vec<u8>,
+    /// wd → (offset, length) in `arena`.
+    spans: HashMap<i32, (u32, u32)>,
+    garbage: usize,
+}
+
+impl Folders {
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn get(&self, wd: i32) -> Option<&[u8]> {
+        let &(at, len) = self.spans.get(&wd)?;
+        self.arena.get(at as usize..(at + len) as usize)
+    }
+
+    /// Records `rel` for `wd`; false when `wd` already had exactly this path.
+    fn set(&mut self, wd: i32, rel: &[u8]) -> bool {
+        if let Some(&(at, len)) = self.spans.get(&wd) {
+            if self.arena.get(at as usize..(at + len) as usize) == Some(rel) {
+                return false;
+            }
+            self.garbage += len as usize;
+        }
+        let at = self.arena.len() as u32;
+        self.arena.extend_from_slice(rel);
+        self.spans.insert(wd, (at, rel.len() as u32));
+        self.compact_if_needed();
+        true
+    }
+
+    /// Forgets `wd`; `Some(true)` when it was the root (empty relative path).
+    fn remove(&mut self, wd: i32) -> Option<bool> {
+        let (_, len) = self.spans.remove(&wd)?;
+        self.garbage += len as usize;
+        self.compact_if_needed();
+        Some(len == 0)
+    }
+
+    fn compact_if_needed(&mut self) {
+        if self.garbage < 1 << 16 || self.garbage < self.arena.len() / 2 {
+            return;
+        }
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for span in self.spans.values_mut() {
+            let (at, len) = (span.0 as usize, span.1 as usize);
+            let new_at = arena.len() as u32;
+            arena.extend_from_slice(&self.arena[at..at + len]);
+            span.0 = new_at;
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+}
+
 // To tell the watch limit from a vanished (or replaced) folder.
 const ENOSPC: i32 = libc::ENOSPC;
 const ENOTDIR: i32 = libc::ENOTDIR;
@@ -212,6 +274,60 @@ enum AddError {
     /// ENOSPC: fs.inotify.max_user_watches reached.
     Limit(PathBuf),
     Io(PathBuf, std::io::Error),
+}
+
+/// inotify_add_watch(2) on the raw descriptor, so the threads of the start-up walk can share it.
+fn add_watch(fd: i32, path: &Path, mask: u32) -> std::io::Result<i32> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `fd` is the open inotify descriptor; `c` is NUL-terminated.
+    let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
+    if wd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(wd)
+    }
+}
+
+/// Records a watch just added and says whether its folder needs listing; an error that ends
+/// the walk goes into `failure`.
+fn after_add(
+    added: std::io::Result<i32>,
+    path: &Path,
+    root: &Path,
+    folders: &mut Folders,
+    relist: bool,
+    failure: &mut Option<AddError>,
+) -> Visit {
+    match added {
+        // Re-adding a folder (moved within the tree) returns its old descriptor: the path is
+        // updated so later events name the new place, and the folder is listed again.
+        Ok(wd) => {
+            let rel = path.strip_prefix(root).unwrap_or(path);
+            if folders.set(wd, rel.as_os_str().as_bytes()) || relist {
+                Visit::List
+            } else {
+                Visit::Skip
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(ENOSPC) => {
+            *failure = Some(AddError::Limit(path.to_owned()));
+            Visit::Stop
+        }
+        // Gone, or replaced by a file (ENOTDIR) or a symlink.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(ENOTDIR) => {
+            Visit::Skip
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Markers in there can never be read either: say so, serve the rest.
+            warn!(folder = %path.display(), "no read access; folder not watched (see purgewatch check)");
+            Visit::Skip
+        }
+        Err(e) => {
+            *failure = Some(AddError::Io(path.to_owned(), e));
+            Visit::Stop
+        }
+    }
 }
 
 impl Watcher {
@@ -226,51 +342,40 @@ impl Watcher {
         files: bool,
         relist: bool,
     ) -> Result<(), AddError> {
-        let mask = mask(self.track_changes);
-        let marker = self.marker.clone();
-        let mut result = Ok(());
+        let (fd, mask) = (self.fd, mask(self.track_changes).bits());
+        let (marker, root) = (self.marker.clone(), self.root.clone());
+        let mut failure = None;
         walk(dir, &marker, files, found, |path| {
-            if test_watch_cap_reached(self.paths.len()) {
-                result = Err(AddError::Limit(path.to_owned()));
+            if test_watch_cap_reached(self.folders.len()) {
+                failure = Some(AddError::Limit(path.to_owned()));
                 return Visit::Stop;
             }
-            match self.watches.add(path, mask) {
-                // Re-adding a folder (moved within the tree) returns its old descriptor: the
-                // path is updated so later events name the new place.
-                Ok(wd) => match self.paths.get_mut(&wd) {
-                    Some(known) if known == path && !relist => Visit::Skip,
-                    Some(known) => {
-                        path.clone_into(known);
-                        Visit::List
-                    }
-                    None => {
-                        self.paths.insert(wd, path.to_owned());
-                        Visit::List
-                    }
-                },
-                Err(e) if e.raw_os_error() == Some(ENOSPC) => {
-                    result = Err(AddError::Limit(path.to_owned()));
-                    Visit::Stop
-                }
-                // Gone, or replaced by a file (ENOTDIR) or a symlink.
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(ENOTDIR) =>
-                {
-                    Visit::Skip
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    // Markers in there can never be read either: say so, serve the rest.
-                    warn!(folder = %path.display(), "no read access; folder not watched (see purgewatch check)");
-                    Visit::Skip
-                }
-                Err(e) => {
-                    result = Err(AddError::Io(path.to_owned(), e));
-                    Visit::Stop
-                }
-            }
+            let added = add_watch(fd, path, mask);
+            after_add(added, path, &root, &mut self.folders, relist, &mut failure)
         });
-        result
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// The start-up walk: the whole tree, on every core (see [`walk_parallel`]). What was found
+    /// before an error stays found.
+    fn add_whole_tree(&mut self) -> (Found, Result<(), AddError>) {
+        let (fd, mask) = (self.fd, mask(self.track_changes).bits());
+        let (marker, root) = (self.marker.clone(), self.root.clone());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let shared = std::sync::Mutex::new((&mut self.folders, None));
+        let found = walk_parallel(&root, &marker, false, threads, |path| {
+            let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+            if test_watch_cap_reached(lock().0.len()) {
+                lock().1 = Some(AddError::Limit(path.to_owned()));
+                return Visit::Stop;
+            }
+            let added = add_watch(fd, path, mask);
+            let mut guard = lock();
+            let (folders, failure) = &mut *guard;
+            after_add(added, path, &root, folders, false, failure)
+        });
+        let (_, failure) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+        (found, failure.map_or(Ok(()), Err))
     }
 
     /// Blocks on poll(2) over the inotify descriptor and the stop socket; no runtime needed.
@@ -335,7 +440,23 @@ impl Watcher {
         }
     }
 
-    fn on_event(&mut self, wd: WatchDescriptor, mask: EventMask, name: Option<&std::ffi::OsStr>) {
+    /// `root/rel/name`.
+    fn path(&self, rel: &[u8], name: &OsStr) -> PathBuf {
+        let mut p = self.root.clone();
+        if !rel.is_empty() {
+            p.push(OsStr::from_bytes(rel));
+        }
+        p.push(name);
+        p
+    }
+
+    /// The path of `name` in the folder of `wd`, if that folder is known.
+    fn path_in(&self, wd: i32, name: &OsStr) -> Option<PathBuf> {
+        self.folders.get(wd).map(|rel| self.path(rel, name))
+    }
+
+    fn on_event(&mut self, wd: WatchDescriptor, mask: EventMask, name: Option<&OsStr>) {
+        let wd = wd.get_watch_descriptor_id();
         if mask.contains(EventMask::Q_OVERFLOW) {
             warn!("the kernel dropped file events (queue overflow); rescanning for markers");
             // Folders created meanwhile may lack a watch: walk the whole tree again.
@@ -343,7 +464,7 @@ impl Watcher {
             return;
         }
         if mask.contains(EventMask::IGNORED) {
-            if self.paths.remove(&wd).is_some_and(|p| p == self.root) {
+            if self.folders.remove(wd) == Some(true) {
                 warn!(root = %self.root.display(), "the watch root was removed; waiting for it to come back");
                 self.root_gone = true;
             }
@@ -353,13 +474,12 @@ impl Watcher {
         let is_dir = mask.contains(EventMask::ISDIR);
         if is_dir {
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-                if let Some(parent) = self.paths.get(&wd) {
-                    let dir = parent.join(name);
+                if let Some(dir) = self.path_in(wd, name) {
                     self.on_new_dir(dir);
                 }
             } else if self.track_changes && mask.contains(EventMask::MOVED_FROM) {
-                if let Some(parent) = self.paths.get(&wd) {
-                    let why = format!("folder {} moved away", parent.join(name).display());
+                if let Some(dir) = self.path_in(wd, name) {
+                    let why = format!("folder {} moved away", dir.display());
                     self.send(WatchEvent::ChangesUnknown(why));
                 }
             }
@@ -369,8 +489,8 @@ impl Watcher {
         // The hot path: one comparison, no allocation, for every file that is not the marker.
         if name == self.marker.as_os_str() {
             if written {
-                if let Some(parent) = self.paths.get(&wd) {
-                    self.send(WatchEvent::Marker(parent.join(name)));
+                if let Some(path) = self.path_in(wd, name) {
+                    self.send(WatchEvent::Marker(path));
                 }
             }
             return;
@@ -380,8 +500,7 @@ impl Watcher {
         }
         let deleted = mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM);
         if written || deleted {
-            if let Some(parent) = self.paths.get(&wd) {
-                let path = parent.join(name);
+            if let Some(path) = self.path_in(wd, name) {
                 self.send(WatchEvent::Change { path, deleted });
             }
         }
@@ -421,7 +540,7 @@ impl Watcher {
         let folders = count_folders(&self.root);
         error!(
             folder = %at.display(),
-            watched = self.paths.len(),
+            watched = self.folders.len(),
             folders,
             "inotify ran out of watches: raise fs.inotify.max_user_watches to at least {} \
              (e.g. sysctl fs.inotify.max_user_watches={}); until then folders without a watch \
@@ -485,7 +604,7 @@ fn walk(
     found: &mut Found,
     mut visit: impl FnMut(&Path) -> Visit,
 ) {
-    let marker = marker.as_bytes();
+    let mut lister = Lister::new(marker, files);
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
         found.folders += 1;
@@ -494,7 +613,119 @@ fn walk(
             Visit::Skip => continue,
             Visit::Stop => return,
         }
-        let listed = list_dir(&dir, |name, kind| {
+        lister.list(dir, found, &mut stack);
+    }
+}
+
+/// The same walk on `threads` threads sharing one stack of folders to visit: listing folders is
+/// most of a start on a big tree, and it parallelises (the kernel serialises only the insertion
+/// of each watch). `visit` runs on every thread; each thread's findings are merged at the end.
+fn walk_parallel(
+    root: &Path,
+    marker: &OsStr,
+    files: bool,
+    threads: usize,
+    visit: impl Fn(&Path) -> Visit + Sync,
+) -> Found {
+    use std::sync::{Condvar, Mutex};
+    struct Queue {
+        stack: Vec<PathBuf>,
+        /// Folders taken and not yet listed: the walk ends when none are left and the stack
+        /// is empty.
+        taken: usize,
+        stop: bool,
+    }
+    let queue = Mutex::new(Queue {
+        stack: vec![root.to_owned()],
+        taken: 0,
+        stop: false,
+    });
+    let more = Condvar::new();
+    let worker = || {
+        let mut found = Found::default();
+        let mut lister = Lister::new(marker, files);
+        let mut children = Vec::new();
+        loop {
+            let dir = {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if q.stop {
+                        break None;
+                    }
+                    if let Some(d) = q.stack.pop() {
+                        q.taken += 1;
+                        break Some(d);
+                    }
+                    if q.taken == 0 {
+                        break None;
+                    }
+                    q = more.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let Some(dir) = dir else { break };
+            found.folders += 1;
+            let stop = match visit(&dir) {
+                Visit::List => {
+                    lister.list(dir, &mut found, &mut children);
+                    false
+                }
+                Visit::Skip => false,
+                Visit::Stop => true,
+            };
+            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.taken -= 1;
+            q.stop |= stop;
+            q.stack.append(&mut children);
+            drop(q);
+            more.notify_all();
+        }
+        found
+    };
+    let mut total = Found::default();
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads.max(1)).map(|_| s.spawn(worker)).collect();
+        let mut parts = vec![worker()];
+        parts.extend(others.into_iter().filter_map(|h| h.join().ok()));
+        for mut f in parts {
+            total.folders += f.folders;
+            total.markers.append(&mut f.markers);
+            total.files.append(&mut f.files);
+            total.unreadable.append(&mut f.unreadable);
+        }
+    });
+    total
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Dir,
+    File,
+    Other,
+    Unknown,
+}
+
+/// Lists folders with getdents64(2) into one reused buffer: each entry's name and d_type,
+/// without a stat or an allocation per entry (readdir(3) would add an fstat and a 32 KiB
+/// allocation per folder).
+struct Lister<'a> {
+    marker: &'a [u8],
+    files: bool,
+    buf: Vec<u8>,
+}
+
+impl<'a> Lister<'a> {
+    fn new(marker: &'a OsStr, files: bool) -> Self {
+        Lister {
+            marker: marker.as_bytes(),
+            files,
+            buf: vec![0; 32 * 1024],
+        }
+    }
+
+    /// Lists `dir`: folders onto `stack`, markers (and other files, if asked) into `found`.
+    fn list(&mut self, dir: PathBuf, found: &mut Found, stack: &mut Vec<PathBuf>) {
+        let (marker, files) = (self.marker, self.files);
+        let listed = list_dir(&dir, &mut self.buf, |name, kind| {
             let kind = match kind {
                 Kind::Unknown => {
                     // Some file systems leave d_type empty: one lstat, only there.
@@ -528,68 +759,62 @@ fn walk(
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Dir,
-    File,
-    Other,
-    Unknown,
-}
-
-/// Lists one folder with readdir(3): each entry's name and d_type, without an allocation or a
-/// stat per entry. The folder is opened with O_NOFOLLOW: a symlink swapped in is not entered.
-fn list_dir(dir: &Path, mut each: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
+/// One folder's entries, `.` and `..` left out. The folder is opened with O_NOFOLLOW: a symlink
+/// swapped in is not entered.
+fn list_dir(dir: &Path, buf: &mut [u8], mut each: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: a valid NUL-terminated path; the descriptor returned is checked.
-    let fd = unsafe { libc::open(c.as_ptr(), flags) };
-    if fd < 0 {
+    let raw = unsafe { libc::open(c.as_ptr(), flags) };
+    if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` is an open directory descriptor; on success the DIR owns it.
-    let d = unsafe { libc::fdopendir(fd) };
-    if d.is_null() {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so `fd` is still ours to close.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        return Err(e);
-    }
-    let result = loop {
-        // readdir returns NULL both at the end and on error; errno tells them apart.
-        // SAFETY: errno is thread-local.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: `d` is a valid open DIR until closedir below.
-        let ent = unsafe { libc::readdir64(d) };
-        if ent.is_null() {
-            let e = std::io::Error::last_os_error();
-            break if e.raw_os_error() == Some(0) {
-                Ok(())
-            } else {
-                Err(e)
-            };
-        }
-        // SAFETY: the entry stays valid until the next readdir on `d`; d_name is NUL-terminated.
-        let (name, d_type) = unsafe {
-            (
-                CStr::from_ptr((*ent).d_name.as_ptr()).to_bytes(),
-                (*ent).d_type,
+    // SAFETY: `raw` is an open descriptor owned by nobody else; closed when `fd` drops.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    loop {
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
             )
         };
-        if name == b"." || name == b".." {
-            continue;
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        let kind = match d_type {
-            libc::DT_DIR => Kind::Dir,
-            libc::DT_REG => Kind::File,
-            libc::DT_UNKNOWN => Kind::Unknown,
-            _ => Kind::Other,
-        };
-        each(name, kind);
-    };
-    // SAFETY: `d` came from fdopendir and is closed once (closing its descriptor too).
-    unsafe { libc::closedir(d) };
-    result
+        if n == 0 {
+            return Ok(());
+        }
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        let mut at = 0;
+        let end = n as usize;
+        while at + 19 <= end {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > end {
+                break;
+            }
+            let d_type = buf[at + 18];
+            let raw_name = &buf[at + 19..at + reclen];
+            let name = raw_name
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(raw_name, |nul| &raw_name[..nul]);
+            at += reclen;
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let kind = match d_type {
+                libc::DT_DIR => Kind::Dir,
+                libc::DT_REG => Kind::File,
+                libc::DT_UNKNOWN => Kind::Unknown,
+                _ => Kind::Other,
+            };
+            each(name, kind);
+        }
+    }
 }
 
 /// Markers under `dir` and, when `files` is set, every other regular file too (no watches).
@@ -646,6 +871,96 @@ mod tests {
             Some(".purge")
         );
         assert_eq!(relative(root, Path::new("/etc/.purge")), None);
+    }
+
+    #[test]
+    fn folder_paths_survive_moves_removals_and_compaction() {
+        let mut f = Folders::default();
+        assert!(f.set(1, b""));
+        assert!(!f.set(1, b""), "same path again: already listed");
+        for wd in 2..20_000 {
+            assert!(f.set(wd, format!("a/{wd}").as_bytes()));
+        }
+        // Every folder moved (new paths), then half of them removed: compaction runs.
+        for wd in 2..20_000 {
+            assert!(f.set(wd, format!("b/{wd}").as_bytes()));
+        }
+        for wd in (2..20_000).step_by(2) {
+            assert_eq!(f.remove(wd), Some(false));
+        }
+        assert!(f.garbage < f.arena.len().max(1 << 16));
+        assert_eq!(f.get(3), Some(&b"b/3"[..]));
+        assert_eq!(f.get(19_999), Some(&b"b/19999"[..]));
+        assert_eq!(f.get(4), None);
+        assert_eq!(f.remove(1), Some(true), "the root");
+        assert_eq!(f.len(), 9_999);
+    }
+
+    /// A tree of `n` folders three levels deep, a marker in every seventh, a symlink to a folder
+    /// (never entered) and a big folder whose entries take several getdents64 calls.
+    fn tree(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut markers = Vec::new();
+        for i in 0..n {
+            let d = dir.path().join(format!("a{}/b{}/c{i}", i % 5, i % 11));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("page.html"), b"x").expect("write");
+            if i % 7 == 0 {
+                std::fs::write(d.join(".purge"), b"").expect("write");
+                markers.push(d.join(".purge"));
+            }
+        }
+        let big = dir.path().join("big");
+        std::fs::create_dir(&big).expect("mkdir");
+        for i in 0..3000 {
+            let name = format!("{i:0>200}.html"); // 3000 × ~224-byte entries: > 32 KiB
+            std::fs::write(big.join(name), b"").expect("write");
+        }
+        std::fs::write(big.join(".purge"), b"").expect("write");
+        markers.push(big.join(".purge"));
+        std::os::unix::fs::symlink(dir.path().join("a0"), dir.path().join("link")).expect("ln");
+        markers.sort();
+        (dir, markers)
+    }
+
+    #[test]
+    fn the_walk_finds_every_marker_once_on_any_number_of_threads() {
+        let (dir, want) = tree(400);
+        let mut seq = find_files(dir.path(), ".purge", true);
+        seq.markers.sort();
+        assert_eq!(seq.markers, want);
+        assert_eq!(
+            seq.files.len(),
+            400 + 3000,
+            "every other regular file, once"
+        );
+        let folders = seq.folders;
+        for threads in [1, 2, 4] {
+            let mut par = walk_parallel(dir.path(), OsStr::new(".purge"), false, threads, |_| {
+                Visit::List
+            });
+            par.markers.sort();
+            assert_eq!(par.markers, want, "{threads} threads");
+            assert_eq!(par.folders, folders, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_stop_ends_the_parallel_walk_early() {
+        let (dir, _) = tree(200);
+        let visited = std::sync::atomic::AtomicUsize::new(0);
+        let found = walk_parallel(dir.path(), OsStr::new(".purge"), false, 2, |_| {
+            if visited.fetch_add(1, Ordering::SeqCst) >= 10 {
+                Visit::Stop
+            } else {
+                Visit::List
+            }
+        });
+        assert!(
+            found.folders < 20,
+            "stopped after ~10 folders, not {}",
+            found.folders
+        );
     }
 
     #[test]
