@@ -46,8 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs the pipeline: it waits on the network and SQLite, never on the CPU
+    // (hashing and SQLite calls go to the blocking pool, the watcher has its own thread); a
+    // worker pool would only add threads, stacks and cross-thread wake-ups.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
