@@ -104,6 +104,16 @@ impl Daemon {
     }
 }
 
+/// What became of a marker write.
+enum Stored {
+    /// Could not be read (gone, unreadable, not a regular file).
+    Unread(std::io::Error),
+    /// Folded into the open request with this id.
+    Merged(i64),
+    /// A new request, with its generation and markers as stored.
+    New(i64, (i64, Vec<MarkerSeen>)),
+}
+
 /// A request still taking writes of its marker: merged in until its origin check passes.
 struct Open {
     id: i64,
@@ -251,38 +261,54 @@ impl App {
             let detail = format!("marker path {rel:?} is not UTF-8: no S3 key can match it");
             return self.unusable(&path, rel, source, detail).await;
         }
-        let seen = {
-            let (p, r) = (path.clone(), rel.clone());
-            tokio::task::spawn_blocking(move || origin::hash_file(&p, r))
-                .await
-                .map_err(|e| AppError::Other(e.to_string()))?
+        // One trip to the blocking pool: hash the marker, then merge it into the open request
+        // or store a new one. On an idle daemon each hand-off between threads is a wake-up.
+        let open = self.open.get(&rel).map(|o| o.id);
+        let paths = configured_paths(&self.cfg);
+        let detail = match source {
+            Source::Scan => "marker found changed by a scan",
+            _ => "marker written",
         };
-        let seen = match seen {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let (store, p, r) = (self.store.clone(), path.clone(), rel.clone());
+        let stored = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let seen = match origin::hash_file(&p, r) {
+                Ok(s) => s,
+                Err(e) => return Ok(Stored::Unread(e)),
+            };
+            let mut c = store.lock();
+            if let Some(id) = open {
+                if store::merge_marker(&mut c, id, &seen)? {
+                    return Ok(Stored::Merged(id));
+                }
+            }
+            let id = store::insert_request(&mut c, source, Some(&seen), &paths, detail)?;
+            Ok(Stored::New(id, store::request_markers(&c, id)?))
+        })
+        .await
+        .map_err(|e| AppError::Other(e.to_string()))??;
+        match stored {
+            Stored::Unread(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Deleted before we could read it: nothing is left to purge for.
                 info!(marker = %rel, "marker gone before it could be read; ignored");
-                return Ok(());
+                Ok(())
             }
-            Err(e) => {
+            Stored::Unread(e) => {
                 // Unreadable, or not a regular file: recorded, so the operator sees why.
                 let detail = format!("cannot use marker {rel}: {e}");
-                return self.unusable(&path, rel, source, detail).await;
+                self.unusable(&path, rel, source, detail).await
             }
-        };
-        if let Some(open) = self.open.get(&rel) {
-            let (id, s) = (open.id, seen.clone());
-            let merged = self
-                .store
-                .call(move |c| store::merge_marker(c, id, &s))
-                .await?;
-            if merged {
+            Stored::Merged(id) => {
                 debug!(request = id, marker = %rel, "merged into the open request");
-                open.wake.notify_one();
-                return Ok(());
+                if let Some(o) = self.open.get(&rel) {
+                    o.wake.notify_one();
+                }
+                Ok(())
+            }
+            Stored::New(id, first) => {
+                self.spawn_request(id, rel, first);
+                Ok(())
             }
         }
-        self.new_request(seen, source).await
     }
 
     /// Records a marker that cannot be purged for, once per write: the watch event and the scan
@@ -308,20 +334,8 @@ impl App {
         Ok(())
     }
 
-    async fn new_request(&mut self, seen: MarkerSeen, source: Source) -> Result<(), AppError> {
-        let paths = configured_paths(&self.cfg);
-        let rel = seen.rel.clone();
-        let detail = match source {
-            Source::Scan => "marker found changed by a scan",
-            _ => "marker written",
-        };
-        let (id, first) = self
-            .store
-            .call(move |c| {
-                let id = store::insert_request(c, source, Some(&seen), &paths, detail)?;
-                Ok((id, store::request_markers(c, id)?))
-            })
-            .await?;
+    /// Runs a request just stored, from its origin check on.
+    fn spawn_request(&mut self, id: i64, rel: String, first: (i64, Vec<MarkerSeen>)) {
         crate::pipeline::crash_point("after_request_stored");
         info!(request = id, marker = %rel, "purge requested");
         let wake = Arc::new(Notify::new());
@@ -336,7 +350,6 @@ impl App {
             .instrument(span),
         );
         self.open.insert(rel, Open { id, wake });
-        Ok(())
     }
 
     /// A folder appeared with files in it: they are changes, and its markers count as written.
