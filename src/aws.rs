@@ -82,6 +82,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The HTTPS client of every AWS call (the SDK's own: hyper 1, rustls on ring, the system's
+/// root certificates).
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 /// Both clients, configured once from `[aws]` and the standard credential chain.
 #[derive(Clone)]
 pub struct Clients {
@@ -97,7 +108,9 @@ impl Clients {
             .operation_attempt_timeout(Duration::from_secs(20))
             .operation_timeout(Duration::from_secs(60))
             .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
+            .timeout_config(timeouts);
         if let Some(r) = &cfg.region {
             loader = loader.region(Region::new(r.clone()));
         } else {

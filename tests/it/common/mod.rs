@@ -333,6 +333,7 @@ pub struct Site {
 
 pub async fn clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_cloudfront::Client) {
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(purgewatch::aws::http_client())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .load()
