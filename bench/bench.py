@@ -47,7 +47,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 KINDS = ("purgewatch", "inotifywait", "lsyncd")
-SHORT = {"purgewatch": "pw", "inotifywait": "iw", "lsyncd": "ls"}
+# Run only when named in --kinds: notify 8's recommended watcher (bench/notify-probe), the crate
+# issue 6 asks to be measured against the inotify backend purgewatch uses directly.
+OPTIONAL_KINDS = ("notify",)
+ALL_KINDS = KINDS + OPTIONAL_KINDS
+SHORT = {"purgewatch": "pw", "inotifywait": "iw", "lsyncd": "ls", "notify": "nt"}
 ORIGIN_BUCKET = "bench-origin"
 COUNT_BUCKET = "bench-count"
 FAKE_AUTH = ("AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/s3/aws4_request, "
@@ -577,6 +581,24 @@ endpoint_url = "%s"
     return w
 
 
+def start_notify(ctx, tag, root):
+    """notify-probe prints inotifywait's lines and readiness message: read the same way."""
+    w = Watcher("notify", tag, root, ctx.work)
+    w.out = os.path.join(ctx.work, "nt-%s.out" % tag)
+    out = open(w.out, "wb")
+    w.t_spawn = NOW()
+    w.proc = subprocess.Popen([ctx.notify_probe, root], stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.PIPE)
+    out.close()
+    w.reader = Reader(w.proc.stderr, "Watches established.")
+    w.reader.start()
+    if not w.reader.ready.wait(ctx.ready_timeout):
+        w.stop()
+        raise RuntimeError("notify-probe never said 'Watches established.':\n" + w.stderr_tail())
+    w.t_ready = w.reader.ready_t
+    return w
+
+
 def start_inotifywait(ctx, tag, root):
     w = Watcher("inotifywait", tag, root, ctx.work)
     w.out = os.path.join(ctx.work, "iw-%s.out" % tag)
@@ -640,7 +662,7 @@ def start_lsyncd(ctx, tag, root):
 
 def start(ctx, kind, tag, root):
     return {"purgewatch": start_purgewatch, "inotifywait": start_inotifywait,
-            "lsyncd": start_lsyncd}[kind](ctx, tag, root)
+            "lsyncd": start_lsyncd, "notify": start_notify}[kind](ctx, tag, root)
 
 
 def markers_seen(w, root):
@@ -673,7 +695,7 @@ def markers_seen(w, root):
         info["overflow_at_start"] = sum(1 for t in ov if t <= w.t_ready)
         info["overflow_total"] = len(ov)
         info["warnings"] = sum(1 for _, l in lines if " WARN " in l or " ERROR " in l)
-    elif w.kind == "inotifywait":
+    elif w.kind in ("inotifywait", "notify"):
         ov = 0
         with open(w.out, "rb") as f:
             for raw in f:
@@ -1124,7 +1146,7 @@ def summarize(R):
     S = {"trees": {}}
     for tname in R["trees"]:
         per = {}
-        for kind in KINDS:
+        for kind in ALL_KINDS:
             rs = [r for r in R["runs"] if r["tree"] == tname and r["kind"] == kind and "setup_s" in r]
             if not rs:
                 continue
@@ -1154,7 +1176,7 @@ def summarize(R):
             }
         S["trees"][tname] = per
     base = {}
-    for kind in KINDS:
+    for kind in ALL_KINDS:
         rs = [b for b in R.get("baseline", []) if b["kind"] == kind]
         if rs:
             base[kind] = {"setup_s": med(b["setup_s"] for b in rs),
@@ -1169,7 +1191,7 @@ def summarize(R):
         fS, nS = R["trees"]["S"]["folders"] - 1, R["trees"]["S"]["files"]
         fB, nB = R["trees"]["B"]["folders"] - 1, R["trees"]["B"]["files"]
         det = fS * nB - fB * nS
-        for kind in KINDS:
+        for kind in ALL_KINDS:
             s_, b_ = S["trees"]["S"].get(kind), S["trees"]["B"].get(kind)
             if not s_ or not b_ or kind not in base or det == 0:
                 continue
@@ -1394,11 +1416,43 @@ def table(R, S, T):
         L.append("| … of which waiting on the emulator (ms) | %s | %s | shell peer: %s | | | |" % (
             R["latency"]["tree"], fmt_n(lat["inv_emulator_p50_ms"], "", 1),
             fmt_n(sh.get("inv_emulator_p50_ms"), "", 1) if sh else "–"))
+    if any("notify" in tr[t] for t in tr):
+        L.append("")
+        L.append(notify_table(S))
     L.append("")
     L.append("| target (issue 6) | measured | met |")
     L.append("|---|---|---|")
     for name, val, ok in T:
         L.append("| %s | %s | %s |" % (name, val, {True: "yes", False: "**no**", None: "not measured"}[ok]))
+    return "\n".join(L)
+
+
+def notify_table(S):
+    """notify 8 (recursive) beside inotifywait and purgewatch, when it ran (--kinds ...,notify)."""
+    tr = S["trees"]
+    L = ["| notify 8 (`notify-probe`) | tree | notify | inotifywait | purgewatch | notify / iw "
+         "| pw / notify |", "|---|---|---:|---:|---:|---:|---:|"]
+
+    def row(label, key, f, nd=2):
+        for t in tr:
+            v = {k: tr[t].get(k, {}).get(key) for k in ("notify", "inotifywait", "purgewatch")}
+            L.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                label, t, f(v["notify"]), f(v["inotifywait"]), f(v["purgewatch"]),
+                fmt_x(ratio(v["notify"], v["inotifywait"]), nd),
+                fmt_x(ratio(v["purgewatch"], v["notify"]), nd)))
+
+    row("setup to ready (s)", "setup_s", lambda v: fmt_n(v, "", 3))
+    row("RSS at ready (MB)", "rss_ready_mb", lambda v: fmt_n(v, "", 1))
+    row("storm CPU, paced (s)", "storm_cpu_s", lambda v: fmt_n(v, "", 2))
+    row("wakeups in the storm", "storm_wakeups", lambda v: fmt_n(v, "", 0))
+    row("burst CPU, cp -r (s)", "burst_cpu_s", lambda v: fmt_n(v, "", 3))
+    for t in tr:
+        cells = []
+        for k in ("notify", "inotifywait", "purgewatch"):
+            d = tr[t].get(k)
+            cells.append("–" if not d else "%d+%d of %d; %d overflow(s)" % (
+                d["missed_storm"], d["missed_burst"], d["markers_expected"], d["overflow_total"]))
+        L.append("| markers missed; queue overflows | %s | %s | %s | %s | | |" % (t, *cells))
     return "\n".join(L)
 
 
@@ -1639,7 +1693,10 @@ def main():
     ap.add_argument("--venv", default=os.path.join(REPO, ".venv"))
     ap.add_argument("--runs", type=int)
     ap.add_argument("--trees", help="comma-separated subset of the profile's trees")
-    ap.add_argument("--kinds", help="comma-separated subset of the watchers (default: all three)")
+    ap.add_argument("--kinds", help="comma-separated watchers (default: purgewatch,inotifywait,"
+                    "lsyncd; notify adds notify 8's watcher, bench/notify-probe)")
+    ap.add_argument("--notify-probe", default=os.path.join(HERE, "notify-probe", "target",
+                                                           "release", "notify-probe"))
     ap.add_argument("--storm-rate", type=int, default=5000)
     ap.add_argument("--idle", type=float, help="idle window, seconds")
     ap.add_argument("--iw-events", default="close_write,moved_to,create",
@@ -1682,6 +1739,9 @@ def main():
     for tool in ("inotifywait", "lsyncd", "cp"):
         if not shutil.which(tool):
             sys.exit("missing %s: run through bench/run, which installs it" % tool)
+    ctx.notify_probe = os.path.abspath(a.notify_probe)
+    if a.kinds and "notify" in a.kinds.split(",") and not os.access(ctx.notify_probe, os.X_OK):
+        sys.exit("no notify-probe at %s (bench/run --kinds ...,notify builds it)" % ctx.notify_probe)
     if not os.access(ctx.pw, os.X_OK):
         sys.exit("no purgewatch binary at %s (cargo build --release)" % ctx.pw)
 
@@ -1757,8 +1817,9 @@ def main():
                 R["notes"].append("budget of %.0f s reached: run %d and later skipped" % (a.budget, run))
                 log(R["notes"][-1])
                 break
-            order = [k for k in KINDS[run % 3:] + KINDS[:run % 3]
-                     if not a.kinds or k in a.kinds.split(",")]
+            sel = [k for k in ALL_KINDS
+                   if (k in a.kinds.split(",") if a.kinds else k in KINDS)]
+            order = sel[run % len(sel):] + sel[:run % len(sel)]
             log("run %d of %d (order %s), load %s" % (run + 1, runs, ", ".join(order), loadavg()))
             if "baseline" not in skip:
                 for kind in order:

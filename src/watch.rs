@@ -345,7 +345,12 @@ impl Watcher {
         let (fd, mask) = (self.fd, mask(self.track_changes).bits());
         let (marker, root) = (self.marker.clone(), self.root.clone());
         let mut failure = None;
-        walk(dir, &marker, files, found, |path| {
+        let listing = if files {
+            Listing::Files
+        } else {
+            Listing::Markers
+        };
+        walk(dir, &marker, listing, found, |path| {
             if test_watch_cap_reached(self.folders.len()) {
                 failure = Some(AddError::Limit(path.to_owned()));
                 return Visit::Stop;
@@ -363,7 +368,7 @@ impl Watcher {
         let (marker, root) = (self.marker.clone(), self.root.clone());
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let shared = std::sync::Mutex::new((&mut self.folders, None));
-        let found = walk_parallel(&root, &marker, false, threads, |path| {
+        let found = walk_parallel(&root, &marker, Listing::Markers, threads, |path| {
             let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
             if test_watch_cap_reached(lock().0.len()) {
                 lock().1 = Some(AddError::Limit(path.to_owned()));
@@ -600,11 +605,11 @@ enum Visit {
 fn walk(
     root: &Path,
     marker: &OsStr,
-    files: bool,
+    listing: Listing,
     found: &mut Found,
     mut visit: impl FnMut(&Path) -> Visit,
 ) {
-    let mut lister = Lister::new(marker, files);
+    let mut lister = Lister::new(root, marker, listing);
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
         found.folders += 1;
@@ -623,7 +628,7 @@ fn walk(
 fn walk_parallel(
     root: &Path,
     marker: &OsStr,
-    files: bool,
+    listing: Listing,
     threads: usize,
     visit: impl Fn(&Path) -> Visit + Sync,
 ) -> Found {
@@ -643,7 +648,7 @@ fn walk_parallel(
     let more = Condvar::new();
     let worker = || {
         let mut found = Found::default();
-        let mut lister = Lister::new(marker, files);
+        let mut lister = Lister::new(root, marker, listing);
         let mut children = Vec::new();
         loop {
             let dir = {
@@ -704,27 +709,83 @@ enum Kind {
     Unknown,
 }
 
+/// What a walk must learn from each folder.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Listing {
+    /// Subfolders and markers. A leaf folder (no subfolder, by its link count) is not listed:
+    /// its marker is looked up by name, so the walk costs per folder, not per file.
+    Markers,
+    /// Subfolders, markers and every other regular file (change tracking).
+    Files,
+    /// Subfolders and markers, every folder listed: finds the folders that cannot be read.
+    Survey,
+}
+
+/// File systems known to keep the Unix link count of folders (2 + subfolders), where a count
+/// of 2 proves a leaf (as GNU find's leaf optimisation assumes): tmpfs, ext2/3/4, xfs. btrfs
+/// (always 1), network and FUSE file systems are listed in full.
+fn keeps_folder_link_counts(path: &Path) -> bool {
+    const TMPFS: i64 = 0x0102_1994;
+    const EXT234: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS | EXT234 | XFS)
+}
+
 /// Lists folders with getdents64(2) into one reused buffer: each entry's name and d_type,
 /// without a stat or an allocation per entry (readdir(3) would add an fstat and a 32 KiB
 /// allocation per folder).
 struct Lister<'a> {
     marker: &'a [u8],
-    files: bool,
+    listing: Listing,
+    /// With [`Listing::Markers`] on a file system that keeps link counts: the device of the
+    /// root, so that a folder mounted from elsewhere is listed in full.
+    leaf_dev: Option<u64>,
     buf: Vec<u8>,
 }
 
 impl<'a> Lister<'a> {
-    fn new(marker: &'a OsStr, files: bool) -> Self {
+    fn new(root: &Path, marker: &'a OsStr, listing: Listing) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let leaf_dev = if listing == Listing::Markers && keeps_folder_link_counts(root) {
+            std::fs::metadata(root).ok().map(|m| m.dev())
+        } else {
+            None
+        };
         Lister {
             marker: marker.as_bytes(),
-            files,
+            listing,
+            leaf_dev,
             buf: vec![0; 32 * 1024],
         }
     }
 
+    /// A folder with no subfolder, by its link count; only where that count can be trusted.
+    fn is_leaf(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(dev) = self.leaf_dev else {
+            return false;
+        };
+        std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.dev() == dev && m.nlink() == 2)
+    }
+
     /// Lists `dir`: folders onto `stack`, markers (and other files, if asked) into `found`.
     fn list(&mut self, dir: PathBuf, found: &mut Found, stack: &mut Vec<PathBuf>) {
-        let (marker, files) = (self.marker, self.files);
+        if self.is_leaf(&dir) {
+            let marker = dir.join(OsStr::from_bytes(self.marker));
+            if std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_file()) {
+                found.markers.push(marker);
+            }
+            return;
+        }
+        let (marker, files) = (self.marker, self.listing == Listing::Files);
         let listed = list_dir(&dir, &mut self.buf, |name, kind| {
             let kind = match kind {
                 Kind::Unknown => {
@@ -819,14 +880,25 @@ fn list_dir(dir: &Path, buf: &mut [u8], mut each: impl FnMut(&[u8], Kind)) -> st
 
 /// Markers under `dir` and, when `files` is set, every other regular file too (no watches).
 pub fn find_files(dir: &Path, marker: &str, files: bool) -> Found {
+    let listing = if files {
+        Listing::Files
+    } else {
+        Listing::Markers
+    };
     let mut found = Found::default();
-    walk(dir, OsStr::new(marker), files, &mut found, |_| Visit::List);
+    walk(dir, OsStr::new(marker), listing, &mut found, |_| {
+        Visit::List
+    });
     found
 }
 
 /// What `purgewatch check` says about the tree: folders, and those this user cannot list.
 pub fn survey(root: &Path) -> Found {
-    find_files(root, "", false)
+    let mut found = Found::default();
+    walk(root, OsStr::new(""), Listing::Survey, &mut found, |_| {
+        Visit::List
+    });
+    found
 }
 
 /// The kernel's per-user inotify watch limit.
@@ -935,13 +1007,16 @@ mod tests {
             "every other regular file, once"
         );
         let folders = seq.folders;
-        for threads in [1, 2, 4] {
-            let mut par = walk_parallel(dir.path(), OsStr::new(".purge"), false, threads, |_| {
-                Visit::List
-            });
-            par.markers.sort();
-            assert_eq!(par.markers, want, "{threads} threads");
-            assert_eq!(par.folders, folders, "{threads} threads");
+        for listing in [Listing::Markers, Listing::Survey] {
+            for threads in [1, 2, 4] {
+                let mut par =
+                    walk_parallel(dir.path(), OsStr::new(".purge"), listing, threads, |_| {
+                        Visit::List
+                    });
+                par.markers.sort();
+                assert_eq!(par.markers, want, "{listing:?} on {threads} threads");
+                assert_eq!(par.folders, folders, "{listing:?} on {threads} threads");
+            }
         }
     }
 
@@ -949,18 +1024,45 @@ mod tests {
     fn a_stop_ends_the_parallel_walk_early() {
         let (dir, _) = tree(200);
         let visited = std::sync::atomic::AtomicUsize::new(0);
-        let found = walk_parallel(dir.path(), OsStr::new(".purge"), false, 2, |_| {
-            if visited.fetch_add(1, Ordering::SeqCst) >= 10 {
-                Visit::Stop
-            } else {
-                Visit::List
-            }
-        });
+        let found = walk_parallel(
+            dir.path(),
+            OsStr::new(".purge"),
+            Listing::Markers,
+            2,
+            |_| {
+                if visited.fetch_add(1, Ordering::SeqCst) >= 10 {
+                    Visit::Stop
+                } else {
+                    Visit::List
+                }
+            },
+        );
         assert!(
             found.folders < 20,
             "stopped after ~10 folders, not {}",
             found.folders
         );
+    }
+
+    #[test]
+    fn leaves_are_not_listed_where_link_counts_are_kept_and_markers_still_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leaf = dir.path().join("a/leaf");
+        std::fs::create_dir_all(&leaf).expect("mkdir");
+        std::fs::write(leaf.join(".purge"), b"").expect("write");
+        // A marker that is a folder is not a marker; a symlink named like it is not either.
+        std::fs::create_dir_all(dir.path().join("b/.purge")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("a/.purge")).expect("ln");
+        let lister = Lister::new(dir.path(), OsStr::new(".purge"), Listing::Markers);
+        if lister.leaf_dev.is_some() {
+            assert!(lister.is_leaf(&leaf));
+            assert!(!lister.is_leaf(&dir.path().join("a")), "a has a subfolder");
+        }
+        let found = find_files(dir.path(), ".purge", false);
+        assert_eq!(found.markers, vec![leaf.join(".purge")]);
+        assert_eq!(found.folders, 5, "root, a, a/leaf, b, b/.purge");
+        let listed = Lister::new(dir.path(), OsStr::new(".purge"), Listing::Survey);
+        assert!(!listed.is_leaf(&leaf), "a survey lists every folder");
     }
 
     #[test]

@@ -11,3 +11,4 @@ mod detect;
 mod faults;
 mod iam;
 mod quota;
+mod tls;

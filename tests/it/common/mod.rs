@@ -128,23 +128,42 @@ pub struct PrivateEmulator {
 
 impl PrivateEmulator {
     pub fn start() -> PrivateEmulator {
+        Self::start_with(None)
+    }
+
+    /// The emulator behind HTTPS, serving `cert` (with its `key`).
+    pub fn start_tls(cert: &Path, key: &Path) -> PrivateEmulator {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> PrivateEmulator {
         emulator(); // sets the test credentials in the environment
         let port = free_port();
-        let child = moto_command(port)
+        let mut cmd = moto_command(port);
+        if let Some((cert, key)) = tls {
+            cmd.arg("-c").arg(cert).arg("-k").arg(key);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start a private moto_server");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !answers(port) {
+        // Over TLS a plain-HTTP probe cannot answer: a listening port is enough there.
+        let ready = || match tls {
+            None => answers(port),
+            Some(_) => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        while !ready() {
             assert!(
                 Instant::now() < deadline,
                 "private moto_server did not answer"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         PrivateEmulator {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             child,
         }
