@@ -179,7 +179,14 @@ pub fn start(
         warned_limit: false,
         root_gone: false,
     };
+    let t0 = Instant::now();
     let (found, added) = w.add_whole_tree();
+    info!(
+        folders = w.folders.len(),
+        markers = found.markers.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "every folder watched"
+    );
     match added {
         Ok(()) => {}
         Err(AddError::Limit(path)) => w.out_of_watches(&path),
@@ -638,11 +645,15 @@ fn walk_parallel(
         /// Folders taken and not yet listed: the walk ends when none are left and the stack
         /// is empty.
         taken: usize,
+        /// Threads waiting for folders: woken only when there are some (a wake-up is a
+        /// system call; the walk runs ~10⁵ folders).
+        idle: usize,
         stop: bool,
     }
     let queue = Mutex::new(Queue {
         stack: vec![root.to_owned()],
         taken: 0,
+        idle: 0,
         stop: false,
     });
     let more = Condvar::new();
@@ -664,7 +675,9 @@ fn walk_parallel(
                     if q.taken == 0 {
                         break None;
                     }
+                    q.idle += 1;
                     q = more.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.idle -= 1;
                 }
             };
             let Some(dir) = dir else { break };
@@ -681,8 +694,12 @@ fn walk_parallel(
             q.taken -= 1;
             q.stop |= stop;
             q.stack.append(&mut children);
+            // Waiters need a folder, the end of the walk, or a stop.
+            let wake = q.idle > 0 && (!q.stack.is_empty() || q.taken == 0 || q.stop);
             drop(q);
-            more.notify_all();
+            if wake {
+                more.notify_all();
+            }
         }
         found
     };
