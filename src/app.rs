@@ -135,6 +135,9 @@ struct App {
     unusable: HashMap<String, (u64, i64)>,
 }
 
+/// Markers up to this size are hashed on the pipeline's own thread (a read of a few pages).
+const INLINE_MARKER: u64 = 64 * 1024;
+
 /// Flush the change buffer at least this often, and whenever it holds this many paths.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_AT: usize = 10_000;
@@ -269,23 +272,46 @@ impl App {
             Source::Scan => "marker found changed by a scan",
             _ => "marker written",
         };
-        let (store, p, r) = (self.store.clone(), path.clone(), rel.clone());
-        let stored = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let seen = match origin::hash_file(&p, r) {
-                Ok(s) => s,
-                Err(e) => return Ok(Stored::Unread(e)),
-            };
-            let mut c = store.lock();
+        let store_marker = move |c: &mut rusqlite::Connection, seen: MarkerSeen| {
             if let Some(id) = open {
-                if store::merge_marker(&mut c, id, &seen)? {
+                if store::merge_marker(c, id, &seen)? {
                     return Ok(Stored::Merged(id));
                 }
             }
-            let id = store::insert_request(&mut c, source, Some(&seen), &paths, detail)?;
-            Ok(Stored::New(id, store::request_markers(&c, id)?))
-        })
-        .await
-        .map_err(|e| AppError::Other(e.to_string()))??;
+            let id = store::insert_request(c, source, Some(&seen), &paths, detail)?;
+            Ok(Stored::New(id, store::request_markers(c, id)?))
+        };
+        // A small marker whose database is free is hashed and stored right here: the two
+        // hand-offs to the blocking pool and back cost more than the work (BENCHMARKS.md,
+        // close → HeadObject). Anything else (a big marker, a busy database) goes there.
+        let small =
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= INLINE_MARKER);
+        let inline = if small {
+            match origin::hash_file(&path, rel.clone()) {
+                Err(e) => Some(Ok(Stored::Unread(e))),
+                Ok(seen) => {
+                    let f = store_marker.clone();
+                    self.store.try_now(move |c| f(c, seen))
+                }
+            }
+        } else {
+            None
+        };
+        let stored = match inline {
+            Some(r) => r?,
+            None => {
+                let (store, p, r) = (self.store.clone(), path.clone(), rel.clone());
+                tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                    let seen = match origin::hash_file(&p, r) {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Stored::Unread(e)),
+                    };
+                    store_marker(&mut store.lock(), seen)
+                })
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))??
+            }
+        };
         match stored {
             Stored::Unread(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Deleted before we could read it: nothing is left to purge for.

@@ -219,7 +219,15 @@ pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
             "a symlink, not a marker file",
         ));
     }
-    let mut f = std::fs::File::open(path)?;
+    // O_NOFOLLOW: a symlink swapped in after that check is refused too. O_NONBLOCK: a FIFO
+    // named like the marker must not hang the open (regular files ignore the flag).
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?
+    };
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(

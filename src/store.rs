@@ -29,6 +29,9 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// How long a write waits for another process's write lock (`purgewatch purge`, a sibling).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// Where a request stands. Stored as its snake_case name so `sqlite3` users read it directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -261,13 +264,18 @@ impl Store {
         let open = |path: &Path| -> rusqlite::Result<Connection> {
             let mut conn = Connection::open(path)?;
             // Longer than one count-bucket call (60 s), which may run while the write lock is held.
-            conn.busy_timeout(Duration::from_secs(90))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.set_prepared_statement_cache_capacity(64);
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             migrate(&mut conn)?;
             // A read-only file or file system shows here, with the path, not at the first purge.
-            conn.execute("UPDATE meta SET value = value WHERE key = 'instance'", [])?;
+            cached(
+                &conn,
+                "UPDATE meta SET value = value WHERE key = 'instance'",
+                [],
+            )?;
             Ok(conn)
         };
         // Switching a new database to WAL takes an exclusive lock that SQLite's busy handler does
@@ -307,6 +315,34 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` at once on this thread when that cannot wait: the connection is free (no other
+    /// call holds it) and SQLite's write lock is not held by another process (busy timeout 0
+    /// for this call). `None` when either is taken: use [`Store::call`]. For short writes on the
+    /// hot path, where two hand-offs to the blocking pool would cost more than the write.
+    pub fn try_now<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let mut conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let r = f(&mut conn);
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        match r {
+            Err(StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                None
+            }
+            r => Some(r),
+        }
+    }
+
     /// Runs `f` with the connection on a blocking thread, so SQLite never stalls the runtime.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -337,7 +373,8 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(sql)?;
         if i == 0 {
             let id = format!("{:08x}", fastrand::u32(..));
-            tx.execute(
+            cached(
+                &tx,
                 "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
                 params![id],
             )?;
@@ -362,7 +399,8 @@ pub fn insert_request(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_text();
     let paths_json = serde_json::to_string(paths).unwrap_or_else(|_| "[]".into());
-    tx.execute(
+    cached(
+        &tx,
         "INSERT INTO requests (origin, marker, status, detected_at, updated_at, paths, detail)
          VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
         params![
@@ -382,7 +420,7 @@ pub fn insert_request(
         remember_marker(&tx, m)?;
     }
     claim_changes(&tx, id)?;
-    tx.execute(
+    cached(&tx,
         "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, NULL, ?3, ?4)",
         params![id, now, Status::WaitingForOrigin.as_str(), detail],
     )?;
@@ -399,13 +437,13 @@ pub fn insert_failed(
 ) -> Result<i64, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_text();
-    tx.execute(
+    cached(&tx,
         "INSERT INTO requests (origin, marker, status, detected_at, updated_at, finished_at, paths, detail)
          VALUES (?1, ?2, 'failed', ?3, ?3, ?3, '[]', ?4)",
         params![source.as_str(), rel, now, detail],
     )?;
     let id = tx.last_insert_rowid();
-    tx.execute(
+    cached(&tx,
         "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, NULL, 'failed', ?3)",
         params![id, now, detail],
     )?;
@@ -418,7 +456,7 @@ fn upsert_request_marker(
     request_id: i64,
     m: &MarkerSeen,
 ) -> rusqlite::Result<usize> {
-    conn.execute(
+    cached(conn,
         "INSERT INTO request_markers (request_id, rel, md5, size, mtime_ns) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (request_id, rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
              mtime_ns = excluded.mtime_ns",
@@ -430,7 +468,8 @@ fn upsert_request_marker(
 /// the newest bytes replace the wait. Returns false when the request has moved on.
 pub fn merge_marker(conn: &mut Connection, id: i64, m: &MarkerSeen) -> Result<bool, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let n = tx.execute(
+    let n = cached(
+        &tx,
         "UPDATE requests SET generation = generation + 1, updated_at = ?2
          WHERE id = ?1 AND status = 'waiting_for_origin' AND verified_at IS NULL",
         params![id, now_text()],
@@ -476,13 +515,15 @@ pub fn mark_verified(
 ) -> Result<bool, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_text();
-    let n = tx.execute(
+    let n = cached(
+        &tx,
         "UPDATE requests SET verified_at = ?3, updated_at = ?3, detail = ?4
          WHERE id = ?1 AND generation = ?2 AND verified_at IS NULL",
         params![id, generation, now, detail],
     )?;
     if n == 1 {
-        tx.execute(
+        cached(
+            &tx,
             "INSERT INTO events (request_id, at, from_status, to_status, detail)
              VALUES (?1, ?2, 'waiting_for_origin', 'waiting_for_origin', ?3)",
             params![id, now, detail],
@@ -500,13 +541,14 @@ pub fn transition(conn: &Connection, id: i64, to: Status, detail: &str) -> Resul
             r.get(0)
         })
         .optional()?;
-    conn.execute(
+    cached(
+        conn,
         "UPDATE requests SET status = ?2, updated_at = ?3, detail = ?4,
              finished_at = CASE WHEN ?5 THEN ?3 ELSE finished_at END
          WHERE id = ?1",
         params![id, to.as_str(), now, detail, to.is_final()],
     )?;
-    conn.execute(
+    cached(conn,
         "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, now, from, to.as_str(), detail],
     )?;
@@ -516,12 +558,14 @@ pub fn transition(conn: &Connection, id: i64, to: Status, detail: &str) -> Resul
 /// Records something that happened to a request without changing its status (a retry, say).
 pub fn note(conn: &Connection, id: i64, detail: &str) -> Result<(), StoreError> {
     let now = now_text();
-    conn.execute(
+    cached(
+        conn,
         "INSERT INTO events (request_id, at, from_status, to_status, detail)
          SELECT id, ?2, status, status, ?3 FROM requests WHERE id = ?1",
         params![id, now, detail],
     )?;
-    conn.execute(
+    cached(
+        conn,
         "UPDATE requests SET detail = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, detail, now],
     )?;
@@ -536,7 +580,8 @@ pub fn set_invalidation_id(
 ) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for &id in ids {
-        tx.execute(
+        cached(
+            &tx,
             "UPDATE requests SET invalidation_id = ?2 WHERE id = ?1",
             params![id, invalidation_id],
         )?;
@@ -639,7 +684,8 @@ pub fn counter(conn: &Connection, period: &str) -> Result<Counter, StoreError> {
 }
 
 pub fn set_counter(conn: &Connection, period: &str, c: &Counter) -> Result<(), StoreError> {
-    conn.execute(
+    cached(
+        conn,
         "INSERT INTO quota (period, count, remote_count, remote_etag, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (period) DO UPDATE SET count = excluded.count,
@@ -659,7 +705,8 @@ pub fn grant(
     detail: &str,
 ) -> Result<(), StoreError> {
     for &id in ids {
-        conn.execute(
+        cached(
+            conn,
             "UPDATE requests SET period = ?2, caller_reference = ?3, granted_at = ?4 WHERE id = ?1",
             params![id, period, caller_reference, now_text()],
         )?;
@@ -669,7 +716,8 @@ pub fn grant(
 }
 
 pub fn set_period(conn: &Connection, id: i64, period: &str) -> Result<(), StoreError> {
-    conn.execute(
+    cached(
+        conn,
         "UPDATE requests SET period = ?2 WHERE id = ?1",
         params![id, period],
     )?;
@@ -693,7 +741,8 @@ pub fn known_markers(
 }
 
 pub fn remember_marker(conn: &Connection, m: &MarkerSeen) -> Result<(), StoreError> {
-    conn.execute(
+    cached(
+        conn,
         "INSERT INTO markers (rel, md5, size, mtime_ns, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
              mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
@@ -704,11 +753,18 @@ pub fn remember_marker(conn: &Connection, m: &MarkerSeen) -> Result<(), StoreErr
 
 /// True on the very first start of a daemon on this database (and records that it started).
 pub fn first_start(conn: &Connection) -> Result<bool, StoreError> {
-    let n = conn.execute(
+    let n = cached(
+        conn,
         "INSERT INTO meta (key, value) VALUES ('first_started', ?1) ON CONFLICT (key) DO NOTHING",
         [now_text()],
     )?;
     Ok(n == 1)
+}
+
+/// Executes `sql` through the connection's statement cache: the hot statements (a marker
+/// write stores a request in five) are parsed once, not on every call.
+fn cached<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 #[cfg(test)]
