@@ -35,6 +35,7 @@ import signal
 import socket
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -85,27 +86,44 @@ def proxy_main(listen_port, upstream_port, log_path):
 
     ids = iter(range(1, 1 << 62))
 
+    # The kernel's receive timestamp of each chunk (SO_TIMESTAMPNS, CLOCK_REALTIME), moved to
+    # CLOCK_MONOTONIC: when the bytes reached this socket, whatever Python's own scheduling
+    # adds. The upstream connection is opened after the first request has been stamped, so
+    # that a fresh client connection is not charged for the proxy's own connect to moto.
+    so_ts = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+    def mono_of(anc):
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == so_ts and len(payload) >= 16:
+                sec, nsec = struct.unpack("qq", payload[:16])
+                offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
+                return sec * 1_000_000_000 + nsec - offset
+        return NOW()
+
     def pump(c, cid):
+        u = None
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            u = socket.create_connection(("127.0.0.1", upstream_port), timeout=10)
-            u.settimeout(None)
+            c.setsockopt(socket.SOL_SOCKET, so_ts, 1)
         except OSError:
-            c.close()
-            return
-        for s in (c, u):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pass
         tail = b""
         waiting = 0  # requests seen whose response has not begun
         try:
             while True:
-                ready, _, _ = select.select([c, u], [], [], 300)
+                socks = [c] if u is None else [c, u]
+                ready, _, _ = select.select(socks, [], [], 300)
                 if not ready:
                     return
                 for s in ready:
-                    data = s.recv(65536)
+                    if s is c:
+                        data, anc, _, _ = c.recvmsg(65536, 256)
+                        t = mono_of(anc)
+                    else:
+                        data = s.recv(65536)
+                        t = NOW()
                     if not data:
                         return
-                    t = NOW()
                     if s is c:
                         buf = tail + data
                         for m in REQ_LINE.finditer(buf):
@@ -115,6 +133,10 @@ def proxy_main(listen_port, upstream_port, log_path):
                                     out.write("%d %d %s %s\n" % (t, cid, m.group(1).decode(),
                                                                  m.group(2).decode("latin-1")))
                         tail = buf[-2048:]
+                        if u is None:
+                            u = socket.create_connection(("127.0.0.1", upstream_port), timeout=10)
+                            u.settimeout(None)
+                            u.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         u.sendall(data)
                     else:
                         if waiting and data.startswith(b"HTTP/1."):
@@ -126,7 +148,8 @@ def proxy_main(listen_port, upstream_port, log_path):
             return
         finally:
             c.close()
-            u.close()
+            if u is not None:
+                u.close()
 
     while True:
         c, _ = srv.accept()
