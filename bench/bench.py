@@ -604,43 +604,34 @@ endpoint_url = "%s"
     return w
 
 
-def start_notify(ctx, tag, root):
-    """notify-probe prints inotifywait's lines and readiness message: read the same way."""
-    w = Watcher("notify", tag, root, ctx.work)
-    w.out = os.path.join(ctx.work, "nt-%s.out" % tag)
+def start_line_watcher(ctx, kind, tag, root, argv):
+    """A watcher that prints inotifywait's `%e %w%f` lines (to a file) and says
+    "Watches established." on stderr once every watch is set."""
+    w = Watcher(kind, tag, root, ctx.work)
+    w.out = os.path.join(ctx.work, "%s-%s.out" % (SHORT[kind], tag))
     out = open(w.out, "wb")
     w.t_spawn = NOW()
-    w.proc = subprocess.Popen([ctx.notify_probe, root], stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=subprocess.PIPE)
+    w.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE)
     out.close()
     w.reader = Reader(w.proc.stderr, "Watches established.")
     w.reader.start()
     if not w.reader.ready.wait(ctx.ready_timeout):
         w.stop()
-        raise RuntimeError("notify-probe never said 'Watches established.':\n" + w.stderr_tail())
+        raise RuntimeError("%s never said 'Watches established.':\n%s" % (kind, w.stderr_tail()))
     w.t_ready = w.reader.ready_t
     return w
 
 
+def start_notify(ctx, tag, root):
+    return start_line_watcher(ctx, "notify", tag, root, [ctx.notify_probe, root])
+
+
 def start_inotifywait(ctx, tag, root):
-    w = Watcher("inotifywait", tag, root, ctx.work)
-    w.out = os.path.join(ctx.work, "iw-%s.out" % tag)
     args = ["inotifywait", "-m", "-r"]
     if ctx.iw_events != "all":
         for e in ctx.iw_events.split(","):
             args += ["-e", e]
-    args += ["--format", "%e %w%f", root]
-    out = open(w.out, "wb")
-    w.t_spawn = NOW()
-    w.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE)
-    out.close()
-    w.reader = Reader(w.proc.stderr, "Watches established.")
-    w.reader.start()
-    if not w.reader.ready.wait(ctx.ready_timeout):
-        w.stop()
-        raise RuntimeError("inotifywait never said 'Watches established.':\n" + w.stderr_tail())
-    w.t_ready = w.reader.ready_t
-    return w
+    return start_line_watcher(ctx, "inotifywait", tag, root, args + ["--format", "%e %w%f", root])
 
 
 LSYNCD_CONF = """-- written by bench/bench.py: lsyncd with delay 1 and a cheap action (one /bin/true per

@@ -17,8 +17,8 @@ fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .ok()?;
-    let steps: [Vec<String>; 3] = [
-        vec![
+    let steps: [&[&str]; 3] = [
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -38,11 +38,8 @@ fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec![
+        ],
+        &[
             "req",
             "-newkey",
             "ec",
@@ -55,11 +52,8 @@ fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
             "leaf.csr",
             "-subj",
             "/CN=127.0.0.1",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec![
+        ],
+        &[
             "x509",
             "-req",
             "-in",
@@ -75,14 +69,11 @@ fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
             "2",
             "-extfile",
             "leaf.ext",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
+        ],
     ];
     for args in steps {
         let ok = Command::new("openssl")
-            .args(&args)
+            .args(args)
             .current_dir(dir)
             .output()
             .ok()?
