@@ -191,6 +191,8 @@ async fn hostile_trees_have_defined_outcomes_and_the_daemon_stays_up() {
     // A symlink loop and a link out of the root exist before start: never followed.
     symlink(&site.root, site.root.join("loop")).expect("loop");
     symlink(&outside, site.root.join("escape")).expect("escape");
+    // Watched from the start: a FIFO renamed into it below arrives as an event.
+    std::fs::create_dir_all(site.root.join("pipe")).expect("mkdir");
     let daemon = Daemon::start(site.config())
         .await
         .expect("start despite the loop");
@@ -204,6 +206,14 @@ async fn hostile_trees_have_defined_outcomes_and_the_daemon_stays_up() {
     let bad = site.root.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
     std::fs::create_dir_all(&bad).expect("mkdir non-UTF-8");
     std::fs::write(bad.join(".purge"), b"x").expect("marker");
+    // A FIFO named like the marker, renamed into place: opening it must not hang (O_NONBLOCK);
+    // recorded as failed.
+    let fifo =
+        std::ffi::CString::new(site.root.join("tmp-fifo").as_os_str().as_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    std::fs::rename(site.root.join("tmp-fifo"), site.root.join("pipe/.purge"))
+        .expect("rename fifo");
     // A marker written outside through the escape link is outside the root: not ours.
     std::fs::write(site.root.join("escape/.purge"), b"again").expect("write via link");
     // Then a good one, proving the daemon is still up and handling markers.
@@ -217,7 +227,7 @@ async fn hostile_trees_have_defined_outcomes_and_the_daemon_stays_up() {
             let h = site.history();
             (h.iter()
                 .any(|r| r.marker == "ok/.purge" && r.status == "completed")
-                && h.iter().filter(|r| r.status == "failed").count() == 2)
+                && h.iter().filter(|r| r.status == "failed").count() == 3)
                 .then_some(h)
         },
     )
@@ -230,9 +240,15 @@ async fn hostile_trees_have_defined_outcomes_and_the_daemon_stays_up() {
         .collect();
     assert!(failed.iter().any(|d| d.contains("symlink")), "{failed:?}");
     assert!(failed.iter().any(|d| d.contains("not UTF-8")), "{failed:?}");
+    assert!(
+        failed
+            .iter()
+            .any(|d| d.contains("pipe/.purge") && d.contains("not a regular file")),
+        "{failed:?}"
+    );
     assert_eq!(
         rows.len(),
-        3,
+        4,
         "nothing for the directory, the loop or the escape: {rows:?}"
     );
     assert_eq!(site.invalidations().await.len(), 1);
