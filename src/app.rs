@@ -110,8 +110,8 @@ enum Stored {
     Unread(std::io::Error),
     /// Folded into the open request with this id.
     Merged(i64),
-    /// A new request, with its generation and markers as stored.
-    New(i64, (i64, Vec<MarkerSeen>)),
+    /// A new request, with its generation and markers as stored (when they could be read).
+    New(i64, Option<(i64, Vec<MarkerSeen>)>),
 }
 
 /// A request still taking writes of its marker: merged in until its origin check passes.
@@ -279,7 +279,9 @@ impl App {
                 }
             }
             let id = store::insert_request(c, source, Some(&seen), &paths, detail)?;
-            Ok(Stored::New(id, store::request_markers(c, id)?))
+            // Stored: from here no error may send the write round again (a busy fallback would
+            // store it twice). Without this read the request reads its markers itself.
+            Ok(Stored::New(id, store::request_markers(c, id).ok()))
         };
         // A small marker whose database is free is hashed and stored right here: the two
         // hand-offs to the blocking pool and back cost more than the work (BENCHMARKS.md,
@@ -361,7 +363,7 @@ impl App {
     }
 
     /// Runs a request just stored, from its origin check on.
-    fn spawn_request(&mut self, id: i64, rel: String, first: (i64, Vec<MarkerSeen>)) {
+    fn spawn_request(&mut self, id: i64, rel: String, first: Option<(i64, Vec<MarkerSeen>)>) {
         crate::pipeline::crash_point("after_request_stored");
         info!(request = id, marker = %rel, "purge requested");
         let wake = Arc::new(Notify::new());
@@ -370,7 +372,7 @@ impl App {
         let span = info_span!("request", id, marker = %rel);
         self.tasks.spawn(
             async move {
-                let r = p.run_watched(id, w, Some(first)).await.map(|_| ());
+                let r = p.run_watched(id, w, first).await.map(|_| ());
                 (id, r)
             }
             .instrument(span),

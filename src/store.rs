@@ -319,6 +319,8 @@ impl Store {
     /// call holds it) and SQLite's write lock is not held by another process (busy timeout 0
     /// for this call). `None` when either is taken: use [`Store::call`]. For short writes on the
     /// hot path, where two hand-offs to the blocking pool would cost more than the write.
+    /// A busy `f` is run again elsewhere: it must have written nothing when it fails busy (one
+    /// transaction per write, and no fallible step after its last one).
     pub fn try_now<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
