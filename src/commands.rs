@@ -4,6 +4,7 @@
 use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
+use std::io::Write;
 
 use crate::app::{self, Daemon};
 use crate::aws::{self, Clients};
@@ -11,6 +12,14 @@ use crate::cdn::Cdn;
 use crate::config::Config;
 use crate::quota::{self, Mirror};
 use crate::store::{self, Store};
+
+/// `println!` that hands the error back instead of panicking: `purgewatch history | head`
+/// closes the pipe early, and main ends such a command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 pub async fn run(cfg: Config) -> anyhow::Result<bool> {
     let daemon = Daemon::start(cfg).await?;
@@ -38,15 +47,22 @@ pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool
     let store = open_store(&cfg)?;
     let rows = store.call(move |c| store::history(c, limit)).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(true);
     }
-    println!(
+    out!(
         "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  DETAIL",
-        "ID", "STATUS", "ORIGIN", "MARKER", "DETECTED", "FINISHED", "INVALIDATION", "PATHS"
+        "ID",
+        "STATUS",
+        "ORIGIN",
+        "MARKER",
+        "DETECTED",
+        "FINISHED",
+        "INVALIDATION",
+        "PATHS"
     );
     for r in rows {
-        println!(
+        out!(
             "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  {}",
             r.id,
             r.status,
@@ -123,23 +139,25 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("period:   {} ({})", report.period, report.timezone);
-        println!("count:    {} of {}", report.count, report.max);
+        out!("period:   {} ({})", report.period, report.timezone);
+        out!("count:    {} of {}", report.count, report.max);
         match (
             &report.count_object,
             report.mirrored_count,
             &report.mirror_error,
         ) {
-            (Some(o), Some(n), _) => println!("mirror:   {o} = {n}"),
-            (Some(o), None, Some(e)) => println!("mirror:   {o}: {e}"),
-            _ => println!("mirror:   none (quota.count_bucket not set)"),
+            (Some(o), Some(n), _) => out!("mirror:   {o} = {n}"),
+            (Some(o), None, Some(e)) => out!("mirror:   {o}: {e}"),
+            _ => out!("mirror:   none (quota.count_bucket not set)"),
         }
-        println!("resets:   {}", report.resets_at);
-        println!(
+        out!("resets:   {}", report.resets_at);
+        out!(
             "paths:    {} this month (UTC) of {} free; estimated charge ${:.3}",
-            report.paths_this_month, report.free_paths_per_month, report.estimated_charge_usd
+            report.paths_this_month,
+            report.free_paths_per_month,
+            report.estimated_charge_usd
         );
     }
     Ok(report.mirror_error.is_none())
@@ -147,7 +165,7 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
 
 pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
     let row = app::purge_now(cfg, wait).await?;
-    println!(
+    out!(
         "request {}: {}{}{}",
         row.id,
         row.status,
@@ -164,10 +182,15 @@ pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
 }
 
 pub async fn check(cfg: Config) -> anyhow::Result<bool> {
-    println!("OK    config {}", cfg.file.display());
+    out!("OK    config {}", cfg.file.display());
     let mut ok = true;
     let mut report = |good: bool, what: String| {
-        println!("{}  {what}", if good { "OK  " } else { "FAIL" });
+        // A closed stdout must not stop the checks (nor panic): the exit status still says.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}  {what}",
+            if good { "OK  " } else { "FAIL" }
+        );
         ok &= good;
     };
     let tree = crate::watch::survey(&cfg.watch.root);

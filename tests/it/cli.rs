@@ -161,6 +161,38 @@ async fn manual_purges_then_history_json_matches_the_emulator_one_for_one() {
     assert!(table.contains("quota_exhausted"), "{table}");
 }
 
+// `purgewatch history --json | grep -q completed`: the reader leaves after its first match. The
+// command must end quietly with status 0 (a release build aborts on a panic: a core dump).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_into_a_closed_pipe_ends_quietly_with_status_0() {
+    let site = Site::new().await;
+    let file = site.config_file(&site.toml("", "", ""));
+    purgewatch(&file, &["purge"]);
+    for args in [&["history", "--json"][..], &["history"][..], &["quota"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_daemon_with_status_0_within_5s() {
     let site = Site::new().await;
