@@ -212,21 +212,22 @@ pub fn compare(m: &MarkerSeen, etag: &str, size: i64, last_modified: Option<&Smi
 
 /// Hashes a marker file streaming (memory stays flat for any size) and reads its size and mtime.
 pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
-    // A symlink named like the marker is not one: following it could read outside the root.
-    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "a symlink, not a marker file",
-        ));
-    }
-    // O_NOFOLLOW: a symlink swapped in after that check is refused too. O_NONBLOCK: a FIFO
-    // named like the marker must not hang the open (regular files ignore the flag).
+    // A symlink named like the marker is not one: following it could read outside the root, so
+    // O_NOFOLLOW refuses it in the open itself (ELOOP). O_NONBLOCK: a FIFO named like the
+    // marker must not hang the open (regular files ignore the flag).
     let mut f = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)?
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a symlink, not a marker file",
+                ),
+                _ => e,
+            })?
     };
     let meta = f.metadata()?;
     if !meta.is_file() {

@@ -352,12 +352,7 @@ impl Watcher {
         let (fd, mask) = (self.fd, mask(self.track_changes).bits());
         let (marker, root) = (self.marker.clone(), self.root.clone());
         let mut failure = None;
-        let listing = if files {
-            Listing::Files
-        } else {
-            Listing::Markers
-        };
-        walk(dir, &marker, listing, found, |path| {
+        walk(dir, &marker, Listing::with_files(files), found, |path| {
             if test_watch_cap_reached(self.folders.len()) {
                 failure = Some(AddError::Limit(path.to_owned()));
                 return Visit::Stop;
@@ -738,6 +733,17 @@ pub enum Listing {
     Survey,
 }
 
+impl Listing {
+    /// Every file too (change tracking), or only markers.
+    fn with_files(files: bool) -> Listing {
+        if files {
+            Listing::Files
+        } else {
+            Listing::Markers
+        }
+    }
+}
+
 /// File systems known to keep the Unix link count of folders (2 + subfolders), where a count
 /// of 2 proves a leaf (as GNU find's leaf optimisation assumes): tmpfs, ext2/3/4, xfs. btrfs
 /// (always 1), network and FUSE file systems are listed in full.
@@ -897,12 +903,8 @@ fn list_dir(dir: &Path, buf: &mut [u8], mut each: impl FnMut(&[u8], Kind)) -> st
 
 /// Markers under `dir` and, when `files` is set, every other regular file too (no watches).
 pub fn find_files(dir: &Path, marker: &str, files: bool) -> Found {
-    let listing = if files {
-        Listing::Files
-    } else {
-        Listing::Markers
-    };
     let mut found = Found::default();
+    let listing = Listing::with_files(files);
     walk(dir, OsStr::new(marker), listing, &mut found, |_| {
         Visit::List
     });
