@@ -1712,6 +1712,7 @@ def main():
     ap.add_argument("--notify-probe", default=os.path.join(HERE, "notify-probe", "target",
                                                            "release", "notify-probe"))
     ap.add_argument("--storm-rate", type=int, default=5000)
+    ap.add_argument("--latency-samples", type=int, help="markers timed in the latency phase")
     ap.add_argument("--idle", type=float, help="idle window, seconds")
     ap.add_argument("--iw-events", default="close_write,moved_to,create",
                     help="inotifywait -e list (purgewatch's own mask), or 'all'")
@@ -1749,7 +1750,7 @@ def main():
     ctx.quiet_limit = 60
     ctx.idle = a.idle if a.idle is not None else P["idle"]
     ctx.idle_settle = P["idle_settle"]
-    runs = a.runs or P["runs"]
+    runs = P["runs"] if a.runs is None else a.runs
     for tool in ("inotifywait", "lsyncd", "cp"):
         if not shutil.which(tool):
             sys.exit("missing %s: run through bench/run, which installs it" % tool)
@@ -1849,9 +1850,10 @@ def main():
                             rc = 1
         lat_tree = trees[names[0]]
         if "latency" not in skip:
-            log("latency: purgewatch (settle 0), %d markers already in S3" % P["latency_samples"])
+            n_lat = a.latency_samples or P["latency_samples"]
+            log("latency: purgewatch (settle 0), %d markers already in S3" % n_lat)
             try:
-                R["latency"] = marker_latency(ctx, lat_tree, P["latency_samples"], 0.1)
+                R["latency"] = marker_latency(ctx, lat_tree, n_lat, 0.1)
                 R["latency"]["tree"] = lat_tree.name
                 R["latency"]["proxy_delay_ms"] = proxy_calibration(ctx, 50)
             except Exception as e:

@@ -17,7 +17,6 @@
 //! Markers are never dropped: a kernel queue overflow or a full channel raises [`Lost`], and the
 //! pipeline answers with a rescan of the tree.
 
-use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -181,6 +180,9 @@ pub fn start(
     };
     let t0 = Instant::now();
     let (found, added) = w.add_whole_tree();
+    w.folders.compact();
+    // SAFETY: no preconditions; returns the walk threads' freed buffers to the kernel.
+    unsafe { libc::malloc_trim(0) };
     info!(
         folders = w.folders.len(),
         markers = found.markers.len(),
@@ -212,61 +214,119 @@ pub fn start(
 }
 
 /// Folder paths by watch descriptor, relative to the root and packed into one byte arena: a
-/// folder costs its path plus a 12-byte map entry, not a PathBuf allocation plus a 40-byte
-/// entry (BENCHMARKS.md: RSS per folder). Replaced and removed paths are garbage until the
-/// arena is compacted, which happens once they outweigh the live ones.
+/// folder costs its path plus a 12-byte span, not a PathBuf allocation plus a 40-byte map
+/// entry (BENCHMARKS.md: RSS per folder). The spans are a Vec sorted by descriptor, not a hash
+/// map: the kernel hands descriptors out in increasing order (idr_alloc_cyclic), so a new folder
+/// is a push and memory grows by exactly one span per folder, where a map doubles its table in
+/// steps. Replaced and removed entries are garbage until compaction, which happens once they
+/// outweigh the live ones.
 #[derive(Default)]
 struct Folders {
     arena: Vec<u8>,
-    /// wd → (offset, length) in `arena`.
-    spans: HashMap<i32, (u32, u32)>,
+    spans: Vec<Span>,
+    /// Spans not `GONE`.
+    live: usize,
+    /// Arena bytes no live span points to.
     garbage: usize,
 }
 
+#[derive(Clone, Copy)]
+struct Span {
+    wd: i32,
+    at: u32,
+    len: u32,
+}
+
+/// The length of a removed folder's span (a tombstone until compaction).
+const GONE: u32 = u32::MAX;
+
 impl Folders {
     fn len(&self) -> usize {
-        self.spans.len()
+        self.live
+    }
+
+    fn find(&self, wd: i32) -> Result<usize, usize> {
+        // Nearly always the newest descriptor, or one near it: look at the end first.
+        match self.spans.last() {
+            Some(last) if last.wd == wd => Ok(self.spans.len() - 1),
+            Some(last) if last.wd < wd => Err(self.spans.len()),
+            _ => self.spans.binary_search_by_key(&wd, |s| s.wd),
+        }
+    }
+
+    fn path(&self, s: Span) -> Option<&[u8]> {
+        if s.len == GONE {
+            return None;
+        }
+        self.arena.get(s.at as usize..(s.at + s.len) as usize)
     }
 
     fn get(&self, wd: i32) -> Option<&[u8]> {
-        let &(at, len) = self.spans.get(&wd)?;
-        self.arena.get(at as usize..(at + len) as usize)
+        self.path(self.spans[self.find(wd).ok()?])
     }
 
     /// Records `rel` for `wd`; false when `wd` already had exactly this path.
     fn set(&mut self, wd: i32, rel: &[u8]) -> bool {
-        if let Some(&(at, len)) = self.spans.get(&wd) {
-            if self.arena.get(at as usize..(at + len) as usize) == Some(rel) {
-                return false;
+        let span = Span {
+            wd,
+            at: self.arena.len() as u32,
+            len: rel.len() as u32,
+        };
+        match self.find(wd) {
+            Ok(i) => {
+                let old = self.spans[i];
+                match self.path(old) {
+                    Some(p) if p == rel => return false,
+                    Some(_) => self.garbage += old.len as usize,
+                    None => self.live += 1,
+                }
+                self.spans[i] = span;
             }
-            self.garbage += len as usize;
+            Err(i) => {
+                self.spans.insert(i, span);
+                self.live += 1;
+            }
         }
-        let at = self.arena.len() as u32;
         self.arena.extend_from_slice(rel);
-        self.spans.insert(wd, (at, rel.len() as u32));
         self.compact_if_needed();
         true
     }
 
     /// Forgets `wd`; `Some(true)` when it was the root (empty relative path).
     fn remove(&mut self, wd: i32) -> Option<bool> {
-        let (_, len) = self.spans.remove(&wd)?;
+        let i = self.find(wd).ok()?;
+        let len = self.spans[i].len;
+        if len == GONE {
+            return None;
+        }
+        self.spans[i].len = GONE;
+        self.live -= 1;
         self.garbage += len as usize;
         self.compact_if_needed();
         Some(len == 0)
     }
 
     fn compact_if_needed(&mut self) {
-        if self.garbage < 1 << 16 || self.garbage < self.arena.len() / 2 {
-            return;
+        let dead = self.spans.len() - self.live;
+        let arena_wasted = self.garbage >= 1 << 16 && self.garbage >= self.arena.len() / 2;
+        let spans_wasted = dead >= 1 << 12 && dead >= self.live;
+        if arena_wasted || spans_wasted {
+            self.compact();
         }
+    }
+
+    /// Drops the garbage and gives spare capacity back: after the start-up walk, memory is
+    /// what the folders need, whatever the growth steps were.
+    fn compact(&mut self) {
         let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
-        for span in self.spans.values_mut() {
-            let (at, len) = (span.0 as usize, span.1 as usize);
+        self.spans.retain(|s| s.len != GONE);
+        for span in &mut self.spans {
+            let (at, len) = (span.at as usize, span.len as usize);
             let new_at = arena.len() as u32;
             arena.extend_from_slice(&self.arena[at..at + len]);
-            span.0 = new_at;
+            span.at = new_at;
         }
+        self.spans.shrink_to_fit();
         self.arena = arena;
         self.garbage = 0;
     }
@@ -980,6 +1040,7 @@ mod tests {
             assert_eq!(f.remove(wd), Some(false));
         }
         assert!(f.garbage < f.arena.len().max(1 << 16));
+        assert!(f.spans.len() - f.len() < f.len().max(1 << 12));
         assert_eq!(f.get(3), Some(&b"b/3"[..]));
         assert_eq!(f.get(19_999), Some(&b"b/19999"[..]));
         assert_eq!(f.get(4), None);
