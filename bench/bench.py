@@ -935,6 +935,7 @@ def wait_requests(plog, t0, key, want_head, timeout):
     head = inv = None
     pending = {}
     emu_ns = 0
+    steps = []  # (method or RESP, ns after t0), up to the POST: where the time goes
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for t, cid, meth, path in plog.new():
@@ -943,17 +944,19 @@ def wait_requests(plog, t0, key, want_head, timeout):
             if meth == "RESP":
                 if cid in pending and inv is None:
                     emu_ns += t - pending.pop(cid)
+                    steps.append(("RESP", t - t0))
                 continue
             if inv is None:
                 pending[cid] = t
+                steps.append((meth, t - t0))
             if meth == "HEAD" and head is None and path.split("?")[0].endswith("/" + key):
                 head = t
             if meth == "POST" and inv is None and path.split("?")[0].endswith("/invalidation"):
                 inv = t
         if inv is not None and (head is not None or not want_head):
-            return head, inv, emu_ns
+            return head, inv, emu_ns, steps
         time.sleep(0.001)
-    return head, inv, emu_ns
+    return head, inv, emu_ns, steps
 
 
 def proxy_calibration(ctx, n):
@@ -995,7 +998,7 @@ def marker_latency(ctx, tree, samples, gap):
     w = start_purgewatch(ctx, "%s-lat" % tree.name, tree.root)
     plog = ProxyLog(ctx.emu.proxy_log)
     plog.new()
-    heads, invs, emus, lost = [], [], [], 0
+    heads, invs, emus, timelines, lost = [], [], [], [], 0
     leaves = tree.pick_leaves(samples, 4242)
     try:
         for i, leaf in enumerate(leaves):
@@ -1008,15 +1011,16 @@ def marker_latency(ctx, tree, samples, gap):
             os.write(fd, content)
             t0 = NOW()  # the write is done; the event is raised inside close()
             os.close(fd)
-            head, inv, emu = wait_requests(plog, t0, rel, True, 10)
+            head, inv, emu, steps = wait_requests(plog, t0, rel, True, 10)
             if head is None or inv is None:
                 lost += 1
                 continue
             heads.append((head - t0) / 1e6)
             invs.append((inv - t0) / 1e6)
             emus.append(emu / 1e6)
+            timelines.append([(m, round(t / 1e6, 3)) for m, t in steps])
         res = {"samples": len(leaves), "lost": lost, "head_ms": heads, "invalidation_ms": invs,
-               "emulator_ms": emus, "alive": w.alive()}
+               "emulator_ms": emus, "timelines": timelines, "alive": w.alive()}
     finally:
         w.stop()
         for leaf in leaves:
@@ -1068,7 +1072,7 @@ def shell_latency(ctx, tree, samples):
             os.write(fd, content)
             t0 = NOW()
             os.close(fd)
-            head, inv, emu = wait_requests(plog, t0, rel, True, 30)
+            head, inv, emu, _ = wait_requests(plog, t0, rel, True, 30)
             if inv is None:
                 lost += 1
                 continue
@@ -1229,13 +1233,31 @@ def summarize(R):
                                                          lat.get("emulator_ms", []))]),
             "samples": len(lat["head_ms"]), "lost": lat["lost"],
             "proxy_p50_ms": med(lat.get("proxy_delay_ms", [])),
-            "proxy_p99_ms": pct(lat.get("proxy_delay_ms", []), 0.99)}
+            "proxy_p99_ms": pct(lat.get("proxy_delay_ms", []), 0.99),
+            "timeline": timeline(lat.get("timelines", []))}
     sh = R.get("shell_peer")
     if sh:
         S["shell_peer"] = {"inv_p50_ms": med(sh["invalidation_ms"]),
                            "inv_emulator_p50_ms": med(sh.get("emulator_ms", [])),
                            "samples": len(sh["invalidation_ms"]), "lost": sh["lost"]}
     return S
+
+
+def timeline(samples):
+    """The median request timeline of the samples that share the most common shape: each step
+    (a request sent, a response started) and the median ms since the step before it. Gaps that
+    end in RESP are the emulator's; the others are the daemon's."""
+    shapes = {}
+    for tl in samples:
+        shapes.setdefault(tuple(m for m, _ in tl), []).append([t for _, t in tl])
+    if not shapes:
+        return []
+    shape, times = max(shapes.items(), key=lambda kv: len(kv[1]))
+    out = []
+    for i, m in enumerate(shape):
+        gaps = [t[i] - (t[i - 1] if i else 0.0) for t in times]
+        out.append([m, round(med(gaps), 3)])
+    return out
 
 
 def ratio(a, b):
@@ -1430,6 +1452,12 @@ def table(R, S, T):
         L.append("| … of which waiting on the emulator (ms) | %s | %s | shell peer: %s | | | |" % (
             R["latency"]["tree"], fmt_n(lat["inv_emulator_p50_ms"], "", 1),
             fmt_n(sh.get("inv_emulator_p50_ms"), "", 1) if sh else "–"))
+        if lat.get("timeline"):
+            # → GET 0.41 means the daemon sent the GET 0.41 ms after the step before it.
+            L.append("| … step by step, median ms (→ sent by purgewatch, ⇐ the emulator's answer "
+                     "began) | %s | %s | | | | |" % (R["latency"]["tree"], " · ".join(
+                         ("⇐ %.2f" if m == "RESP" else "→ " + m + " %.2f") % g
+                         for m, g in lat["timeline"])))
     if any("notify" in tr[t] for t in tr):
         L.append("")
         L.append(notify_table(S))

@@ -121,15 +121,19 @@ impl Pipeline {
     async fn note(&self, id: i64, detail: String) -> Result<(), Halt> {
         Ok(self
             .store
-            .call(move |c| store::note(c, id, &detail))
+            .quick(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                store::note(&tx, id, &detail)?;
+                Ok(tx.commit()?)
+            })
             .await?)
     }
 
     async fn end(&self, ids: Vec<i64>, to: Status, detail: String) -> Result<(), Halt> {
         self.store
-            .call(move |c| {
+            .quick(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                for id in ids {
+                for &id in &ids {
                     store::transition(&tx, id, to, &detail)?;
                 }
                 Ok(tx.commit()?)
@@ -188,7 +192,7 @@ impl Pipeline {
                     Some(f) => f,
                     None => {
                         self.store
-                            .call(move |c| store::request_markers(c, id))
+                            .quick(move |c| store::request_markers(c, id))
                             .await?
                     }
                 };
@@ -212,7 +216,7 @@ impl Pipeline {
                 if not_yet.is_none() && self.cfg.origin.wait_for == WaitFor::Changes {
                     let (changes, _) = self
                         .store
-                        .call(move |c| store::request_changes(c, id))
+                        .quick(move |c| store::request_changes(c, id))
                         .await?;
                     match self
                         .origin
@@ -243,7 +247,7 @@ impl Pipeline {
                     );
                     let ok = self
                         .store
-                        .call(move |c| store::mark_verified(c, id, generation, &detail))
+                        .quick(move |c| store::mark_verified(c, id, generation, &detail))
                         .await?;
                     if ok {
                         crash_point("after_origin_verified");
@@ -290,7 +294,7 @@ impl Pipeline {
         let root = self.cfg.watch.root.clone();
         let (markers, changes, unknown) = self
             .store
-            .call(move |c| {
+            .quick(move |c| {
                 let (_, markers) = store::request_markers(c, first)?;
                 let (changes, unknown) = store::request_changes(c, first)?;
                 Ok((markers, changes, unknown))
@@ -347,7 +351,7 @@ impl Pipeline {
         let detail = format!("{} path(s), {why}", paths.len());
         let ids = ids.to_vec();
         self.store
-            .call(move |c| store::set_paths(c, &ids, &paths, &detail))
+            .quick(move |c| store::set_paths(c, &ids, &paths, &detail))
             .await?;
         Ok(())
     }
@@ -358,13 +362,7 @@ impl Pipeline {
         let ids = verified.request_ids;
         let mut last = String::new();
         for attempt in 0u32.. {
-            let this = self.clone();
-            let ids2 = ids.clone();
-            let handle = tokio::runtime::Handle::current();
-            let outcome = tokio::task::spawn_blocking(move || this.try_grant(&handle, &ids2))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            match outcome {
+            match self.try_grant(&ids).await {
                 Ok(Some(g)) => {
                     info!(requests = ?g.request_ids, period = %g.period, "quota slot granted");
                     return Ok(g);
@@ -387,119 +385,152 @@ impl Pipeline {
         unreachable!("the retry loop only ends by returning")
     }
 
-    /// One attempt, on a blocking thread: the SQLite write lock is held across the count-bucket
-    /// read and conditional write, so this process, a `purgewatch purge` and a second daemon on
-    /// the same database reserve slots one at a time; other servers are kept out by the
-    /// conditional write.
-    fn try_grant(
-        &self,
-        rt: &tokio::runtime::Handle,
-        ids: &[i64],
-    ) -> Result<Option<Granted>, GrantError> {
+    /// One attempt. The count object is read (unless this database knows it), a slot is
+    /// decided and journalled on the request in one SQLite write transaction, then written to
+    /// the count bucket conditionally. The condition keeps out everyone else: other servers, a
+    /// `purgewatch purge`, a second daemon on the same database, another request of this one.
+    /// A lost race reads the object again.
+    async fn try_grant(&self, ids: &[i64]) -> Result<Option<Granted>, GrantError> {
         let q = &self.cfg.quota;
-        let mut conn = self.store.lock();
+        let mut reread = false;
         for _ in 0..16 {
-            // Phase 1, one write transaction: decide, and journal the slot on the request before
-            // the count object is written, so a crash in between is recognised at restart.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(StoreError::from)?;
-            // Another process may have moved these requests on (a resumed manual purge, say).
-            let live = store::grantable(&tx, ids)?;
-            let Some(&lead) = live.first() else {
-                return Ok(None);
-            };
-            let caller_reference = cdn::caller_reference(&self.host, &self.instance, lead);
             let period = quota::period_key(Utc::now(), q.timezone, q.period);
-            let mut local = store::counter(&tx, &period)?;
-            let own = store::reservation(&tx, lead)?
-                .filter(|(p, _)| *p == period)
-                .map(|(_, slot)| slot);
             let remote = match &self.mirror {
-                Some(m) => Some(rt.block_on(m.read(&period))?),
                 None => None,
-            };
-            if let Some(r) = &remote {
-                local.remote_count = Some(r.count);
-                local.remote_etag = r.etag.clone();
-                // We crashed after our count-object write landed: the object still names us.
-                if own == Some(r.count) && r.writer.as_deref() == Some(caller_reference.as_str()) {
-                    let slot = r.count;
-                    let g = Granted {
-                        request_ids: live,
-                        period,
-                        caller_reference,
+                Some(m) => {
+                    let (p, max) = (period.clone(), q.max);
+                    let known = match reread {
+                        true => None,
+                        false => {
+                            self.store
+                                .quick(move |c| Ok(store::counter(c, &p)?.known_remote(max)))
+                                .await?
+                        }
                     };
-                    return self.commit_grant(tx, local, g, slot, " (written before a restart)");
+                    Some(match known {
+                        Some(r) => r,
+                        None => m.read(&period).await?,
+                    })
                 }
-            }
-            // The local count holds confirmed slots only: a reservation whose write lost a race
-            // (or never happened) must not make the next attempt skip a slot.
-            let base = local.count.max(remote.as_ref().map_or(0, |r| r.count));
-            if base >= q.max {
-                local.count = local.count.max(base);
-                store::set_counter(&tx, &period, &local)?;
-                let (to, detail) = match q.when_exhausted {
-                    WhenExhausted::Skip => (
-                        Status::QuotaExhausted,
-                        format!("quota exhausted: {base} of {} used in {period}", q.max),
-                    ),
-                    WhenExhausted::Defer => (
-                        Status::Deferred,
-                        format!(
-                            "quota exhausted: {base} of {} used in {period}; deferred to the next period",
-                            q.max
-                        ),
-                    ),
-                };
-                for &id in &live {
-                    store::set_period(&tx, id, &period)?;
-                    store::transition(&tx, id, to, &detail)?;
-                }
-                tx.commit().map_err(StoreError::from)?;
-                warn!(requests = ?live, %detail, "no slot");
-                return Ok(None);
-            }
-            let slot = base + 1;
-            let (Some(m), Some(r)) = (&self.mirror, &remote) else {
-                // No count bucket: the local reservation is the grant, in the same transaction.
-                let g = Granted {
-                    request_ids: live,
-                    period,
-                    caller_reference,
-                };
-                let granted = self.commit_grant(tx, local, g, slot, "");
-                crash_point("after_slot_reserved");
-                return granted;
             };
-            store::reserve(&tx, lead, &period, slot)?;
-            tx.commit().map_err(StoreError::from)?;
+            let decided = {
+                let (this, ids, p, r) =
+                    (self.clone(), ids.to_vec(), period.clone(), remote.clone());
+                self.store
+                    .quick(move |c| this.decide(c, &ids, &p, r.as_ref()))
+                    .await?
+            };
+            let (slot, g) = match decided {
+                Decided::Ended => return Ok(None),
+                Decided::Granted(g) => return Ok(Some(g)),
+                Decided::Reserved(slot, g) => (slot, g),
+            };
             crash_point("after_slot_reserved");
-
-            // Phase 2: the conditional write that makes the slot the fleet's.
-            let etag =
-                match rt.block_on(m.write(&period, slot, r.etag.as_deref(), &caller_reference)) {
-                    Ok(etag) => etag,
-                    Err(MirrorError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
-                };
-            crash_point("after_count_written");
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(StoreError::from)?;
-            let mut local = store::counter(&tx, &period)?;
-            local.remote_count = Some(slot);
-            local.remote_etag = etag;
-            let g = Granted {
-                request_ids: live,
-                period,
-                caller_reference,
+            let (Some(m), Some(r)) = (&self.mirror, &remote) else {
+                unreachable!("a slot is reserved only to be written to the count bucket")
             };
-            return self.commit_grant(tx, local, g, slot, "");
+            let etag = match m
+                .write(&period, slot, r.etag.as_deref(), &g.caller_reference)
+                .await
+            {
+                Ok(etag) => etag,
+                Err(MirrorError::Conflict) => {
+                    reread = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            crash_point("after_count_written");
+            let this = self.clone();
+            let g2 = g.clone();
+            self.store
+                .quick(move |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let mut local = store::counter(&tx, &g2.period)?;
+                    local.remote_count = Some(slot);
+                    local.remote_etag = etag.clone();
+                    this.commit_grant(tx, local, g2.clone(), slot, "")
+                })
+                .await?;
+            return Ok(Some(g));
         }
         Err(GrantError::Mirror(MirrorError::Aws(AwsError::transient(
             "the count object kept changing under us",
         ))))
+    }
+
+    /// Phase 1, one write transaction: which requests are still to grant, and whether there is a
+    /// slot for them. A slot to be written to the count bucket is journalled on the request
+    /// first, so a crash in between is recognised at restart.
+    fn decide(
+        &self,
+        conn: &mut rusqlite::Connection,
+        ids: &[i64],
+        period: &str,
+        remote: Option<&quota::Remote>,
+    ) -> Result<Decided, StoreError> {
+        let q = &self.cfg.quota;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have moved these requests on (a resumed manual purge, say).
+        let live = store::grantable(&tx, ids)?;
+        let Some(&lead) = live.first() else {
+            return Ok(Decided::Ended);
+        };
+        let g = Granted {
+            request_ids: live,
+            period: period.to_owned(),
+            caller_reference: cdn::caller_reference(&self.host, &self.instance, lead),
+        };
+        let mut local = store::counter(&tx, period)?;
+        let own = store::reservation(&tx, lead)?
+            .filter(|(p, _)| p == period)
+            .map(|(_, slot)| slot);
+        if let Some(r) = remote {
+            local.remote_count = Some(r.count);
+            local.remote_etag = r.etag.clone();
+            // We crashed after our count-object write landed: the object still names us.
+            if own == Some(r.count) && r.writer.as_deref() == Some(g.caller_reference.as_str()) {
+                let slot = r.count;
+                return self.commit_grant(tx, local, g, slot, " (written before a restart)");
+            }
+        }
+        // The local count holds confirmed slots only: a reservation whose write lost a race
+        // (or never happened) must not make the next attempt skip a slot.
+        let base = local.count.max(remote.map_or(0, |r| r.count));
+        if base >= q.max {
+            local.count = local.count.max(base);
+            store::set_counter(&tx, period, &local)?;
+            let (to, detail) = match q.when_exhausted {
+                WhenExhausted::Skip => (
+                    Status::QuotaExhausted,
+                    format!("quota exhausted: {base} of {} used in {period}", q.max),
+                ),
+                WhenExhausted::Defer => (
+                    Status::Deferred,
+                    format!(
+                        "quota exhausted: {base} of {} used in {period}; deferred to the next period",
+                        q.max
+                    ),
+                ),
+            };
+            for &id in &g.request_ids {
+                store::set_period(&tx, id, period)?;
+                store::transition(&tx, id, to, &detail)?;
+            }
+            tx.commit()?;
+            warn!(requests = ?g.request_ids, %detail, "no slot");
+            return Ok(Decided::Ended);
+        }
+        let slot = base + 1;
+        if remote.is_none() {
+            // No count bucket: the local reservation is the grant, in the same transaction.
+            let granted = self.commit_grant(tx, local, g, slot, "");
+            crash_point("after_slot_reserved");
+            return granted;
+        }
+        store::reserve(&tx, lead, period, slot)?;
+        tx.commit()?;
+        Ok(Decided::Reserved(slot, g))
     }
 
     /// Counts `slot` as used and moves the requests to `invalidating`, in `tx`.
@@ -510,7 +541,7 @@ impl Pipeline {
         g: Granted,
         slot: u32,
         how: &str,
-    ) -> Result<Option<Granted>, GrantError> {
+    ) -> Result<Decided, StoreError> {
         local.count = local.count.max(slot);
         store::set_counter(&tx, &g.period, &local)?;
         let mirrored = match &self.mirror {
@@ -526,15 +557,15 @@ impl Pipeline {
             self.cfg.quota.max, g.period
         );
         store::grant(&tx, &g.request_ids, &g.period, &g.caller_reference, &detail)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(Some(g))
+        tx.commit()?;
+        Ok(Decided::Granted(g))
     }
 
     /// Sends CreateInvalidation until CloudFront takes it. After anything that may have reached
     /// CloudFront (`resumed`, or a failed attempt), looks the CallerReference up first.
     pub async fn invalidate(&self, g: Granted, resumed: bool) -> Result<Invalidated, Halt> {
         let first = g.request_ids[0];
-        let paths = self.store.call(move |c| store::paths_of(c, first)).await?;
+        let paths = self.store.quick(move |c| store::paths_of(c, first)).await?;
         let mut last = String::new();
         for attempt in 0u32.. {
             let found = if resumed || attempt > 0 {
@@ -563,7 +594,7 @@ impl Pipeline {
                     let ids = g.request_ids.clone();
                     let inv2 = inv.clone();
                     self.store
-                        .call(move |c| store::set_invalidation_id(c, &ids, &inv2, &detail))
+                        .quick(move |c| store::set_invalidation_id(c, &ids, &inv2, &detail))
                         .await?;
                     crash_point("after_invalidation_stored");
                     return Ok(Invalidated {
@@ -701,6 +732,15 @@ pub fn crash_point(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
+
+/// What phase 1 of a grant decided.
+enum Decided {
+    /// Exhausted (the requests are ended), or nothing left to grant.
+    Ended,
+    Granted(Granted),
+    /// This slot is journalled on the request; it is ours once the count bucket says so.
+    Reserved(u32, Granted),
+}
 
 #[derive(Debug, thiserror::Error)]
 enum GrantError {

@@ -160,6 +160,22 @@ pub struct Counter {
     pub remote_etag: Option<String>,
 }
 
+impl Counter {
+    /// The count object as this database last read or wrote it, when that would grant a slot.
+    /// The grant's write is conditional on this ETag, so a count object changed since (another
+    /// server, the old Lambda, an operator) fails the write and is read again: the GET before
+    /// each grant is saved, not the check. An exhausted count is always read again, in case it
+    /// was reset.
+    pub fn known_remote(&self, max: u32) -> Option<crate::quota::Remote> {
+        let (count, etag) = (self.remote_count?, self.remote_etag.clone()?);
+        (count < max).then_some(crate::quota::Remote {
+            count,
+            etag: Some(etag),
+            writer: None,
+        })
+    }
+}
+
 pub fn now_text() -> String {
     ts(Utc::now())
 }
@@ -342,6 +358,21 @@ impl Store {
                 None
             }
             r => Some(r),
+        }
+    }
+
+    /// Runs `f` at once when the database is free ([`Store::try_now`]), else on a blocking
+    /// thread ([`Store::call`]). For the short steps of a request's way to CloudFront: each
+    /// hand-off to the blocking pool costs two thread wake-ups. `f` may run twice, so it must
+    /// follow `try_now`'s rule (one transaction per write).
+    pub async fn quick<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.try_now(&mut f) {
+            Some(r) => r,
+            None => self.call(f).await,
         }
     }
 

@@ -57,6 +57,23 @@ async fn an_existing_lambda_count_of_9_allows_one_more() {
     assert_eq!(statuses, vec!["completed", "quota_exhausted"]);
 }
 
+/// The daemon skips the GET before a grant when it wrote the count object last; the conditional
+/// write must then catch a count the old Lambda wrote meanwhile (unconditionally, as it does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_the_old_lambda_wrote_between_two_grants_is_read_again() {
+    let site = Site::new().await;
+    let period = today_utc();
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    marker_round(&site, "a", 1).await;
+    assert_eq!(site.count_object(&period).await.as_deref(), Some("1"));
+    site.put_count_object(&period, "7").await;
+    marker_round(&site, "b", 2).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.count_object(&period).await.as_deref(), Some("8"));
+    assert_eq!(site.invalidations().await.len(), 2);
+    assert_eq!(site.statuses(), vec!["completed", "completed"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokyo_time_zone_names_the_count_object_by_the_tokyo_date() {
     let site = Site::new().await;
