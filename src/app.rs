@@ -16,7 +16,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::origin;
-use crate::pipeline::{Halt, Pipeline, Verified};
+use crate::pipeline::{FirstLook, Halt, Pipeline, Verified};
 use crate::quota;
 use crate::store::{self, HistoryRow, MarkerSeen, Source, Store, StoreError};
 use crate::watch::{self, Lost, WatchError, WatchEvent};
@@ -257,16 +257,21 @@ impl App {
         let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
             return Ok(());
         };
-        // The request owns the changes recorded up to its marker: store them first.
-        self.flush_changes().await?;
         if path.to_str().is_none() {
             // S3 keys are UTF-8; lsyncd cannot have synced this name as it is.
+            self.flush_changes().await?;
             let detail = format!("marker path {rel:?} is not UTF-8: no S3 key can match it");
             return self.unusable(&path, rel, source, detail).await;
         }
-        // One trip to the blocking pool: hash the marker, then merge it into the open request
-        // or store a new one. On an idle daemon each hand-off between threads is a wake-up.
         let open = self.open.get(&rel).map(|o| o.id);
+        // With no settle time, ask S3 at once, while the marker is hashed and stored below on
+        // another thread: the first check does not wait for the SQLite write.
+        let early = (self.cfg.watch.settle.is_zero() && open.is_none() && source == Source::Watch)
+            .then(|| origin::EarlyHead::start(&self.pipeline.origin, rel.clone()));
+        // The request owns the changes recorded up to its marker: store them first.
+        self.flush_changes().await?;
+        // One trip to the blocking pool (or none): hash the marker, then merge it into the open
+        // request or store a new one. On an idle daemon each hand-off between threads is a wake-up.
         let paths = configured_paths(&self.cfg);
         let detail = match source {
             Source::Scan => "marker found changed by a scan",
@@ -288,7 +293,7 @@ impl App {
         // close → HeadObject). Anything else (a big marker, a busy database) goes there.
         let small =
             std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= INLINE_MARKER);
-        let inline = if small {
+        let inline = if small && early.is_none() {
             match origin::hash_file(&path, rel.clone()) {
                 Err(e) => Some(Ok(Stored::Unread(e))),
                 Ok(seen) => {
@@ -332,7 +337,11 @@ impl App {
                 }
                 Ok(())
             }
-            Stored::New(id, first) => {
+            Stored::New(id, stored) => {
+                let first = FirstLook {
+                    stored,
+                    head: early,
+                };
                 self.spawn_request(id, rel, first);
                 Ok(())
             }
@@ -363,7 +372,7 @@ impl App {
     }
 
     /// Runs a request just stored, from its origin check on.
-    fn spawn_request(&mut self, id: i64, rel: String, first: Option<(i64, Vec<MarkerSeen>)>) {
+    fn spawn_request(&mut self, id: i64, rel: String, first: FirstLook) {
         crate::pipeline::crash_point("after_request_stored");
         info!(request = id, marker = %rel, "purge requested");
         let wake = Arc::new(Notify::new());

@@ -110,7 +110,10 @@ impl Clients {
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client())
-            .timeout_config(timeouts);
+            .timeout_config(timeouts)
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
+            );
         if let Some(r) = &cfg.region {
             loader = loader.region(Region::new(r.clone()));
         } else {

@@ -44,7 +44,12 @@ impl Origin {
     }
 
     pub async fn check(&self, m: &MarkerSeen) -> Result<Check, AwsError> {
-        let key = self.key(&m.rel);
+        Ok(judge(m, self.head(&m.rel).await?))
+    }
+
+    /// HeadObject on the key of `rel`; `None` when there is no such object.
+    pub async fn head(&self, rel: &str) -> Result<Option<Head>, AwsError> {
+        let key = self.key(rel);
         let out = self
             .s3
             .head_object()
@@ -59,7 +64,7 @@ impl Origin {
                     .map(|s| s.is_not_found())
                     .unwrap_or(false)
                 {
-                    return Ok(Check::Missing);
+                    return Ok(None);
                 }
                 return Err(aws::classify(
                     &format!("HeadObject s3://{}/{key}", self.bucket),
@@ -67,13 +72,66 @@ impl Origin {
                 ));
             }
         };
-        let etag = head
-            .e_tag()
-            .unwrap_or("")
-            .trim_matches('"')
-            .to_ascii_lowercase();
-        let size = head.content_length().unwrap_or(-1);
-        Ok(compare(m, &etag, size, head.last_modified()))
+        Ok(Some(Head {
+            etag: head
+                .e_tag()
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_ascii_lowercase(),
+            size: head.content_length().unwrap_or(-1),
+            last_modified: head.last_modified,
+        }))
+    }
+}
+
+/// What HeadObject said of an object.
+#[derive(Debug)]
+pub struct Head {
+    etag: String,
+    size: i64,
+    last_modified: Option<SmithyTime>,
+}
+
+/// Does S3 hold the marker's bytes, by what HeadObject said (`None`: no object)?
+pub fn judge(m: &MarkerSeen, head: Option<Head>) -> Check {
+    match head {
+        None => Check::Missing,
+        Some(h) => compare(m, &h.etag, h.size, h.last_modified.as_ref()),
+    }
+}
+
+/// A HeadObject sent as soon as a marker write is seen, while the marker is hashed and stored
+/// on another thread (settle 0 only): its answer is judged once the stored marker is known.
+/// That takes the hash and the SQLite write off the way to S3 (BENCHMARKS.md, close →
+/// HeadObject). It only reads, so sending it before the request is recorded changes nothing;
+/// dropped unused (the write merged into an open request), it is aborted.
+pub struct EarlyHead {
+    rel: String,
+    task: tokio::task::JoinHandle<Result<Option<Head>, AwsError>>,
+}
+
+impl EarlyHead {
+    pub fn start(origin: &Origin, rel: String) -> EarlyHead {
+        let (o, r) = (origin.clone(), rel.clone());
+        let task = tokio::spawn(async move { o.head(&r).await });
+        EarlyHead { rel, task }
+    }
+
+    /// The check of `m`, when this HeadObject was for its key.
+    pub async fn check(mut self, m: &MarkerSeen) -> Option<Result<Check, AwsError>> {
+        if m.rel != self.rel {
+            return None;
+        }
+        Some(match (&mut self.task).await {
+            Ok(head) => head.map(|h| judge(m, h)),
+            Err(e) => Err(AwsError::transient(format!("HeadObject: {e}"))),
+        })
+    }
+}
+
+impl Drop for EarlyHead {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -143,13 +143,13 @@ impl Pipeline {
     }
 
     /// A watched request from start to end: settle, origin wait, then [`Pipeline::proceed`].
-    /// `first`: the request's generation and markers as just stored, which saves reading them
-    /// back before the first origin check (a stale generation only costs a second look).
+    /// `first`: what the watcher's side already has for the first origin check (a stale
+    /// generation only costs a second look).
     pub async fn run_watched(
         &self,
         id: i64,
         wake: Arc<Notify>,
-        first: Option<(i64, Vec<MarkerSeen>)>,
+        first: FirstLook,
     ) -> Result<Invalidated, Halt> {
         let verified = self.verify(id, wake, first).await?;
         self.proceed(verified).await
@@ -170,8 +170,9 @@ impl Pipeline {
         &self,
         id: i64,
         wake: Arc<Notify>,
-        mut first: Option<(i64, Vec<MarkerSeen>)>,
+        first: FirstLook,
     ) -> Result<Verified, Halt> {
+        let (mut first, mut early) = (first.stored, first.head);
         let settle = self.cfg.watch.settle;
         let timeout = self.cfg.origin.wait_timeout;
         'wait: loop {
@@ -199,7 +200,15 @@ impl Pipeline {
                 let mut not_yet = None;
                 for m in &markers {
                     let key = self.origin.key(&m.rel);
-                    let why = match self.origin.check(m).await {
+                    let early = match early.take() {
+                        Some(e) => e.check(m).await,
+                        None => None,
+                    };
+                    let checked = match early {
+                        Some(c) => c,
+                        None => self.origin.check(m).await,
+                    };
+                    let why = match checked {
                         Ok(Check::Holds) => continue,
                         Ok(Check::Missing) => {
                             format!("s3://{}/{key} not there yet", self.origin.bucket())
@@ -663,7 +672,7 @@ impl Pipeline {
                 self.proceed(Verified { request_ids: ids }).await?;
             }
             Status::WaitingForOrigin => {
-                self.run_watched(p.id, wake, None).await?;
+                self.run_watched(p.id, wake, FirstLook::default()).await?;
             }
             Status::Invalidating => {
                 let g = Granted {
@@ -732,6 +741,15 @@ pub fn crash_point(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
+
+/// What the watcher's side already has for a request's first origin check.
+#[derive(Default)]
+pub struct FirstLook {
+    /// The generation and markers as just stored: saves reading them back.
+    pub stored: Option<(i64, Vec<MarkerSeen>)>,
+    /// The HeadObject sent while the marker was being stored (settle 0).
+    pub head: Option<origin::EarlyHead>,
+}
 
 /// What phase 1 of a grant decided.
 enum Decided {
