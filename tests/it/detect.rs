@@ -225,3 +225,62 @@ async fn markers_written_at_once_into_fifty_new_folders_are_all_seen() {
     assert_eq!(site.invalidations().await.len(), 50);
     daemon.shutdown().await.expect("shutdown");
 }
+
+/// With no settle time the first HeadObject goes out while the marker is being stored, and is
+/// judged once it is: whether S3 already holds the bytes, holds older ones, or nothing yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_settle_time_the_first_look_at_s3_is_judged_against_the_stored_marker() {
+    let site = Site::new().await;
+    let put = |rel: &'static str, body: &'static [u8]| {
+        site.s3
+            .put_object()
+            .bucket(&site.origin_bucket)
+            .key(rel)
+            .body(body.to_vec().into())
+            .send()
+    };
+    put("held/.purge", b"deploy 7\n").await.expect("upload");
+    put("older/.purge", b"deploy 6\n").await.expect("upload");
+    let toml = site
+        .toml("", "", "")
+        .replace("settle = \"200ms\"", "settle = \"0s\"");
+    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    // S3 holds these bytes already: purged at once.
+    site.write("held/.purge", b"deploy 7\n");
+    let rows = site.settled(1, DONE).await;
+    assert_eq!(rows[0].marker, "held/.purge");
+    // S3 holds older bytes, and nothing at all: both wait for the upload.
+    site.write("older/.purge", b"deploy 7\n");
+    site.write("missing/.purge", b"deploy 7\n");
+    // The history says why each waits.
+    poll(
+        "both requests say why they wait",
+        Duration::from_secs(20),
+        || {
+            let why = |m: &str| {
+                site.history()
+                    .into_iter()
+                    .find(|r| r.marker == m && r.status == "waiting_for_origin")
+                    .and_then(|r| r.detail)
+                    .unwrap_or_default()
+            };
+            let ok = why("older/.purge").contains("differs")
+                && why("missing/.purge").contains("not there yet");
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        site.invalidations().await.len(),
+        1,
+        "nothing purged before the upload"
+    );
+    site.upload("older/.purge").await;
+    site.upload("missing/.purge").await;
+    let rows = site.settled(3, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.invalidations().await.len(), 3);
+    let mut markers: Vec<_> = rows.iter().map(|r| r.marker.as_str()).collect();
+    markers.sort();
+    assert_eq!(markers, ["held/.purge", "missing/.purge", "older/.purge"]);
+}
