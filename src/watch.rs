@@ -100,11 +100,14 @@ fn mask(track_changes: bool) -> WatchMask {
 pub struct Watch {
     /// Closing this end wakes the thread's poll (hang-up on its end): it returns.
     stop: Option<UnixStream>,
+    /// Set before closing: ends the reads of a busy spell, which do not poll.
+    stopping: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watch {
     pub fn stop(mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -114,6 +117,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.stop.take();
     }
 }
@@ -135,6 +139,7 @@ struct Watcher {
     folders: Folders,
     tx: mpsc::Sender<WatchEvent>,
     lost: Arc<Lost>,
+    stopping: Arc<AtomicBool>,
     /// Said once: repeating "out of watches" for every new folder helps nobody.
     warned_limit: bool,
     /// The root itself was removed: look for it once a second until it is back.
@@ -147,9 +152,12 @@ const ROOT_POLL_MS: i32 = 1000;
 /// Batching under load: when events keep coming (the last wake-up was less than `BUSY` ago),
 /// the thread pauses `GATHER` after handling a read, so the next read takes a batch instead of
 /// waking up once per event. An event arriving alone is handled at once; a marker in a storm
-/// waits at most `GATHER`. The kernel queue (16,384 events) holds far more than a pause lets in.
+/// waits at most `GATHER`. The kernel queue (16,384 events) holds far more than a pause lets in,
+/// and a read of `BEHIND` events or more is followed by the next at once. Each wake-up costs
+/// ~20 µs on a 2-core VM whatever it reads: 5 ms pauses took the paced storm (5,000 writes/s)
+/// from ~10,000 wake-ups to ~4,000 (BENCHMARKS.md).
 const BUSY: Duration = Duration::from_millis(5);
-const GATHER: Duration = Duration::from_millis(2);
+const GATHER: Duration = Duration::from_millis(5);
 /// A read this full means we are behind: read again at once.
 const BEHIND: usize = 512;
 
@@ -177,6 +185,7 @@ pub fn start(
         lost,
         warned_limit: false,
         root_gone: false,
+        stopping: Arc::new(AtomicBool::new(false)),
     };
     let t0 = Instant::now();
     let (found, added) = w.add_whole_tree();
@@ -200,6 +209,7 @@ pub fn start(
         }
     }
     let (stop, stopped) = UnixStream::pair().map_err(io_err)?;
+    let stopping = w.stopping.clone();
     let thread = std::thread::Builder::new()
         .name("purgewatch-watch".into())
         .spawn(move || w.run(inotify, stopped))
@@ -207,6 +217,7 @@ pub fn start(
     Ok(Started {
         watch: Watch {
             stop: Some(stop),
+            stopping,
             thread: Some(thread),
         },
         markers: found.markers,
@@ -483,28 +494,42 @@ impl Watcher {
                 }
                 continue;
             }
-            let busy = last_wake.elapsed() < BUSY;
+            let mut gather = last_wake.elapsed() < BUSY;
             last_wake = Instant::now();
-            let mut count = 0;
-            match inotify.read_events(&mut buf) {
-                Ok(events) => {
-                    // In order: a folder created before a marker is watched and reported first.
-                    for ev in events {
-                        count += 1;
-                        self.on_event(ev.wd, ev.mask, ev.name);
-                    }
+            let mut count = self.read_once(&mut inotify, &mut buf);
+            // Under load: pause, then read again without polling (the queue is rarely empty by
+            // then), until a read finds it empty. A full read is read after at once.
+            while count > 0 && (gather || count >= BEHIND) && !self.stopping.load(Ordering::Relaxed)
+            {
+                if count < BEHIND {
+                    std::thread::sleep(GATHER);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    error!(error = %e, "reading inotify failed; rescanning");
-                    self.lost.raise();
-                    std::thread::sleep(GATHER); // not a busy loop if it keeps failing
-                }
-            }
-            if busy && count > 0 && count < BEHIND {
-                std::thread::sleep(GATHER);
+                last_wake = Instant::now();
+                count = self.read_once(&mut inotify, &mut buf);
+                gather = true;
             }
         }
+    }
+
+    /// One read of the queue, every event handled; how many there were.
+    fn read_once(&mut self, inotify: &mut Inotify, buf: &mut [u8]) -> usize {
+        let mut count = 0;
+        match inotify.read_events(buf) {
+            Ok(events) => {
+                // In order: a folder created before a marker is watched and reported first.
+                for ev in events {
+                    count += 1;
+                    self.on_event(ev.wd, ev.mask, ev.name);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                error!(error = %e, "reading inotify failed; rescanning");
+                self.lost.raise();
+                std::thread::sleep(GATHER); // not a busy loop if it keeps failing
+            }
+        }
+        count
     }
 
     /// `root/rel/name`.
