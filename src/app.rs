@@ -151,6 +151,15 @@ impl App {
         watch: watch::Watch,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
+        let origin = self.pipeline.origin.clone();
+        tokio::spawn(async move {
+            match origin.reachable().await {
+                Ok(()) => debug!(bucket = origin.bucket(), "the origin bucket answers"),
+                Err(e) => {
+                    warn!(error = %e, "the origin bucket does not answer (yet); requests wait for it")
+                }
+            }
+        });
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
@@ -268,6 +277,10 @@ impl App {
         // another thread: the first check does not wait for the SQLite write.
         let early = (self.cfg.watch.settle.is_zero() && open.is_none() && source == Source::Watch)
             .then(|| origin::EarlyHead::start(&self.pipeline.origin, rel.clone()));
+        if early.is_some() {
+            // Let it reach the wire before anything else here runs.
+            tokio::task::yield_now().await;
+        }
         // The request owns the changes recorded up to its marker: store them first.
         self.flush_changes().await?;
         // One trip to the blocking pool (or none): hash the marker, then merge it into the open

@@ -47,6 +47,19 @@ impl Origin {
         Ok(judge(m, self.head(&m.rel).await?))
     }
 
+    /// HeadBucket: asked once at start, so a wrong bucket, region, endpoint or permission shows
+    /// in the log before the first marker, and the first marker does not wait for what the
+    /// first call loads (the TLS roots, the credentials).
+    pub async fn reachable(&self) -> Result<(), AwsError> {
+        self.s3
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws::classify(&format!("HeadBucket s3://{}", self.bucket), &e))
+    }
+
     /// HeadObject on the key of `rel`; `None` when there is no such object.
     pub async fn head(&self, rel: &str) -> Result<Option<Head>, AwsError> {
         let key = self.key(rel);
