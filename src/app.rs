@@ -66,6 +66,20 @@ impl Daemon {
                 .map_err(|e| AppError::Other(e.to_string()))??
         };
         let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
+        // One HeadBucket while the walk runs: a wrong bucket, endpoint or permission is in the
+        // log at start, and what the first call loads (TLS roots, credentials) is loaded before
+        // READY, not on the first marker's way. It holds READY for at most a second.
+        let reachable = {
+            let origin = pipeline.origin.clone();
+            tokio::spawn(async move {
+                match origin.reachable().await {
+                    Ok(()) => debug!(bucket = origin.bucket(), "the origin bucket answers"),
+                    Err(e) => {
+                        warn!(error = %e, "the origin bucket does not answer (yet); requests wait for it")
+                    }
+                }
+            })
+        };
         let started = walking
             .await
             .map_err(|e| AppError::Other(e.to_string()))??;
@@ -79,6 +93,7 @@ impl Daemon {
             changes: HashMap::new(),
             unusable: HashMap::new(),
         };
+        let _ = tokio::time::timeout(Duration::from_secs(1), reachable).await;
         app.resume().await?;
         app.catch_up(started.markers).await?;
         info!(root = %app.cfg.watch.root.display(), "watching");
@@ -151,15 +166,6 @@ impl App {
         watch: watch::Watch,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
-        let origin = self.pipeline.origin.clone();
-        tokio::spawn(async move {
-            match origin.reachable().await {
-                Ok(()) => debug!(bucket = origin.bucket(), "the origin bucket answers"),
-                Err(e) => {
-                    warn!(error = %e, "the origin bucket does not answer (yet); requests wait for it")
-                }
-            }
-        });
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
