@@ -408,13 +408,12 @@ impl Pipeline {
                 None => None,
                 Some(m) => {
                     let (p, max) = (period.clone(), q.max);
-                    let known = match reread {
-                        true => None,
-                        false => {
-                            self.store
-                                .quick(move |c| Ok(store::counter(c, &p)?.known_remote(max)))
-                                .await?
-                        }
+                    let known = if reread {
+                        None
+                    } else {
+                        self.store
+                            .quick(move |c| Ok(store::counter(c, &p)?.known_remote(max)))
+                            .await?
                     };
                     Some(match known {
                         Some(r) => r,
