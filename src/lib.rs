@@ -11,6 +11,7 @@
 //! - [`cdn`]: CloudFront CreateInvalidation with a stable CallerReference.
 //! - [`store`]: SQLite: migrations, the request state machine, history.
 //! - [`pipeline`]: one request from verified to recorded.
+//! - [`memory`]: one malloc arena, code mapped at start (a steady RSS).
 //! - [`app`]: wiring, shutdown, the manual purge. [`commands`]: the CLI's verbs.
 //!
 //! # Data flow
@@ -23,6 +24,7 @@ pub mod cdn;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod memory;
 pub mod origin;
 pub mod paths;
 pub mod pipeline;

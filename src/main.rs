@@ -8,6 +8,7 @@ use clap::Parser;
 use purgewatch::cli::{Cli, Command};
 use purgewatch::commands;
 use purgewatch::config::Config;
+use purgewatch::memory;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -15,6 +16,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    memory::one_malloc_arena();
     let cli = Cli::parse();
     // Crash points for the kill-at-every-step tests, from env FAILPOINTS (test builds only).
     #[cfg(feature = "failpoints")]
@@ -46,6 +48,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    if matches!(cli.command, Command::Run) {
+        memory::map_code();
+    }
     // One thread runs the pipeline: it waits on the network and SQLite, never on the CPU
     // (hashing and SQLite calls go to the blocking pool, the watcher has its own thread); a
     // worker pool would only add threads, stacks and cross-thread wake-ups.
