@@ -843,6 +843,53 @@ mod tests {
         assert!(mark_verified(&mut c, id, 1, "ok").expect("verify"));
         assert!(!merge_marker(&mut c, id, &m).expect("merge"));
     }
+
+    /// `Store::quick` with SQLite's write lock held by another process (the CLI, `sqlite3`):
+    /// the attempt on the pipeline's thread fails busy having written nothing, and the write
+    /// is made once, on the blocking pool, when the lock is released.
+    #[test]
+    fn a_write_the_hot_path_finds_busy_is_made_once_when_the_lock_is_free() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.db");
+        let s = Store::open(&path).expect("open");
+        let other = Connection::open(&path).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let a = attempts.clone();
+        let task = rt.spawn(async move {
+            s.quick(move |c| {
+                a.fetch_add(1, Ordering::SeqCst);
+                insert_request(c, Source::Watch, None, &["/*".into()], "seen")
+            })
+            .await
+        });
+        // The second attempt is the blocking pool's, waiting in SQLite's busy handler.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while attempts.load(Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "no second attempt");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+                .expect("count")
+        };
+        assert_eq!(count(&other), 0, "the busy attempt wrote nothing");
+        other.execute_batch("COMMIT").expect("release");
+        let id = rt.block_on(task).expect("task").expect("written");
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(count(&other), 1);
+        let status: String = other
+            .query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .expect("row");
+        assert_eq!(status, "waiting_for_origin");
+    }
 }
 
 // ---- change tracking ---------------------------------------------------------------------
