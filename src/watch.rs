@@ -17,7 +17,7 @@
 //! Markers are never dropped: a kernel queue overflow or a full channel raises [`Lost`], and the
 //! pipeline answers with a rescan of the tree.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -356,15 +356,39 @@ enum AddError {
 
 /// inotify_add_watch(2) on the raw descriptor, so the threads of the start-up walk can share it.
 fn add_watch(fd: i32, path: &Path, mask: u32) -> std::io::Result<i32> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `fd` is the open inotify descriptor; `c` is NUL-terminated.
-    let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
+    let wd = with_c_path(&[path.as_os_str().as_bytes()], |c| unsafe {
+        libc::inotify_add_watch(fd, c.as_ptr(), mask)
+    })?;
     if wd < 0 {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(wd)
     }
+}
+
+/// Calls `f` with `parts` joined into a NUL-terminated path, built on the stack when it fits
+/// (as std does for its own calls): the start-up walk makes a few system calls per folder, and
+/// an allocation for each would cost more than some of them. A NUL inside is InvalidInput.
+fn with_c_path<R>(parts: &[&[u8]], f: impl FnOnce(&CStr) -> R) -> std::io::Result<R> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut stack = [0u8; 512];
+    let mut heap = Vec::new();
+    let buf = if len < stack.len() {
+        &mut stack[..=len]
+    } else {
+        heap.resize(len + 1, 0);
+        &mut heap[..]
+    };
+    let mut at = 0;
+    for p in parts {
+        buf[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    buf[len] = 0;
+    CStr::from_bytes_with_nul(buf)
+        .map(f)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 /// Records a watch just added and says whether its folder needs listing; an error that ends
@@ -887,9 +911,8 @@ impl<'a> Lister<'a> {
     /// Lists `dir`: folders onto `stack`, markers (and other files, if asked) into `found`.
     fn list(&mut self, dir: PathBuf, found: &mut Found, stack: &mut Vec<PathBuf>) {
         if self.is_leaf(&dir) {
-            let marker = dir.join(OsStr::from_bytes(self.marker));
-            if std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_file()) {
-                found.markers.push(marker);
+            if is_file(&[dir.as_os_str().as_bytes(), b"/", self.marker]) {
+                found.markers.push(dir.join(OsStr::from_bytes(self.marker)));
             }
             return;
         }
@@ -928,14 +951,22 @@ impl<'a> Lister<'a> {
     }
 }
 
+/// Whether `parts` joined name a regular file, the last part not followed if a symlink.
+fn is_file(parts: &[&[u8]]) -> bool {
+    // SAFETY: a zeroed stat is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    with_c_path(parts, |c| unsafe { libc::lstat(c.as_ptr(), &mut st) })
+        .is_ok_and(|r| r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG)
+}
+
 /// One folder's entries, `.` and `..` left out. The folder is opened with O_NOFOLLOW: a symlink
 /// swapped in is not entered.
 fn list_dir(dir: &Path, buf: &mut [u8], mut each: impl FnMut(&[u8], Kind)) -> std::io::Result<()> {
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: a valid NUL-terminated path; the descriptor returned is checked.
-    let raw = unsafe { libc::open(c.as_ptr(), flags) };
+    let raw = with_c_path(&[dir.as_os_str().as_bytes()], |c| unsafe {
+        libc::open(c.as_ptr(), flags)
+    })?;
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }
