@@ -117,6 +117,40 @@ async fn monthly_period_uses_the_seed_month_name() {
     assert_eq!(site.count_object(&month).await.as_deref(), Some("5"));
 }
 
+/// A burst in one daemon: six markers written together and uploaded together (as lsyncd pushes
+/// a batch), max 4. Their grants overlap, each waiting on the count object while the next
+/// decides; exactly 4 slots are taken and the count object says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_markers_at_once_in_one_daemon_take_exactly_max_slots() {
+    let site = Site::new().await;
+    let cfg = site.config_from(&site.toml("", "", "").replace("max = 10", "max = 4"));
+    let daemon = Daemon::start(cfg).await.expect("start");
+    let rels: Vec<String> = (1..=6).map(|n| format!("batch{n}/.purge")).collect();
+    for (n, rel) in rels.iter().enumerate() {
+        site.write(rel, format!("batch {n}\n").as_bytes());
+    }
+    for rel in &rels {
+        site.upload(rel).await;
+    }
+    site.settled(6, ENDED).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(site.invalidations().await.len(), 4);
+    assert_eq!(site.count_object(&today_utc()).await.as_deref(), Some("4"));
+    let mut statuses = site.statuses();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![
+            "completed",
+            "completed",
+            "completed",
+            "completed",
+            "quota_exhausted",
+            "quota_exhausted"
+        ]
+    );
+}
+
 async fn four_rounds(s: &Site) {
     for n in 1..=4 {
         marker_round(s, &format!("r{n}"), n).await;
