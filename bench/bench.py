@@ -52,8 +52,7 @@ KINDS = ("purgewatch", "inotifywait", "lsyncd")
 # purgewatch's events (bench/notify-probe), the crate issue 6 asks to be measured against the
 # inotify backend purgewatch uses directly.
 NOTIFY_KINDS = ("notify", "notify9")
-OPTIONAL_KINDS = NOTIFY_KINDS
-ALL_KINDS = KINDS + OPTIONAL_KINDS
+ALL_KINDS = KINDS + NOTIFY_KINDS
 SHORT = {"purgewatch": "pw", "inotifywait": "iw", "lsyncd": "ls", "notify": "nt", "notify9": "n9"}
 ORIGIN_BUCKET = "bench-origin"
 COUNT_BUCKET = "bench-count"
@@ -729,8 +728,8 @@ def markers_seen(w, root):
                     seen.add(os.path.relpath(path, root))
                 elif path.endswith("/.purge") and ev.startswith("CREATE"):
                     created.add(os.path.relpath(path, root))
-        # Reported as created but never as written (a new folder's contents found by a scan):
-        # not counted as seen, since a creation alone may precede the marker's bytes.
+        # Reported as created but never as written: not counted as seen, since a creation
+        # alone may precede the marker's bytes.
         info["created_only"] = sorted(created - seen)
         info["overflow_total"] = ov
         info["overflow_at_start"] = 0
