@@ -11,4 +11,5 @@ mod detect;
 mod faults;
 mod iam;
 mod quota;
+mod strict_emulator;
 mod tls;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod strict;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
