@@ -50,12 +50,13 @@ Run as `python tests/moto_atomic.py -H HOST -p PORT` (the arguments of moto_serv
      has '*' anywhere but last, is over 4,000 characters, or holds a character that must be
      percent-encoded (non-ASCII, control/space, RFC 1738 unsafe " # < > \\ ^ ` { | } [ ], a '%' not
      followed by two hex digits; '~' is accepted). Quantity != number of paths -> 400
-     InconsistentQuantities. More than 3,000 file paths or 15 wildcard paths in one batch -> 400
-     BatchTooLarge.
+     InconsistentQuantities. More than 3,000 paths in one batch -> 400 BatchTooLarge (AWS
+     documents the error, not its exact trigger).
    - in_progress_secs (0): invalidations stay InProgress that long, then Completed (AWS's words;
-     moto says COMPLETED at once, kept when 0). While > 0, a create that would bring the
-     distribution past 15 wildcard paths or 3,000 file paths in progress -> 400
-     TooManyInvalidationsInProgress. ListInvalidations lists newest first, as AWS.
+     moto says COMPLETED at once, kept when 0). A create that would bring the distribution past
+     15 wildcard paths or 3,000 file paths in progress (its own batch included, so a batch of 16
+     wildcards is refused even at 0) -> 400 TooManyInvalidationsInProgress.
+     ListInvalidations lists newest first, as AWS (when the answer is one page).
    - throttle (0): the next N CreateInvalidation answer 400 Throttling "Rate exceeded".
    - expired_token (0): the next N requests for the distribution answer 403 ExpiredToken.
    - lose_answer (0): the next N CreateInvalidation are carried out (with the caller-reference
@@ -707,7 +708,7 @@ def create_invalidation(environ, start_response, inner, dist, o, secs):
                 return cf_error(400, "InvalidArgument",
                                 f"Your request contains one or more invalid invalidation paths: "
                                 f"{p!r} {problem}.").send(start_response)
-        if files > 3000 or wildcards > 15:
+        if len(paths) > 3000:
             return cf_error(400, "BatchTooLarge",
                             "Invalidation batch specified is too large.").send(start_response)
     with STATE.dist_lock(dist):
@@ -722,15 +723,15 @@ def create_invalidation(environ, start_response, inner, dist, o, secs):
                                     "batch is associated with another batch.").send(start_response)
                 r = Response(seen[1], seen[2], rewrite_statuses(dist, seen[3], secs))
         if r is None:
-            if secs:
-                now = time.monotonic()
-                with STATE.lock:
-                    busy = [i for i in STATE.invalidations.get(dist, []) if now - i.created < secs]
-                if (sum(i.wildcards for i in busy) + wildcards > 15
-                        or sum(i.files for i in busy) + files > 3000):
-                    return cf_error(400, "TooManyInvalidationsInProgress",
-                                    "Your request contains too many invalidations in progress.",
-                                    ).send(start_response)
+            # The new batch is in progress itself, so it counts even when nothing else is.
+            now = time.monotonic()
+            with STATE.lock:
+                busy = [i for i in STATE.invalidations.get(dist, []) if now - i.created < secs]
+            if (sum(i.wildcards for i in busy) + wildcards > 15
+                    or sum(i.files for i in busy) + files > 3000):
+                return cf_error(400, "TooManyInvalidationsInProgress",
+                                "Your request contains too many invalidations in progress.",
+                                ).send(start_response)
             r = call_inner(inner, environ)
             if r.status == 201:
                 idm = re.search(rb"<Id>([^<]+)</Id>", r.body)

@@ -500,6 +500,22 @@ async fn caller_reference_is_idempotent_per_batch() {
         .await
         .expect("duplicate");
     assert_ne!(dup.id, first.id);
+    // ListInvalidations: newest first, as CloudFront.
+    let list = site
+        .cloudfront
+        .list_invalidations()
+        .distribution_id(&site.distribution_id)
+        .send()
+        .await
+        .expect("list");
+    let ids: Vec<String> = list
+        .invalidation_list
+        .and_then(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [dup.id, first.id]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,6 +564,16 @@ async fn invalid_paths_are_refused() {
         .await
         .expect_err("quantity");
     assert_eq!(meta(&e), (Some(400), Some("InconsistentQuantities".into())));
+    // 16 wildcards at once: past the 15 in progress even with nothing else in progress.
+    let sixteen: Vec<String> = (0..16).map(|i| format!("/w{i}/*")).collect();
+    let sixteen: Vec<&str> = sixteen.iter().map(String::as_str).collect();
+    let e = invalidate(&cfc, &site, "sixteen", &sixteen)
+        .await
+        .expect_err("16 wildcards");
+    assert_eq!(
+        e,
+        (Some(400), Some("TooManyInvalidationsInProgress".into()))
+    );
     assert!(site.invalidations().await.is_empty());
     invalidate(
         &cfc,
