@@ -66,16 +66,28 @@ impl Daemon {
                 .map_err(|e| AppError::Other(e.to_string()))??
         };
         let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone()).await?;
-        // One HeadBucket while the walk runs: a wrong bucket, endpoint or permission is in the
-        // log at start, and what the first call loads (TLS roots, credentials) is loaded before
-        // READY, not on the first marker's way. It holds READY for at most a second.
+        // One HeadBucket per bucket while the walk runs: a wrong bucket, endpoint or permission
+        // is in the log at start, each bucket's region is learned (a count bucket made for the
+        // old Lambda may live elsewhere), and what the first call loads (TLS roots,
+        // credentials) is loaded before READY, not on the first marker's way. It holds READY
+        // for at most a second.
         let reachable = {
             let origin = pipeline.origin.clone();
+            let mirror = pipeline.mirror.clone();
             tokio::spawn(async move {
-                match origin.reachable().await {
-                    Ok(()) => debug!(bucket = origin.bucket(), "the origin bucket answers"),
-                    Err(e) => {
-                        warn!(error = %e, "the origin bucket does not answer (yet); requests wait for it")
+                let count = async {
+                    match &mirror {
+                        Some(m) => Some((m.bucket().to_owned(), m.handle().locate().await)),
+                        None => None,
+                    }
+                };
+                let (o, c) = tokio::join!(origin.reachable(), count);
+                for (bucket, r) in std::iter::once((origin.bucket().to_owned(), o)).chain(c) {
+                    match r {
+                        Ok(region) => debug!(%bucket, %region, "the bucket answers"),
+                        Err(e) => {
+                            warn!(%bucket, error = %e, "the bucket does not answer (yet); requests wait for it")
+                        }
                     }
                 }
             })
@@ -632,7 +644,7 @@ pub async fn purge_now(cfg: Config, wait_completed: bool) -> Result<HistoryRow, 
             request_ids: vec![id],
         };
         let granted = pipeline.grant(verified).await?;
-        let inv = pipeline.invalidate(granted, false).await?;
+        let inv = pipeline.invalidate(granted).await?;
         if wait_completed {
             pipeline.complete(&inv).await?;
         }

@@ -1,12 +1,28 @@
-//! AWS clients from the standard chain, with timeouts on every call, and one error type that
-//! says whether trying again can help.
+//! AWS clients from the standard chain, with timeouts on every call, one error type that says
+//! whether trying again can help, and one S3 client per bucket signed for that bucket's region.
+//!
+//! # Regions
+//! The Rust SDK does not follow S3's 301 PermanentRedirect, and a count bucket made for the old
+//! Lambda may live in another region than the origin. Every S3 answer about a bucket (301 and 403
+//! included) names its region in `x-amz-bucket-region`, so a [`Bucket`] starts with the region
+//! configured for it (or `[aws] region`) and, when an answer names another, switches its client
+//! to that region and sends the call again, once.
+//!
+//! # Credentials
+//! Errors a credential refresh or a retry cures (`ExpiredToken`, `RequestExpired`,
+//! `RequestTimeTooSkewed`) are transient: the SDK refreshes instance-profile credentials before
+//! the next attempt. `AccessDenied` is permanent and names the permission the call needs, as the
+//! shipped IAM policy (packaging/iam-policy.json) grants it.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use tracing::warn;
 
 use crate::config::Aws;
 
@@ -18,6 +34,10 @@ pub enum AwsError {
     /// Denied, missing, invalid: retrying will not help; the request fails with this message.
     #[error("{0}")]
     Permanent(String),
+    /// CloudFront's TooManyInvalidationsInProgress: wait for the distribution's own
+    /// invalidations to complete, then send again.
+    #[error("{0} (will retry)")]
+    Busy(String),
 }
 
 impl AwsError {
@@ -26,12 +46,33 @@ impl AwsError {
     }
 
     pub fn is_transient(&self) -> bool {
-        matches!(self, AwsError::Transient(_))
+        matches!(self, AwsError::Transient(_) | AwsError::Busy(_))
     }
 }
 
+/// Error codes a retry cures: throttling, server trouble, and credentials that a refresh
+/// renews (an expired session token, a request signed with a clock that drifted).
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "TokenRefreshRequired",
+    "RequestExpired",
+    "RequestTimeTooSkewed",
+    "RequestInTheFuture",
+    "IDPCommunicationError",
+];
+
 /// Sorts an SDK error by whether a retry can help. CloudFront errors from the emulator come
-/// without a parsed code, so the HTTP status decides too.
+/// without a parsed code, so the HTTP status decides too. `what` starts with the operation's
+/// name ("HeadObject s3://…"), which names the permission a denial is about.
 pub fn classify<E>(what: &str, e: &SdkError<E, HttpResponse>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -41,30 +82,59 @@ where
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or("");
             let msg = se.err().message().unwrap_or("");
-            let text = format!("{what}: HTTP {status} {code} {msg}")
+            let mut text = format!("{what}: HTTP {status} {code} {msg}")
                 .trim()
                 .to_owned();
-            let transient_code = matches!(
-                code,
-                "Throttling"
-                    | "ThrottlingException"
-                    | "TooManyRequestsException"
-                    | "RequestLimitExceeded"
-                    | "SlowDown"
-                    | "RequestTimeout"
-                    | "InternalError"
-                    | "ServiceUnavailable"
-                    | "TooManyInvalidationsInProgress"
-            );
-            if transient_code || status >= 500 || status == 429 || status == 408 {
-                AwsError::Transient(text)
-            } else {
-                AwsError::Permanent(text)
+            if code == "TooManyInvalidationsInProgress" {
+                return AwsError::Busy(text);
             }
+            if TRANSIENT_CODES.contains(&code) || status >= 500 || status == 429 || status == 408 {
+                return AwsError::Transient(text);
+            }
+            if code == "AccessDenied" || code == "AccessDeniedException" || status == 403 {
+                if let Some(needs) = permission(what) {
+                    text.push_str(&format!("; needs {needs}"));
+                }
+            }
+            AwsError::Permanent(text)
         }
         // Timeouts, connection refused/reset, unparseable responses: the service may be fine soon.
         other => AwsError::Transient(format!("{what}: {}", error_chain(other))),
     }
+}
+
+/// The IAM action an operation needs and the statement of packaging/iam-policy.json that
+/// grants it, for an AccessDenied an operator must fix.
+fn permission(what: &str) -> Option<&'static str> {
+    let op = what.split_whitespace().next()?;
+    let count = what.contains("count bucket");
+    Some(match op {
+        "HeadObject" | "GetObject" if count => {
+            "s3:GetObject on the count objects (IAM policy statement ReadAndWriteTheCountObjects)"
+        }
+        "HeadObject" | "GetObject" => {
+            "s3:GetObject on the origin keys (IAM policy statement ReadMarkersInTheOrigin)"
+        }
+        "PutObject" => {
+            "s3:PutObject and s3:GetObject on COUNT_BUCKET/*.txt (IAM policy statement ReadAndWriteTheCountObjects)"
+        }
+        "ListObjectsV2" | "HeadBucket" if count => {
+            "s3:ListBucket on the count bucket (IAM policy statement ListTheCountBucketSoANewPeriodReads404)"
+        }
+        "ListObjectsV2" | "HeadBucket" => {
+            "s3:ListBucket on the origin bucket (IAM policy statement ListTheOriginSoMissingKeysRead404)"
+        }
+        "CreateInvalidation" => {
+            "cloudfront:CreateInvalidation on the distribution (IAM policy statement InvalidateTheDistribution)"
+        }
+        "GetInvalidation" => {
+            "cloudfront:GetInvalidation on the distribution (IAM policy statement InvalidateTheDistribution)"
+        }
+        "ListInvalidations" => {
+            "cloudfront:ListInvalidations on the distribution (IAM policy statement InvalidateTheDistribution)"
+        }
+        _ => return None,
+    })
 }
 
 /// "dispatch failure: io error: connection refused": the whole chain, for the history row.
@@ -135,6 +205,117 @@ impl Clients {
         Clients {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             cloudfront: aws_sdk_cloudfront::Client::new(&shared),
+        }
+    }
+
+    /// The S3 client for `bucket`, first signed for `region` (the config's override) or the
+    /// default region.
+    pub fn bucket(&self, name: &str, region: Option<&str>) -> Bucket {
+        let conf = self.s3.config().clone();
+        let start = region
+            .map(str::to_owned)
+            .or_else(|| conf.region().map(|r| r.to_string()))
+            .unwrap_or_else(|| "us-east-1".into());
+        let client = client_in(&conf, &start);
+        Bucket {
+            name: name.to_owned(),
+            conf,
+            current: Arc::new(RwLock::new((start, client))),
+        }
+    }
+}
+
+fn client_in(conf: &aws_sdk_s3::Config, region: &str) -> aws_sdk_s3::Client {
+    let conf = conf
+        .to_builder()
+        .region(Region::new(region.to_owned()))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// One bucket and the client that reaches it, signed for the bucket's own region (see the
+/// module's `# Regions`). Clones share the client, so a region learned by one call serves all.
+#[derive(Clone)]
+pub struct Bucket {
+    name: String,
+    conf: aws_sdk_s3::Config,
+    current: Arc<RwLock<(String, aws_sdk_s3::Client)>>,
+}
+
+impl Bucket {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The region this bucket's calls are signed for now.
+    pub fn region(&self) -> String {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Sends `call` with this bucket's client. When S3 answers that the bucket lives in another
+    /// region, the client switches to it and the call is sent once more.
+    pub async fn send<T, E, F, Fut>(&self, call: F) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        F: Fn(aws_sdk_s3::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let first = call(self.client()).await;
+        match &first {
+            Err(e) if self.follow(e) => call(self.client()).await,
+            _ => first,
+        }
+    }
+
+    /// Switches to the region an error names, if it names another. True when it switched.
+    fn follow<E>(&self, e: &SdkError<E, HttpResponse>) -> bool {
+        let Some(region) = e
+            .raw_response()
+            .and_then(|r| r.headers().get("x-amz-bucket-region"))
+            .filter(|r| !r.is_empty())
+        else {
+            return false;
+        };
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if cur.0 == region {
+            return false;
+        }
+        warn!(
+            bucket = %self.name,
+            from = %cur.0,
+            to = %region,
+            "the bucket is in another region: signing its calls for that region"
+        );
+        *cur = (region.to_owned(), client_in(&self.conf, region));
+        true
+    }
+
+    /// HeadBucket: proves the bucket answers and learns its region, which S3 names even in a
+    /// 301 or 403 answer.
+    pub async fn locate(&self) -> Result<String, AwsError> {
+        let name = self.name.clone();
+        let out = self
+            .send(|c| {
+                let name = name.clone();
+                async move { c.head_bucket().bucket(name).send().await }
+            })
+            .await;
+        match out {
+            Ok(o) => Ok(o
+                .bucket_region()
+                .map_or_else(|| self.region(), str::to_owned)),
+            Err(e) => Err(classify(&format!("HeadBucket s3://{}", self.name), &e)),
         }
     }
 }

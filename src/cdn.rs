@@ -1,17 +1,32 @@
-//! CloudFront: CreateInvalidation with a CallerReference derived from the request, so a retry
+//! CloudFront: CreateInvalidation with a CallerReference stored before the call, so a retry
 //! never pays twice, and the status of an invalidation.
 //!
-//! Real CloudFront returns the existing invalidation for a repeated CallerReference; the emulator
-//! creates a second one. So after anything that may have reached CloudFront (a timeout, a crash),
-//! [`Cdn::find`] looks the reference up among recent invalidations before sending again.
+//! CloudFront's contract: the same CallerReference with the same batch returns the invalidation
+//! made the first time; with another batch, `InvalidationBatchAlreadyExists`. So after anything
+//! that may have reached CloudFront (a timeout, a crash) the request simply sends the same batch
+//! with the same reference again. The reference holds the time of the grant, so a database
+//! restored from a backup or cloned with a machine image, which hands out the same request ids
+//! again, never reuses one (it would get an old invalidation back and purge nothing).
 
 use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
 
 use crate::aws::{self, AwsError};
 
-/// The reference CloudFront deduplicates on: host, database instance, request id.
-pub fn caller_reference(host: &str, instance: &str, request_id: i64) -> String {
-    format!("purgewatch-{host}-{instance}-{request_id}")
+/// The reference CloudFront deduplicates on: host, database instance, request id and the grant
+/// time in milliseconds (at most 128 characters, CloudFront's limit; a long host name is cut).
+pub fn caller_reference(host: &str, instance: &str, request_id: i64, granted_ms: i64) -> String {
+    let host: String = host.chars().take(60).collect();
+    format!("purgewatch-{host}-{instance}-{request_id}-{granted_ms}")
+}
+
+/// CloudFront's limits on one distribution's invalidations (per AWS's developer guide).
+pub mod limits {
+    /// Wildcard paths (`/dir/*`) in progress at once.
+    pub const WILDCARDS_IN_PROGRESS: usize = 15;
+    /// File paths (no wildcard) in progress at once.
+    pub const FILES_IN_PROGRESS: usize = 3_000;
+    /// Characters in one path.
+    pub const PATH_CHARS: usize = 4_000;
 }
 
 #[derive(Clone)]
@@ -95,8 +110,8 @@ impl Cdn {
         }
     }
 
-    /// The id of a recent invalidation made with `caller_reference`, if any.
-    pub async fn find(&self, caller_reference: &str) -> Result<Option<String>, AwsError> {
+    /// The distribution's invalidations still in progress (ListInvalidations, newest first).
+    pub async fn in_progress(&self) -> Result<Vec<String>, AwsError> {
         let what = format!("ListInvalidations {}", self.distribution_id);
         let list = self
             .client
@@ -106,28 +121,14 @@ impl Cdn {
             .send()
             .await
             .map_err(|e| aws::classify(&what, &e))?;
-        let items = list
+        Ok(list
             .invalidation_list
             .and_then(|l| l.items)
-            .unwrap_or_default();
-        for summary in items {
-            let got = self
-                .client
-                .get_invalidation()
-                .distribution_id(&self.distribution_id)
-                .id(&summary.id)
-                .send()
-                .await
-                .map_err(|e| aws::classify("GetInvalidation", &e))?;
-            let reference = got
-                .invalidation
-                .and_then(|i| i.invalidation_batch)
-                .map(|b| b.caller_reference);
-            if reference.as_deref() == Some(caller_reference) {
-                return Ok(Some(summary.id));
-            }
-        }
-        Ok(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| !is_completed(&i.status))
+            .map(|i| i.id)
+            .collect())
     }
 
     /// CloudFront's status word for the invalidation (`InProgress`, `Completed`).
@@ -154,11 +155,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn references_differ_across_databases_and_requests() {
-        let a = caller_reference("web1", "0000abcd", 7);
-        assert_eq!(a, "purgewatch-web1-0000abcd-7");
-        assert_ne!(a, caller_reference("web1", "0000abce", 7));
-        assert_ne!(a, caller_reference("web1", "0000abcd", 8));
+    fn references_differ_across_databases_requests_and_grants() {
+        let a = caller_reference("web1", "0000abcd", 7, 1_700_000_000_000);
+        assert_eq!(a, "purgewatch-web1-0000abcd-7-1700000000000");
+        assert_ne!(
+            a,
+            caller_reference("web1", "0000abce", 7, 1_700_000_000_000)
+        );
+        assert_ne!(
+            a,
+            caller_reference("web1", "0000abcd", 8, 1_700_000_000_000)
+        );
+        // A restored database hands out request 7 again, at another time.
+        assert_ne!(
+            a,
+            caller_reference("web1", "0000abcd", 7, 1_700_000_000_001)
+        );
+        let long = caller_reference(&"h".repeat(300), "0000abcd", i64::MAX, i64::MAX);
+        assert!(long.len() <= 128, "{}", long.len());
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
     };
     if let Some(bucket) = &q.count_bucket {
         let clients = Clients::new(&cfg.aws).await;
-        let mirror = Mirror::new(clients.s3, bucket.clone());
+        let mirror = Mirror::new(clients.bucket(bucket, q.count_bucket_region.as_deref()));
         report.count_object = Some(format!("s3://{bucket}/{}", quota::object_key(&period)));
         match mirror.read(&period).await {
             Ok(r) => {
@@ -230,20 +230,28 @@ pub async fn check(cfg: Config) -> anyhow::Result<bool> {
     }
     let clients = Clients::new(&cfg.aws).await;
     let o = &cfg.origin;
-    let listed = clients
-        .s3
-        .list_objects_v2()
-        .bucket(&o.bucket)
-        .prefix(&o.prefix)
-        .max_keys(1)
-        .send()
+    let origin = clients.bucket(&o.bucket, o.region.as_deref());
+    let located = origin.locate().await;
+    let listed = origin
+        .send(|c| {
+            c.list_objects_v2()
+                .bucket(&o.bucket)
+                .prefix(&o.prefix)
+                .max_keys(1)
+                .send()
+        })
         .await;
-    match listed {
-        Ok(_) => report(
+    match (listed, located) {
+        (Ok(_), located) => report(
             true,
-            format!("origin.bucket s3://{}/{}", o.bucket, o.prefix),
+            format!(
+                "origin.bucket s3://{}/{} in {}",
+                o.bucket,
+                o.prefix,
+                located.unwrap_or_else(|_| origin.region())
+            ),
         ),
-        Err(e) => report(
+        (Err(e), _) => report(
             false,
             format!(
                 "origin.bucket: {}",
@@ -254,16 +262,16 @@ pub async fn check(cfg: Config) -> anyhow::Result<bool> {
     if let Some(bucket) = &cfg.quota.count_bucket {
         let q = &cfg.quota;
         let period = quota::period_key(Utc::now(), q.timezone, q.period);
-        match Mirror::new(clients.s3.clone(), bucket.clone())
-            .read(&period)
-            .await
-        {
+        let mirror = Mirror::new(clients.bucket(bucket, q.count_bucket_region.as_deref()));
+        let located = mirror.handle().locate().await;
+        match mirror.read(&period).await {
             Ok(r) => report(
                 true,
                 format!(
-                    "quota.count_bucket s3://{bucket}/{} = {}",
+                    "quota.count_bucket s3://{bucket}/{} = {} in {}",
                     quota::object_key(&period),
-                    r.count
+                    r.count,
+                    located.unwrap_or_else(|_| mirror.handle().region())
                 ),
             ),
             Err(e) => report(false, format!("quota.count_bucket: {e}")),

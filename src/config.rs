@@ -53,6 +53,8 @@ pub struct Watch {
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub bucket: String,
+    /// The bucket's region when it is not `[aws] region` (learned from S3 when unset).
+    pub region: Option<String>,
     pub prefix: String,
     pub wait_timeout: Duration,
     pub wait_for: WaitFor,
@@ -97,6 +99,8 @@ pub struct Quota {
     pub period: Period,
     pub timezone: chrono_tz::Tz,
     pub count_bucket: Option<String>,
+    /// The count bucket's region when it is not `[aws] region` (learned from S3 when unset).
+    pub count_bucket_region: Option<String>,
     pub when_exhausted: WhenExhausted,
 }
 
@@ -150,6 +154,7 @@ struct RawWatch {
 #[serde(deny_unknown_fields)]
 struct RawOrigin {
     bucket: String,
+    region: Option<String>,
     #[serde(default)]
     prefix: String,
     #[serde(default = "default_wait_timeout")]
@@ -167,6 +172,7 @@ struct RawQuota {
     #[serde(default = "default_timezone")]
     timezone: String,
     count_bucket: Option<String>,
+    count_bucket_region: Option<String>,
     #[serde(default = "default_when_exhausted")]
     when_exhausted: WhenExhausted,
 }
@@ -370,6 +376,15 @@ impl Config {
         if let Some(b) = &q.count_bucket {
             check_bucket(b).map_err(|m| invalid("quota.count_bucket", m))?;
         }
+        for (key, region) in [
+            ("origin.region", &o.region),
+            ("quota.count_bucket_region", &q.count_bucket_region),
+            ("aws.region", &raw.aws.region),
+        ] {
+            if let Some(r) = region {
+                check_region(r).map_err(|m| invalid(key, m))?;
+            }
+        }
 
         let c = raw.cloudfront;
         if c.distribution_id.trim().is_empty() {
@@ -393,12 +408,13 @@ impl Config {
                         "needs at least one path".into(),
                     ));
                 }
-                if let Some(p) = list.iter().find(|p| !p.starts_with('/')) {
-                    return Err(invalid(
+                // Refused by CloudFront, they would spend a quota slot on every purge.
+                let list = crate::paths::configured(&list).map_err(|m| {
+                    invalid(
                         "cloudfront.paths",
-                        format!("{p:?} must start with '/'"),
-                    ));
-                }
+                        format!("CloudFront would refuse it: {m}"),
+                    )
+                })?;
                 Paths::Fixed(list)
             }
         };
@@ -428,6 +444,7 @@ impl Config {
             },
             origin: Origin {
                 bucket: o.bucket,
+                region: o.region,
                 prefix: o.prefix,
                 wait_timeout: o.wait_timeout.0,
                 wait_for: o.wait_for,
@@ -437,6 +454,7 @@ impl Config {
                 period: q.period,
                 timezone,
                 count_bucket: q.count_bucket,
+                count_bucket_region: q.count_bucket_region,
                 when_exhausted: q.when_exhausted,
             },
             cloudfront: CloudFront {
@@ -452,6 +470,22 @@ impl Config {
                 endpoint_url: raw.aws.endpoint_url,
             },
         })
+    }
+}
+
+/// An AWS region name such as "ap-northeast-1": lower-case letters, digits and '-'.
+fn check_region(r: &str) -> Result<(), String> {
+    let ok = !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && r.contains('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{r:?} is not an AWS region name (such as \"ap-northeast-1\")"
+        ))
     }
 }
 
@@ -570,5 +604,34 @@ mod paths_tests {
         assert!(e.to_string().contains("cloudfront.paths"), "{e}");
         let e = Config::parse(Path::new("f"), &format!("{base}max_paths = 0\n")).unwrap_err();
         assert!(e.to_string().contains("cloudfront.max_paths"), "{e}");
+    }
+
+    // Paths CloudFront refuses spent a quota slot on every purge: now the config says so.
+    #[test]
+    fn paths_cloudfront_would_refuse_are_a_config_error() {
+        let base = "[watch]\nroot = \"/tmp\"\n[origin]\nbucket = \"abc\"\n[quota]\nmax = 1\n[cloudfront]\ndistribution_id = \"E\"\n";
+        let sixteen: Vec<String> = (0..16).map(|i| format!("\"/d{i}/*\"")).collect();
+        for bad in [
+            "[\"/a*b\"]",
+            "[\"img\"]",
+            "[\"/a b\"]".to_owned().as_str(),
+            &format!("[{}]", sixteen.join(",")),
+        ] {
+            let e = Config::parse(Path::new("f"), &format!("{base}paths = {bad}\n")).unwrap_err();
+            assert!(
+                e.to_string().contains("key `cloudfront.paths`"),
+                "{bad}: {e}"
+            );
+        }
+        // What can be encoded is encoded, once.
+        let c = Config::parse(
+            Path::new("f"),
+            &format!("{base}paths = [\"/img/[1].png\", \"/a%20b\"]\n"),
+        )
+        .expect("encodable");
+        assert_eq!(
+            c.cloudfront.paths,
+            Paths::Fixed(vec!["/img/%5B1%5D.png".into(), "/a%20b".into()])
+        );
     }
 }

@@ -1,40 +1,118 @@
-//! "Does S3 hold these bytes yet?" — the replacement for the seed's ObjectCreated trigger.
+//! "Does S3 hold this write yet?" — the replacement for the seed's ObjectCreated trigger.
 //!
 //! Not-found and different-bytes are outcomes, not errors: lsyncd uploads a second or more after the
 //! local write, so the pipeline polls with backoff until [`Check::Holds`] or `wait_timeout`.
+//!
+//! # What proves that S3 holds this write
+//! - **The content.** The full-object checksum S3 reports (HeadObject with checksum mode on):
+//!   CRC64NVME, which S3 stores for every new upload that sends none, or the CRC32 / CRC32C /
+//!   SHA-1 / SHA-256 the uploader sent (the aws CLI sends CRC32), equal to the same checksum of
+//!   the local bytes. Without one, the ETag where it is the MD5 of the body (not SSE-KMS or
+//!   SSE-C, not multipart). Without either, the size alone, and the history says
+//!   "verified by size+time". Same-size different bytes never pass while a checksum is there.
+//! - **A new upload.** The same bytes uploaded again have the same ETag and checksum (an empty
+//!   `.purge`, `touch .purge`), so the object must also not be the one this marker was verified
+//!   against last time (ETag, LastModified, VersionId), and its LastModified must not be older
+//!   than the local write: `LastModified ≥ mtime − CLOCK_TOLERANCE` in whole seconds. S3 keeps
+//!   whole seconds; EC2 clocks are synced to well under a second. A marker written again within
+//!   the same second as its last verified upload cannot be told apart from it on an
+//!   unversioned bucket, and waits for its own upload until `wait_timeout`.
 
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_s3::primitives::DateTime as SmithyTime;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
+use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 use md5::{Digest, Md5};
 
-use crate::aws::{self, AwsError};
-use crate::store::MarkerSeen;
+use crate::aws::{self, AwsError, Bucket};
+use crate::store::{MarkerSeen, ObjectId};
+
+/// How much older than the local write (in whole seconds) an upload may look and still count
+/// as this write's: S3's clock and the server's differ by well under this on EC2.
+pub const CLOCK_TOLERANCE_SECS: i64 = 1;
+
+/// A full-object checksum algorithm S3 may report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    Crc64Nvme,
+    Crc32,
+    Crc32c,
+    Sha1,
+    Sha256,
+}
+
+impl Algo {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Crc64Nvme => "crc64nvme",
+            Algo::Crc32 => "crc32",
+            Algo::Crc32c => "crc32c",
+            Algo::Sha1 => "sha1",
+            Algo::Sha256 => "sha256",
+        }
+    }
+}
+
+/// What proved the content, as the history names it ("verified by crc64nvme").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Checksum(Algo),
+    Md5,
+    SizeTime,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Checksum(a) => a.name(),
+            Method::Md5 => "md5",
+            Method::SizeTime => "size+time",
+        })
+    }
+}
 
 /// What S3 said about one marker's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    Holds,
+    /// S3 holds this write: proven by `by`, in the object `object`.
+    Holds {
+        by: Method,
+        object: ObjectId,
+    },
     Missing,
-    /// An object is there but not the local bytes (an older marker, or still uploading).
+    /// An object is there but not this write (older bytes, or the last write's upload).
     Differs(String),
+}
+
+/// The checksums of a local file that S3 most often reports, computed in the one read that
+/// also takes the MD5 (the others are computed on demand, see [`local_checksum`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub md5: String,
+    /// base64 of the big-endian CRC, as S3 sends it.
+    pub crc32: String,
+    pub crc64nvme: String,
 }
 
 #[derive(Clone)]
 pub struct Origin {
-    s3: aws_sdk_s3::Client,
-    bucket: String,
+    bucket: Bucket,
     prefix: String,
 }
 
 impl Origin {
-    pub fn new(s3: aws_sdk_s3::Client, bucket: String, prefix: String) -> Origin {
-        Origin { s3, bucket, prefix }
+    pub fn new(bucket: Bucket, prefix: String) -> Origin {
+        Origin { bucket, prefix }
     }
 
     pub fn bucket(&self) -> &str {
+        self.bucket.name()
+    }
+
+    /// The bucket's handle (its region).
+    pub fn handle(&self) -> &Bucket {
         &self.bucket
     }
 
@@ -43,74 +121,172 @@ impl Origin {
         format!("{}{}", self.prefix, rel)
     }
 
-    pub async fn check(&self, m: &MarkerSeen) -> Result<Check, AwsError> {
-        Ok(judge(m, self.head(&m.rel).await?))
-    }
-
-    /// HeadBucket: asked once at start, so a wrong bucket, region, endpoint or permission shows
-    /// in the log before the first marker, and the first marker does not wait for what the
-    /// first call loads (the TLS roots, the credentials).
-    pub async fn reachable(&self) -> Result<(), AwsError> {
-        self.s3
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| aws::classify(&format!("HeadBucket s3://{}", self.bucket), &e))
-    }
-
-    /// HeadObject on the key of `rel`; `None` when there is no such object.
-    pub async fn head(&self, rel: &str) -> Result<Option<Head>, AwsError> {
-        let key = self.key(rel);
-        let out = self
-            .s3
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await;
-        let head = match out {
-            Ok(h) => h,
-            Err(e) => {
-                if e.as_service_error()
-                    .map(|s| s.is_not_found())
-                    .unwrap_or(false)
-                {
-                    return Ok(None);
-                }
-                return Err(aws::classify(
-                    &format!("HeadObject s3://{}/{key}", self.bucket),
-                    &e,
-                ));
-            }
-        };
-        Ok(Some(Head {
-            etag: head
-                .e_tag()
-                .unwrap_or("")
-                .trim_matches('"')
-                .to_ascii_lowercase(),
-            size: head.content_length().unwrap_or(-1),
-            last_modified: head.last_modified,
+    pub async fn check(&self, root: &Path, m: &MarkerSeen) -> Result<Check, AwsError> {
+        Ok(judge(m, self.head(&m.rel).await?, |a| {
+            local_checksum(&root.join(&m.rel), a, Some((m.size, m.mtime_ns)))
         }))
+    }
+
+    /// HeadBucket: asked once at start, so a wrong bucket, endpoint or permission shows in the
+    /// log before the first marker, the bucket's region is known (see [`Bucket::locate`]), and
+    /// the first marker does not wait for what the first call loads (TLS roots, credentials).
+    pub async fn reachable(&self) -> Result<String, AwsError> {
+        self.bucket.locate().await
+    }
+
+    /// HeadObject on the key of `rel`, with checksum mode; `None` when there is no such object.
+    pub async fn head(&self, rel: &str) -> Result<Option<Head>, AwsError> {
+        self.head_key(&self.key(rel)).await
+    }
+
+    async fn head_key(&self, key: &str) -> Result<Option<Head>, AwsError> {
+        let name = self.bucket.name();
+        let out = self
+            .bucket
+            .send(|c| {
+                c.head_object()
+                    .bucket(name)
+                    .key(key)
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send()
+            })
+            .await;
+        match out {
+            Ok(h) => Ok(Some(Head::from(h))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(aws::classify(&format!("HeadObject s3://{name}/{key}"), &e)),
+        }
     }
 }
 
 /// What HeadObject said of an object.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 pub struct Head {
-    etag: String,
-    size: i64,
-    last_modified: Option<SmithyTime>,
+    pub etag: String,
+    pub size: i64,
+    /// Whole seconds since the epoch.
+    pub last_modified: Option<i64>,
+    pub version: Option<String>,
+    /// The full-object checksum S3 reported (none for composite multipart checksums).
+    pub checksum: Option<(Algo, String)>,
+    /// The ETag is the MD5 of the body: not SSE-KMS, DSSE-KMS or SSE-C, not multipart.
+    pub etag_is_md5: bool,
 }
 
-/// Does S3 hold the marker's bytes, by what HeadObject said (`None`: no object)?
-pub fn judge(m: &MarkerSeen, head: Option<Head>) -> Check {
-    match head {
-        None => Check::Missing,
-        Some(h) => compare(m, &h.etag, h.size, h.last_modified.as_ref()),
+impl From<HeadObjectOutput> for Head {
+    fn from(h: HeadObjectOutput) -> Head {
+        let composite = h.checksum_type() == Some(&ChecksumType::Composite);
+        let checksum = [
+            (Algo::Crc64Nvme, h.checksum_crc64_nvme()),
+            (Algo::Crc32, h.checksum_crc32()),
+            (Algo::Crc32c, h.checksum_crc32_c()),
+            (Algo::Sha256, h.checksum_sha256()),
+            (Algo::Sha1, h.checksum_sha1()),
+        ]
+        .into_iter()
+        .filter(|_| !composite)
+        // A part checksum ("…-3") is not the whole object's.
+        .find_map(|(a, v)| v.filter(|v| !v.contains('-')).map(|v| (a, v.to_owned())));
+        let etag = clean_etag(h.e_tag());
+        let kms = h
+            .server_side_encryption()
+            .is_some_and(|s| s.as_str().starts_with("aws:kms"));
+        let etag_is_md5 = !kms && h.sse_customer_algorithm().is_none() && is_hex32(&etag);
+        Head {
+            size: h.content_length().unwrap_or(-1),
+            last_modified: h.last_modified().map(|t| t.secs()),
+            version: h
+                .version_id()
+                .filter(|v| !v.is_empty() && *v != "null")
+                .map(str::to_owned),
+            checksum,
+            etag_is_md5,
+            etag,
+        }
     }
+}
+
+fn clean_etag(etag: Option<&str>) -> String {
+    etag.unwrap_or("").trim_matches('"').to_ascii_lowercase()
+}
+
+fn is_hex32(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Does S3 hold the marker's bytes, and as a new upload? (`None`: no object.) `local` computes
+/// a checksum of the local file that [`Sums`] does not carry.
+pub fn judge(
+    m: &MarkerSeen,
+    head: Option<Head>,
+    local: impl FnOnce(Algo) -> Option<String>,
+) -> Check {
+    let Some(h) = head else {
+        return Check::Missing;
+    };
+    if h.size != m.size as i64 {
+        return Check::Differs(format!("size {} in S3, {} locally", h.size, m.size));
+    }
+    let by = match content(&m.sums, &h, local) {
+        Ok(by) => by,
+        Err(why) => return Check::Differs(why),
+    };
+    let object = ObjectId {
+        etag: h.etag,
+        last_modified: h.last_modified.unwrap_or(0),
+        version: h.version,
+    };
+    if m.prior.as_ref() == Some(&object) {
+        return Check::Differs(format!(
+            "the same bytes as the upload an earlier write was verified against ({}), not a new upload yet",
+            at(object.last_modified)
+        ));
+    }
+    let local_secs = m.mtime_ns.div_euclid(1_000_000_000);
+    match h.last_modified {
+        Some(t) if t + CLOCK_TOLERANCE_SECS >= local_secs => Check::Holds { by, object },
+        Some(t) => Check::Differs(format!(
+            "uploaded {}, before the local write at {}: not this write's upload yet",
+            at(t),
+            at(local_secs)
+        )),
+        None => Check::Differs("no LastModified in S3".into()),
+    }
+}
+
+/// Do the object's bytes equal the local ones, and by what proof? Err: why not.
+fn content(
+    sums: &Sums,
+    h: &Head,
+    local: impl FnOnce(Algo) -> Option<String>,
+) -> Result<Method, String> {
+    match &h.checksum {
+        Some((algo, remote)) => {
+            // Requests stored before the CRCs were kept have none: read the file for them.
+            let mine = match algo {
+                Algo::Crc64Nvme if !sums.crc64nvme.is_empty() => Some(sums.crc64nvme.clone()),
+                Algo::Crc32 if !sums.crc32.is_empty() => Some(sums.crc32.clone()),
+                _ => local(*algo),
+            };
+            match mine {
+                Some(l) if l == *remote => Ok(Method::Checksum(*algo)),
+                Some(l) => Err(format!(
+                    "{} {remote} in S3, {l} locally",
+                    algo.name().to_uppercase()
+                )),
+                None => Err("the local file changed since; its newer write is checked".into()),
+            }
+        }
+        None if h.etag_is_md5 && h.etag == sums.md5 => Ok(Method::Md5),
+        None if h.etag_is_md5 => Err(format!("ETag {} in S3, MD5 {} locally", h.etag, sums.md5)),
+        None => Ok(Method::SizeTime),
+    }
+}
+
+fn at(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| secs.to_string())
 }
 
 /// A HeadObject sent as soon as a marker write is seen, while the marker is hashed and stored
@@ -131,12 +307,16 @@ impl EarlyHead {
     }
 
     /// The check of `m`, when this HeadObject was for its key.
-    pub async fn check(mut self, m: &MarkerSeen) -> Option<Result<Check, AwsError>> {
+    pub async fn check(mut self, root: &Path, m: &MarkerSeen) -> Option<Result<Check, AwsError>> {
         if m.rel != self.rel {
             return None;
         }
         Some(match (&mut self.task).await {
-            Ok(head) => head.map(|h| judge(m, h)),
+            Ok(head) => head.map(|h| {
+                judge(m, h, |a| {
+                    local_checksum(&root.join(&m.rel), a, Some((m.size, m.mtime_ns)))
+                })
+            }),
             Err(e) => Err(AwsError::transient(format!("HeadObject: {e}"))),
         })
     }
@@ -148,19 +328,26 @@ impl Drop for EarlyHead {
     }
 }
 
-/// Local state of a changed file, hashed once per (size, mtime): polls do not re-read it.
-type HashCache = std::collections::HashMap<String, (u64, i64, String)>;
+/// What the change checks remember between passes: each local file's sums by (size, mtime), so
+/// polls do not re-read it, and each object a HeadObject already judged, by its ETag, so an
+/// object whose listed ETag is not its MD5 (SSE-KMS, multipart) is asked about once.
+#[derive(Default)]
+pub struct ChangeCache {
+    local: std::collections::HashMap<String, (u64, i64, Sums)>,
+    headed: std::collections::HashMap<String, (String, i64, Result<(), String>)>,
+}
 
 impl Origin {
     /// Compares the changed paths with S3 in bulk: one ListObjectsV2 per folder (the smallest
     /// common prefix of its keys), not one HeadObject per file. A path that exists locally must
-    /// be in S3 with the local size (and MD5 where the ETag is one); a path gone locally must be
+    /// be in S3 with the local size and content: the listed ETag where it is the MD5, else the
+    /// checksum a HeadObject reports (see the module's proof rules). A path gone locally must be
     /// gone from S3. Returns what still differs, in key order.
     pub async fn check_changes(
         &self,
         root: &Path,
         changes: &[(String, bool)],
-        cache: &mut HashCache,
+        cache: &mut ChangeCache,
     ) -> Result<Vec<String>, AwsError> {
         let mut by_dir: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
         for (rel, _) in changes {
@@ -172,19 +359,22 @@ impl Origin {
             let listed = self.list(&self.key(&dir)).await?;
             for rel in rels {
                 let key = self.key(rel);
-                let local = local_state(root, rel, cache);
-                let remote = listed.get(&key);
-                let why = match (local, remote) {
+                let local = local_state(root, rel, &mut cache.local);
+                let why = match (local, listed.get(&key)) {
                     (None, None) => continue,
-                    (None, Some(_)) => "still in S3 (deleted locally)",
-                    (Some(_), None) => "not in S3 yet",
-                    (Some((size, _)), Some((rsize, _))) if size as i64 != *rsize => "size differs",
-                    (Some((_, md5)), Some((_, etag))) => {
-                        let plain = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
-                        if plain && *etag != md5 {
-                            "bytes differ"
-                        } else {
-                            continue;
+                    (None, Some(_)) => "still in S3 (deleted locally)".to_owned(),
+                    (Some(_), None) => "not in S3 yet".to_owned(),
+                    (Some((size, ..)), Some((rsize, _))) if size as i64 != *rsize => {
+                        "size differs".to_owned()
+                    }
+                    (Some((_, _, sums)), Some((_, etag))) if *etag == sums.md5 => continue,
+                    (Some((size, mtime, sums)), Some((_, etag))) => {
+                        match self
+                            .judge_change(root, rel, etag, size, mtime, &sums, cache)
+                            .await?
+                        {
+                            Ok(()) => continue,
+                            Err(why) => why,
                         }
                     }
                 };
@@ -194,35 +384,74 @@ impl Origin {
         Ok(differs)
     }
 
+    /// A changed file whose listed ETag is not its MD5: either other bytes, or an ETag that is
+    /// no MD5 at all. HeadObject tells which, by the object's checksum; its verdict is kept for
+    /// as long as the ETag and the local file stay the same.
+    #[allow(clippy::too_many_arguments)]
+    async fn judge_change(
+        &self,
+        root: &Path,
+        rel: &str,
+        etag: &str,
+        size: u64,
+        mtime: i64,
+        sums: &Sums,
+        cache: &mut ChangeCache,
+    ) -> Result<Result<(), String>, AwsError> {
+        if let Some((e, m, verdict)) = cache.headed.get(rel) {
+            if e == etag && *m == mtime {
+                return Ok(verdict.clone());
+            }
+        }
+        let Some(h) = self.head(rel).await? else {
+            return Ok(Err("not in S3 yet".into()));
+        };
+        let path = root.join(rel);
+        let verdict = match content(sums, &h, |a| local_checksum(&path, a, Some((size, mtime)))) {
+            Ok(Method::SizeTime) => {
+                let local_secs = mtime.div_euclid(1_000_000_000);
+                match h.last_modified {
+                    Some(t) if t + CLOCK_TOLERANCE_SECS >= local_secs => Ok(()),
+                    _ => Err("uploaded before the local write".to_owned()),
+                }
+            }
+            Ok(_) => Ok(()),
+            Err(why) => Err(why),
+        };
+        cache
+            .headed
+            .insert(rel.to_owned(), (h.etag.clone(), mtime, verdict.clone()));
+        Ok(verdict)
+    }
+
     /// Every object directly under `prefix` (delimiter '/'): key → (size, lower-case ETag).
     async fn list(
         &self,
         prefix: &str,
     ) -> Result<std::collections::HashMap<String, (i64, String)>, AwsError> {
         let mut out = std::collections::HashMap::new();
-        let mut token = None;
+        let mut token: Option<String> = None;
+        let name = self.bucket.name();
         // Bounded: 1,000 pages of 1,000 keys is more than one folder of a web root holds.
         for _ in 0..1000 {
             let page = self
-                .s3
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .send()
+                .bucket
+                .send(|c| {
+                    c.list_objects_v2()
+                        .bucket(name)
+                        .prefix(prefix)
+                        .delimiter("/")
+                        .set_continuation_token(token.clone())
+                        .send()
+                })
                 .await
-                .map_err(|e| {
-                    aws::classify(&format!("ListObjectsV2 s3://{}/{prefix}", self.bucket), &e)
-                })?;
+                .map_err(|e| aws::classify(&format!("ListObjectsV2 s3://{name}/{prefix}"), &e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    let etag = o
-                        .e_tag()
-                        .unwrap_or("")
-                        .trim_matches('"')
-                        .to_ascii_lowercase();
-                    out.insert(k.to_owned(), (o.size().unwrap_or(-1), etag));
+                    out.insert(
+                        k.to_owned(),
+                        (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
+                    );
                 }
             }
             match page.next_continuation_token() {
@@ -234,72 +463,50 @@ impl Origin {
     }
 }
 
-/// (size, md5) of `root/rel` if it is a regular file now (symlinks are not followed).
-fn local_state(root: &Path, rel: &str, cache: &mut HashCache) -> Option<(u64, String)> {
+/// (size, mtime, sums) of `root/rel` if it is a regular file now (symlinks are not followed).
+fn local_state(
+    root: &Path,
+    rel: &str,
+    cache: &mut std::collections::HashMap<String, (u64, i64, Sums)>,
+) -> Option<(u64, i64, Sums)> {
     let path = root.join(rel);
     let meta = std::fs::symlink_metadata(&path)
         .ok()
         .filter(|m| m.is_file())?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64);
-    if let Some((size, m, md5)) = cache.get(rel) {
+    let mtime = mtime_ns(&meta);
+    if let Some((size, m, sums)) = cache.get(rel) {
         if *size == meta.len() && *m == mtime {
-            return Some((*size, md5.clone()));
+            return Some((*size, mtime, sums.clone()));
         }
     }
     let seen = hash_file(&path, rel.to_owned()).ok()?;
-    cache.insert(rel.to_owned(), (seen.size, mtime, seen.md5.clone()));
-    Some((seen.size, seen.md5))
+    cache.insert(rel.to_owned(), (seen.size, mtime, seen.sums.clone()));
+    Some((seen.size, mtime, seen.sums))
 }
 
-/// Plain ETags are the MD5 of the body; multipart ("…-N") and KMS ETags are not, so those fall
-/// back to size plus "uploaded no earlier than the local write".
-pub fn compare(m: &MarkerSeen, etag: &str, size: i64, last_modified: Option<&SmithyTime>) -> Check {
-    if size != m.size as i64 {
-        return Check::Differs(format!("size {size} in S3, {} locally", m.size));
-    }
-    let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
-    if plain_md5 {
-        return if etag == m.md5 {
-            Check::Holds
-        } else {
-            Check::Differs(format!("ETag {etag} in S3, MD5 {} locally", m.md5))
-        };
-    }
-    // S3 keeps whole seconds; the local mtime may carry a fraction.
-    let local_secs = m.mtime_ns.div_euclid(1_000_000_000);
-    match last_modified {
-        Some(t) if t.secs() >= local_secs => Check::Holds,
-        Some(t) => Check::Differs(format!(
-            "LastModified {} in S3 is older than the local write",
-            t.secs()
-        )),
-        None => Check::Differs("no LastModified in S3".into()),
-    }
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Hashes a marker file streaming (memory stays flat for any size) and reads its size and mtime.
-pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
-    // A symlink named like the marker is not one: following it could read outside the root, so
-    // O_NOFOLLOW refuses it in the open itself (ELOOP). O_NONBLOCK: a FIFO named like the
-    // marker must not hang the open (regular files ignore the flag).
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a symlink, not a marker file",
-                ),
-                _ => e,
-            })?
-    };
+/// Opens a file named like a marker, refusing what is not one. A symlink: following it could
+/// read outside the root, so O_NOFOLLOW refuses it in the open itself (ELOOP). O_NONBLOCK: a
+/// FIFO must not hang the open (regular files ignore the flag).
+fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a symlink, not a marker file",
+            ),
+            _ => e,
+        })?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::new(
@@ -307,31 +514,81 @@ pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
             "not a regular file",
         ));
     }
-    let mut h = Md5::new();
-    let mut buf = [0u8; 64 * 1024];
+    Ok((f, meta))
+}
+
+/// Reads `f` in 64 KiB blocks (memory stays flat for any size), handing each to `eat`.
+fn stream(mut f: impl Read, mut eat: impl FnMut(&[u8])) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
     let mut size = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(size);
         }
         size += n as u64;
-        h.update(&buf[..n]);
+        eat(&buf[..n]);
     }
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    let digest = h.finalize();
-    let md5 = digest.iter().map(|b| format!("{b:02x}")).collect();
+}
+
+/// Hashes a marker file streaming and reads its size and mtime: the MD5, CRC32 and CRC64NVME
+/// in one read (the CRCs run at memory speed; S3 reports one of the two for most uploads).
+pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    let (f, meta) = open_regular(path)?;
+    let mut md5 = Md5::new();
+    let mut crc32 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
+    let mut crc64 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    let size = stream(f, |b| {
+        md5.update(b);
+        crc32.update(b);
+        crc64.update(b);
+    })?;
+    let digest = md5.finalize();
     Ok(MarkerSeen {
         rel,
-        md5,
+        sums: Sums {
+            md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            crc32: b64(&(crc32.finalize() as u32).to_be_bytes()),
+            crc64nvme: b64(&crc64.finalize().to_be_bytes()),
+        },
         size,
-        mtime_ns,
+        mtime_ns: mtime_ns(&meta),
+        prior: None,
     })
+}
+
+/// One checksum of a local file, as S3 would report it; `None` when the file cannot be read or
+/// no longer has the `expect`ed (size, mtime): a newer write, checked in its turn.
+pub fn local_checksum(path: &Path, algo: Algo, expect: Option<(u64, i64)>) -> Option<String> {
+    let (f, meta) = open_regular(path).ok()?;
+    if expect.is_some_and(|e| e != (meta.len(), mtime_ns(&meta))) {
+        return None;
+    }
+    let crc = |a| -> Option<Vec<u8>> {
+        let mut d = crc_fast::Digest::new(a);
+        stream(&f, |b| d.update(b)).ok()?;
+        Some(d.finalize().to_be_bytes().to_vec())
+    };
+    let bytes = match algo {
+        Algo::Crc64Nvme => crc(crc_fast::CrcAlgorithm::Crc64Nvme)?,
+        Algo::Crc32 => crc(crc_fast::CrcAlgorithm::Crc32IsoHdlc)?[4..].to_vec(),
+        Algo::Crc32c => crc(crc_fast::CrcAlgorithm::Crc32Iscsi)?[4..].to_vec(),
+        Algo::Sha1 => {
+            let mut d = sha1::Sha1::new();
+            stream(&f, |b| d.update(b)).ok()?;
+            d.finalize().to_vec()
+        }
+        Algo::Sha256 => {
+            let mut d = sha2::Sha256::new();
+            stream(&f, |b| d.update(b)).ok()?;
+            d.finalize().to_vec()
+        }
+    };
+    Some(b64(&bytes))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    aws_smithy_types::base64::encode(bytes)
 }
 
 /// Origin polls: first at once, then doubling from 250 ms up to 30 s.
@@ -347,44 +604,167 @@ pub fn backoff(attempt: u32) -> Duration {
 mod tests {
     use super::*;
 
-    fn marker(md5: &str, size: u64, mtime_s: i64) -> MarkerSeen {
+    const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+    fn marker(sums: Sums, size: u64, mtime_s: i64) -> MarkerSeen {
         MarkerSeen {
             rel: ".purge".into(),
-            md5: md5.into(),
+            sums,
             size,
             mtime_ns: mtime_s * 1_000_000_000 + 5,
+            prior: None,
         }
+    }
+
+    fn sums_of(bytes: &[u8]) -> Sums {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".purge");
+        std::fs::write(&p, bytes).expect("write");
+        hash_file(&p, ".purge".into()).expect("hash").sums
+    }
+
+    fn head(etag: &str, size: i64, lm: i64) -> Head {
+        Head {
+            etag: etag.into(),
+            size,
+            last_modified: Some(lm),
+            version: None,
+            checksum: None,
+            etag_is_md5: is_hex32(etag),
+        }
+    }
+
+    fn none(_: Algo) -> Option<String> {
+        None
     }
 
     #[test]
     fn a_plain_etag_must_equal_the_md5() {
-        let m = marker("d41d8cd98f00b204e9800998ecf8427e", 0, 100);
-        assert_eq!(
-            compare(&m, "d41d8cd98f00b204e9800998ecf8427e", 0, None),
-            Check::Holds
+        let m = marker(sums_of(b""), 0, 100);
+        let by = judge(&m, Some(head(EMPTY_MD5, 0, 100)), none);
+        assert!(
+            matches!(
+                by,
+                Check::Holds {
+                    by: Method::Md5,
+                    ..
+                }
+            ),
+            "{by:?}"
+        );
+        let other = judge(
+            &m,
+            Some(head("00000000000000000000000000000000", 0, 100)),
+            none,
+        );
+        assert!(matches!(other, Check::Differs(_)), "{other:?}");
+    }
+
+    #[test]
+    fn a_kms_etag_is_not_compared_but_the_checksum_is() {
+        let m = marker(sums_of(b"deploy 1\n"), 9, 100);
+        let mut h = head("0123456789abcdef0123456789abcdef", 9, 100);
+        h.etag_is_md5 = false; // SSE-KMS
+        h.checksum = Some((Algo::Crc64Nvme, m.sums.crc64nvme.clone()));
+        let by = judge(&m, Some(h.clone()), none);
+        assert!(
+            matches!(
+                by,
+                Check::Holds {
+                    by: Method::Checksum(Algo::Crc64Nvme),
+                    ..
+                }
+            ),
+            "{by:?}"
+        );
+        // Same size, other bytes: the checksum refuses them.
+        h.checksum = Some((Algo::Crc64Nvme, sums_of(b"deploy 2\n").crc64nvme));
+        assert!(matches!(judge(&m, Some(h), none), Check::Differs(_)));
+    }
+
+    #[test]
+    fn without_checksum_or_md5_etag_size_and_time_decide_and_say_so() {
+        let m = marker(sums_of(b"0123456789"), 10, 100);
+        let etag = "0123456789abcdef0123456789abcdef-2";
+        let ok = judge(&m, Some(head(etag, 10, 100)), none);
+        assert!(
+            matches!(
+                ok,
+                Check::Holds {
+                    by: Method::SizeTime,
+                    ..
+                }
+            ),
+            "{ok:?}"
         );
         assert!(matches!(
-            compare(&m, "00000000000000000000000000000000", 0, None),
+            judge(&m, Some(head(etag, 11, 200)), none),
             Check::Differs(_)
         ));
     }
 
     #[test]
-    fn multipart_etag_falls_back_to_size_and_time() {
-        let m = marker("whatever", 10, 100);
-        let etag = "0123456789abcdef0123456789abcdef-2";
-        assert_eq!(
-            compare(&m, etag, 10, Some(&SmithyTime::from_secs(100))),
-            Check::Holds
-        );
+    fn rare_checksums_are_computed_from_the_local_file() {
+        let m = marker(sums_of(b"x"), 1, 100);
+        let mut h = head("0123456789abcdef0123456789abcdef", 1, 100);
+        h.etag_is_md5 = false;
+        h.checksum = Some((Algo::Sha256, "abc".into()));
+        let by = judge(&m, Some(h.clone()), |a| {
+            (a == Algo::Sha256).then(|| "abc".into())
+        });
         assert!(matches!(
-            compare(&m, etag, 10, Some(&SmithyTime::from_secs(99))),
+            by,
+            Check::Holds {
+                by: Method::Checksum(Algo::Sha256),
+                ..
+            }
+        ));
+        // The local file changed since it was hashed: not proven, its newer write is next.
+        assert!(matches!(judge(&m, Some(h), none), Check::Differs(_)));
+    }
+
+    // The defect of an empty `.purge` written again: S3 still holds the last write's upload,
+    // with the same bytes. Neither that object nor one older than the write is this write's.
+    #[test]
+    fn the_same_bytes_are_not_a_new_upload() {
+        let mut m = marker(sums_of(b""), 0, 200);
+        m.prior = Some(ObjectId {
+            etag: EMPTY_MD5.into(),
+            last_modified: 150,
+            version: None,
+        });
+        assert!(matches!(
+            judge(&m, Some(head(EMPTY_MD5, 0, 150)), none),
             Check::Differs(_)
         ));
+        // Never verified before, but uploaded before the write.
+        m.prior = None;
         assert!(matches!(
-            compare(&m, etag, 11, Some(&SmithyTime::from_secs(200))),
+            judge(&m, Some(head(EMPTY_MD5, 0, 150)), none),
             Check::Differs(_)
         ));
+        // Uploaded after the write (or within the clock tolerance): this write's.
+        for lm in [200 - CLOCK_TOLERANCE_SECS, 200, 201] {
+            let c = judge(&m, Some(head(EMPTY_MD5, 0, lm)), none);
+            assert!(matches!(c, Check::Holds { .. }), "{lm}: {c:?}");
+        }
+        assert!(matches!(
+            judge(
+                &m,
+                Some(head(EMPTY_MD5, 0, 199 - CLOCK_TOLERANCE_SECS)),
+                none
+            ),
+            Check::Differs(_)
+        ));
+        // A versioned bucket tells two uploads in the same second apart.
+        m.prior = Some(ObjectId {
+            etag: EMPTY_MD5.into(),
+            last_modified: 200,
+            version: Some("v1".into()),
+        });
+        let mut h = head(EMPTY_MD5, 0, 200);
+        h.version = Some("v2".into());
+        assert!(matches!(judge(&m, Some(h), none), Check::Holds { .. }));
     }
 
     #[test]
@@ -395,13 +775,28 @@ mod tests {
         assert_eq!(backoff(30), Duration::from_secs(30));
     }
 
+    // Values from `md5sum`, and the CRCs' check values over "123456789" (CRC catalogue),
+    // base64 of the big-endian bytes as S3 sends them.
     #[test]
-    fn hashes_match_md5sum() {
+    fn sums_match_md5sum_and_the_crc_catalogue() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join(".purge");
         std::fs::write(&p, b"hello\n").expect("write");
         let m = hash_file(&p, ".purge".into()).expect("hash");
-        assert_eq!(m.md5, "b1946ac92492d2347c6235b4d2611184");
+        assert_eq!(m.sums.md5, "b1946ac92492d2347c6235b4d2611184");
         assert_eq!(m.size, 6);
+        std::fs::write(&p, b"123456789").expect("write");
+        let m = hash_file(&p, ".purge".into()).expect("hash");
+        assert_eq!(m.sums.crc32, b64(&0xcbf43926u32.to_be_bytes()));
+        assert_eq!(m.sums.crc64nvme, b64(&0xae8b14860a799888u64.to_be_bytes()));
+        let c = |a| local_checksum(&p, a, None).expect("readable");
+        assert_eq!(c(Algo::Crc32), m.sums.crc32);
+        assert_eq!(c(Algo::Crc64Nvme), m.sums.crc64nvme);
+        assert_eq!(c(Algo::Crc32c), b64(&0xe3069283u32.to_be_bytes()));
+        assert_eq!(c(Algo::Sha1), "98O8HYCOBHMq32eZZczDTKeuNEE=");
+        assert_eq!(
+            c(Algo::Sha256),
+            "FeKw08M4keuw8e9gnsQZQgwg4yDOlMZfvIwzEkSOsiU="
+        );
     }
 }

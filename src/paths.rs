@@ -10,17 +10,29 @@
 //! AWS asks for non-ASCII bytes and RFC 1738's "unsafe" characters to be percent-encoded and for
 //! nothing else to be, or the old object is not invalidated. So a key byte stays literal iff it is
 //! printable ASCII other than RFC 1738's unsafe `"` `#` `%` `<` `>` `\` `^` `` ` `` `{` `|` `}` `~`
-//! (`~` included), `?` (would start a query string) and `*` (would be a wildcard). Everything else
+//! `[` `]`, `?` (would start a query string) and `*` (would be a wildcard). Everything else
 //! (space, controls, UTF-8 bytes of non-ASCII) becomes `%XX`, so "a b" → "/a%20b", "*" → "/%2A".
+//! A path written in a marker is taken as the operator wrote it, with the same characters
+//! encoded, except a `%XX` escape already there (never encoded twice) and `?` and a final `*`.
+//!
+//! # CloudFront's rules
+//! [`check_batch`] holds a batch to what CloudFront accepts (each path starts with '/', `*` only
+//! last, at most 4,000 characters, nothing left unencoded; at most 15 wildcards and 3,000 file
+//! paths, its limits in progress per distribution), before any quota slot is spent on it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
+use crate::cdn::limits;
+
 /// CloudFront's limit on one path's length.
-const MAX_PATH_CHARS: usize = 4_000;
+const MAX_PATH_CHARS: usize = limits::PATH_CHARS;
 /// CloudFront's limit on file paths in progress; more in one marker can never be accepted.
-const MAX_MARKER_PATHS: usize = 3_000;
+const MAX_MARKER_PATHS: usize = limits::FILES_IN_PROGRESS;
+
+/// RFC 1738's unsafe characters, which CloudFront wants percent-encoded.
+const UNSAFE: &[u8] = br##""#%<>\^`{|}~[]"##;
 
 /// One change under the web root, as an S3 key relative to the site root (no leading '/'), e.g.
 /// "blog/2026/post.html".
@@ -57,7 +69,7 @@ pub struct MarkerError {
 
 /// Turn a change set into CloudFront invalidation paths, sorted and without duplicates.
 ///
-/// Each key gives `/key`, and `dir/index.html` also gives `/dir/`. Over `limits.max_paths`, the
+/// Each key gives `/key`, and `dir/index.html` also gives `/dir/` and `/dir`. Over `limits.max_paths`, the
 /// paths under one directory at a time are replaced by `/dir/*` while the wildcards stay within
 /// `limits.max_wildcards`: the deepest directory that alone brings the count within the limit, or
 /// failing that the one saving most paths, and repeat. If that cannot get within the limits the
@@ -67,8 +79,8 @@ pub fn collapse(changes: &[Change<'_>], limits: &Limits) -> Vec<String> {
     let mut exact = BTreeSet::new();
     for c in changes {
         exact.insert(c.key.to_owned());
-        if let Some(dir) = index_dir(c.key) {
-            exact.insert(dir.to_owned());
+        for also in served_as(c.key) {
+            exact.insert(also.to_owned());
         }
     }
     let mut wild = BTreeSet::new(); // directories ("a/b/") invalidated as "/a/b/*"
@@ -142,6 +154,17 @@ pub fn parse_marker(contents: &[u8]) -> Result<Option<Vec<String>>, MarkerError>
     Ok(Some(paths))
 }
 
+/// `cloudfront.paths` as CloudFront will take them: each path as a marker line (encoded the
+/// same way), the whole list held to [`check_batch`]. Err: why not, naming the path.
+pub fn configured(list: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        out.push(marker_path(p.as_bytes()).map_err(|e| format!("{p:?}: {e}"))?);
+    }
+    check_batch(&out)?;
+    Ok(out)
+}
+
 fn marker_path(line: &[u8]) -> Result<String, String> {
     let s = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
     if !s.starts_with('/') {
@@ -155,8 +178,9 @@ fn marker_path(line: &[u8]) -> Result<String, String> {
     if s.find('*').is_some_and(|i| i + 1 != s.len()) {
         return Err("'*' is only allowed as the last character".to_owned());
     }
-    // CloudFront rejects raw non-ASCII, and encoding it is unambiguous; ASCII stays as written.
-    let path = encode(s, |b| b.is_ascii());
+    // CloudFront rejects raw non-ASCII and unsafe characters, and encoding them is unambiguous;
+    // an escape already written stays as it is.
+    let path = encode_marker(s);
     if path.len() > MAX_PATH_CHARS {
         return Err(format!("longer than {MAX_PATH_CHARS} characters"));
     }
@@ -221,10 +245,80 @@ fn index_dir(key: &str) -> Option<&str> {
     (dir.is_empty() || dir.ends_with('/')).then_some(dir)
 }
 
+/// The other URIs `key` is served under: `dir/index.html` as `/dir/` and, through the
+/// redirect or rewrite sites put there, `/dir` (AWS's guide: both are cached separately).
+fn served_as(key: &str) -> impl Iterator<Item = &str> {
+    let dir = index_dir(key);
+    let bare = dir
+        .and_then(|d| d.strip_suffix('/'))
+        .filter(|d| !d.is_empty());
+    dir.into_iter().chain(bare)
+}
+
 /// The invalidation path of a key: `/` and the key, encoded as described in the module docs.
 fn uri(key: &str) -> String {
-    const UNSAFE: &[u8] = br##""#%<>\^`{|}~?*"##;
-    "/".to_owned() + &encode(key, |b| b.is_ascii_graphic() && !UNSAFE.contains(&b))
+    "/".to_owned()
+        + &encode(key, |b| {
+            b.is_ascii_graphic() && !UNSAFE.contains(&b) && b != b'?' && b != b'*'
+        })
+}
+
+/// A path as written in a marker (or the config), encoded: non-ASCII and RFC 1738's unsafe
+/// characters become `%XX`, except the `%` of an escape already there.
+fn encode_marker(s: &str) -> String {
+    let b = s.as_bytes();
+    let escape_at = |i: usize| {
+        b[i] == b'%'
+            && b.len() > i + 2
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
+    };
+    let mut out = String::with_capacity(s.len());
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_graphic() && (!UNSAFE.contains(&c) || escape_at(i)) {
+            out.push(char::from(c));
+        } else {
+            let _ = write!(out, "%{c:02X}");
+        }
+    }
+    out
+}
+
+/// Whether CloudFront would take `paths` as one invalidation batch: each path starts with
+/// '/', has `*` at most as its last character, is at most 4,000 characters and has nothing left
+/// to encode; at most 15 wildcard paths and 3,000 file paths (its limits in progress per
+/// distribution, so a bigger batch can never be accepted). Err: why not, naming the path.
+pub fn check_batch(paths: &[String]) -> Result<(), String> {
+    for p in paths {
+        let why = if !p.starts_with('/') {
+            "does not start with '/'"
+        } else if p.find('*').is_some_and(|i| i + 1 != p.len()) {
+            "has '*' before its end"
+        } else if p.len() > MAX_PATH_CHARS {
+            "is longer than 4,000 characters"
+        } else if encode_marker(p) != *p {
+            "holds a character CloudFront wants percent-encoded"
+        } else {
+            continue;
+        };
+        let shown: String = p.chars().take(80).collect();
+        return Err(format!("path {shown:?} {why}"));
+    }
+    let wild = paths.iter().filter(|p| p.ends_with('*')).count();
+    if wild > limits::WILDCARDS_IN_PROGRESS {
+        return Err(format!(
+            "{wild} wildcard paths: CloudFront takes at most {} in progress per distribution",
+            limits::WILDCARDS_IN_PROGRESS
+        ));
+    }
+    let files = paths.len() - wild;
+    if files > limits::FILES_IN_PROGRESS {
+        return Err(format!(
+            "{files} file paths: CloudFront takes at most {} in progress per distribution",
+            limits::FILES_IN_PROGRESS
+        ));
+    }
+    Ok(())
 }
 
 fn encode(s: &str, literal: impl Fn(u8) -> bool) -> String {
@@ -276,7 +370,13 @@ mod tests {
         let paths = run(&["blog/a.html", "blog/index.html", "blog/b.html"], 15, 15);
         assert_eq!(
             paths,
-            ["/blog/", "/blog/a.html", "/blog/b.html", "/blog/index.html"]
+            [
+                "/blog",
+                "/blog/",
+                "/blog/a.html",
+                "/blog/b.html",
+                "/blog/index.html"
+            ]
         );
     }
 
@@ -343,6 +443,56 @@ mod tests {
         );
         assert!(!covers("/a%2A", "ab"));
         assert!(covers("/a%20b/*", "a b/x"));
+        // RFC 1738 lists the brackets as unsafe too; CloudFront refused them raw.
+        assert_eq!(run(&["img/[1].png"], 15, 15), ["/img/%5B1%5D.png"]);
+    }
+
+    #[test]
+    fn a_changed_index_also_invalidates_the_folder_with_and_without_slash() {
+        assert_eq!(
+            run(&["docs/index.html"], 15, 15),
+            ["/docs", "/docs/", "/docs/index.html"]
+        );
+    }
+
+    #[test]
+    fn marker_paths_are_encoded_once() {
+        let parsed = parse_marker("/a[1]/%20ok/50%/caf\u{e9}/~u?x=1\n/b/*\n".as_bytes());
+        assert_eq!(
+            parsed,
+            Ok(Some(vec![
+                "/a%5B1%5D/%20ok/50%25/caf%C3%A9/%7Eu?x=1".to_owned(),
+                "/b/*".to_owned()
+            ]))
+        );
+        // What came out goes back in unchanged: nothing is encoded twice.
+        let again = parse_marker(b"/a%5B1%5D/%20ok/50%25/caf%C3%A9/%7Eu?x=1\n");
+        assert_eq!(
+            again,
+            Ok(Some(vec![
+                "/a%5B1%5D/%20ok/50%25/caf%C3%A9/%7Eu?x=1".to_owned()
+            ]))
+        );
+    }
+
+    #[test]
+    fn batches_cloudfront_would_refuse_are_named() {
+        let ok: Vec<String> = (0..15).map(|i| format!("/d{i}/*")).collect();
+        assert_eq!(check_batch(&ok), Ok(()));
+        let mut sixteen = ok.clone();
+        sixteen.push("/d15/*".into());
+        assert!(check_batch(&sixteen)
+            .expect_err("16 wildcards")
+            .contains("16 wildcard"));
+        for bad in ["no-slash", "/a*b", "/a[1]", "/caf\u{e9}", "/a b"] {
+            let e = check_batch(&[bad.to_owned()]).expect_err(bad);
+            assert!(e.contains("path"), "{bad}: {e}");
+        }
+        assert!(check_batch(&["/".to_owned() + &"a".repeat(4_000)]).is_err());
+        let files: Vec<String> = (0..3_001).map(|i| format!("/f{i}")).collect();
+        assert!(check_batch(&files)
+            .expect_err("3001")
+            .contains("3001 file paths"));
     }
 
     #[test]
@@ -412,7 +562,7 @@ mod tests {
     /// Keys 1 to 3 directories deep over a small alphabet, so directories are shared, and a few
     /// fixed root files (any more and `/*` would be the only answer).
     fn key() -> impl Strategy<Value = String> {
-        let file = prop_oneof![Just("index.html".to_owned()), "[ab *~\u{e9}%?]{1,3}"];
+        let file = prop_oneof![Just("index.html".to_owned()), "[ab *~\u{e9}%?\\[]{1,3}"];
         let nested = (prop::collection::vec("[ab]{1,2}", 1..4), file).prop_map(|(dirs, file)| {
             dirs.iter().map(|d| d.clone() + "/").collect::<String>() + &file
         });
@@ -441,13 +591,13 @@ mod tests {
             prop_assert!(paths.len() <= max_paths);
             prop_assert!(paths.iter().filter(|p| p.ends_with('*')).count() <= max_wildcards);
             for c in &changes {
-                for k in std::iter::once(c.key).chain(index_dir(c.key)) {
+                for k in std::iter::once(c.key).chain(served_as(c.key)) {
                     prop_assert!(paths.iter().any(|p| covers(p, k)), "{:?} not covered by {:?}", k, paths);
                 }
             }
             // Wildcards only when the exact paths do not fit.
             let exact: BTreeSet<&str> =
-                changes.iter().flat_map(|c| std::iter::once(c.key).chain(index_dir(c.key))).collect();
+                changes.iter().flat_map(|c| std::iter::once(c.key).chain(served_as(c.key))).collect();
             if exact.len() <= max_paths {
                 prop_assert_eq!(paths.len(), exact.len());
             }

@@ -72,6 +72,8 @@ pub struct Pipeline {
     host: String,
     instance: String,
     token: CancellationToken,
+    /// The ids gathered into the invalidation of the request verified first (see [`Pipeline::gather`]).
+    batch: Arc<std::sync::Mutex<Option<Vec<i64>>>>,
 }
 
 /// Retries of AWS calls after the first: 1 s doubling to 60 s, with jitter so a fleet that
@@ -90,23 +92,21 @@ impl Pipeline {
         let clients = Clients::new(&cfg.aws).await;
         let instance = store.call(|c| Store::instance_id(c)).await?;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let origin = clients.bucket(&cfg.origin.bucket, cfg.origin.region.as_deref());
         Ok(Pipeline {
-            origin: Origin::new(
-                clients.s3.clone(),
-                cfg.origin.bucket.clone(),
-                cfg.origin.prefix.clone(),
-            ),
+            origin: Origin::new(origin, cfg.origin.prefix.clone()),
             mirror: cfg
                 .quota
                 .count_bucket
-                .clone()
-                .map(|b| Mirror::new(clients.s3.clone(), b)),
+                .as_ref()
+                .map(|b| Mirror::new(clients.bucket(b, cfg.quota.count_bucket_region.as_deref()))),
             cdn: Cdn::new(clients.cloudfront, cfg.cloudfront.distribution_id.clone()),
             cfg,
             store,
             host,
             instance,
             token,
+            batch: Default::default(),
         })
     }
 
@@ -152,20 +152,24 @@ impl Pipeline {
         first: FirstLook,
     ) -> Result<Invalidated, Halt> {
         let verified = self.verify(id, wake, first).await?;
-        self.proceed(verified).await
+        match self.gather(verified).await? {
+            Some(all) => self.proceed(all).await,
+            None => Err(Halt::Ended), // carried by the request verified first
+        }
     }
 
     /// From verified (or a manual request) to a completed invalidation.
     pub async fn proceed(&self, verified: Verified) -> Result<Invalidated, Halt> {
         self.decide_paths(&verified.request_ids).await?;
         let granted = self.grant(verified).await?;
-        let invalidated = self.invalidate(granted, false).await?;
+        let invalidated = self.invalidate(granted).await?;
         self.complete(&invalidated).await?;
         Ok(invalidated)
     }
 
-    /// Waits until S3 holds the bytes of every marker of the request. A marker write merged in
-    /// meanwhile (signalled on `wake`) restarts the settle window and the wait.
+    /// Waits until S3 holds this write of every marker of the request (see [`origin`]'s proof
+    /// rules). A marker write merged in meanwhile (signalled on `wake`) restarts the settle
+    /// window and the wait.
     pub async fn verify(
         &self,
         id: i64,
@@ -175,6 +179,7 @@ impl Pipeline {
         let (mut first, mut early) = (first.stored, first.head);
         let settle = self.cfg.watch.settle;
         let timeout = self.cfg.origin.wait_timeout;
+        let root = &self.cfg.watch.root;
         'wait: loop {
             // Settle: writes closer together than `settle` are one request. A zero settle
             // skips the timer: tokio's is millisecond-grained, so even sleep(0) costs ~1 ms.
@@ -187,7 +192,7 @@ impl Pipeline {
             }
             let deadline = Instant::now() + timeout;
             let mut last_noted = String::new();
-            let mut hashes = Default::default();
+            let mut cache = origin::ChangeCache::default();
             for attempt in 0u32.. {
                 let (generation, markers) = match first.take() {
                     Some(f) => f,
@@ -198,18 +203,27 @@ impl Pipeline {
                     }
                 };
                 let mut not_yet = None;
+                let mut objects = Vec::with_capacity(markers.len());
+                let mut methods: Vec<String> = Vec::new();
                 for m in &markers {
                     let key = self.origin.key(&m.rel);
                     let early = match early.take() {
-                        Some(e) => e.check(m).await,
+                        Some(e) => e.check(root, m).await,
                         None => None,
                     };
                     let checked = match early {
                         Some(c) => c,
-                        None => self.origin.check(m).await,
+                        None => self.origin.check(root, m).await,
                     };
                     let why = match checked {
-                        Ok(Check::Holds) => continue,
+                        Ok(Check::Holds { by, object }) => {
+                            let by = by.to_string();
+                            if !methods.contains(&by) {
+                                methods.push(by);
+                            }
+                            objects.push((m.rel.clone(), object));
+                            continue;
+                        }
                         Ok(Check::Missing) => {
                             format!("s3://{}/{key} not there yet", self.origin.bucket())
                         }
@@ -227,11 +241,7 @@ impl Pipeline {
                         .store
                         .quick(move |c| store::request_changes(c, id))
                         .await?;
-                    match self
-                        .origin
-                        .check_changes(&self.cfg.watch.root, &changes, &mut hashes)
-                        .await
-                    {
+                    match self.origin.check_changes(root, &changes, &mut cache).await {
                         Ok(differs) if differs.is_empty() => {
                             checked = format!(" and {} change(s)", changes.len());
                         }
@@ -249,14 +259,17 @@ impl Pipeline {
                     }
                 }
                 let Some(why) = not_yet else {
+                    let by = methods.join(", ");
                     let detail = format!(
-                        "S3 holds {} marker(s){checked} after {} check(s)",
+                        "S3 holds {} marker(s){checked} after {} check(s), verified by {by}",
                         markers.len(),
                         attempt + 1
                     );
                     let ok = self
                         .store
-                        .quick(move |c| store::mark_verified(c, id, generation, &detail))
+                        .quick(move |c| {
+                            store::mark_verified(c, id, generation, &by, &objects, &detail)
+                        })
                         .await?;
                     if ok {
                         crash_point("after_origin_verified");
@@ -295,17 +308,52 @@ impl Pipeline {
         }
     }
 
+    /// One sync, one purge: requests whose origin checks pass within `settle` of each other
+    /// share one invalidation and one quota slot. The first to pass opens a window of `settle`
+    /// and carries every request that passes within it (`Some`, with all their ids); the others
+    /// hand themselves to it (`None`). A request still waiting for S3 holds no one back.
+    pub async fn gather(&self, verified: Verified) -> Result<Option<Verified>, Halt> {
+        let window = self.cfg.watch.settle;
+        if window.is_zero() {
+            return Ok(Some(verified));
+        }
+        {
+            let mut open = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(ids) = open.as_mut() {
+                ids.extend(&verified.request_ids);
+                info!(requests = ?verified.request_ids, lead = ids[0], "shares the invalidation of a request verified with it");
+                return Ok(None);
+            }
+            *open = Some(verified.request_ids);
+        }
+        let paused = self.pause(window).await;
+        let ids = self
+            .batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        paused?;
+        Ok(Some(Verified { request_ids: ids }))
+    }
+
     /// Settles the paths to invalidate, before any quota is used: those listed in the markers,
     /// else the configured ones or, with `paths = "changed"`, the request's changes collapsed
     /// under `max_paths`. A malformed marker list fails the request with its line number.
     pub async fn decide_paths(&self, ids: &[i64]) -> Result<(), Halt> {
-        let first = ids[0];
         let root = self.cfg.watch.root.clone();
+        // Requests sharing one invalidation (one sync, deferred ones) purge the union.
+        let all = ids.to_vec();
         let (markers, changes, unknown) = self
             .store
             .quick(move |c| {
-                let (_, markers) = store::request_markers(c, first)?;
-                let (changes, unknown) = store::request_changes(c, first)?;
+                let (mut markers, mut changes, mut unknown) = (Vec::new(), Vec::new(), None);
+                for &id in &all {
+                    markers.extend(store::request_markers(c, id)?.1);
+                    let (ch, u) = store::request_changes(c, id)?;
+                    changes.extend(ch);
+                    unknown = unknown.or(u);
+                }
                 Ok((markers, changes, unknown))
             })
             .await?;
@@ -357,6 +405,12 @@ impl Pipeline {
         if paths.iter().any(|p| p == "/*") {
             paths = vec!["/*".into()];
         }
+        // A batch CloudFront would refuse must not spend a slot first.
+        if let Err(e) = paths::check_batch(&paths) {
+            let detail = format!("CloudFront would refuse the paths ({why}): {e}; nothing invalidated, no quota used");
+            self.end(ids.to_vec(), Status::Failed, detail).await?;
+            return Err(Halt::Ended);
+        }
         let detail = format!("{} path(s), {why}", paths.len());
         let ids = ids.to_vec();
         self.store
@@ -381,12 +435,7 @@ impl Pipeline {
                 Err(GrantError::Mirror(e)) => {
                     let msg = format!("count bucket: {e}; no slot without it, retrying");
                     warn!(requests = ?ids, error = %e, "cannot confirm a quota slot");
-                    if msg != last || attempt % 20 == 19 {
-                        for &id in &ids {
-                            self.note(id, msg.clone()).await?;
-                        }
-                        last = msg;
-                    }
+                    self.note_once(&ids, &mut last, msg, attempt).await?;
                     self.pause(retry_delay(attempt)).await?;
                 }
             }
@@ -403,7 +452,8 @@ impl Pipeline {
         let q = &self.cfg.quota;
         let mut reread = false;
         for _ in 0..16 {
-            let period = quota::period_key(Utc::now(), q.timezone, q.period);
+            let now = Utc::now();
+            let period = quota::period_key(now, q.timezone, q.period);
             let remote = match &self.mirror {
                 None => None,
                 Some(m) => {
@@ -425,7 +475,7 @@ impl Pipeline {
                 let (this, ids, p, r) =
                     (self.clone(), ids.to_vec(), period.clone(), remote.clone());
                 self.store
-                    .quick(move |c| this.decide(c, &ids, &p, r.as_ref()))
+                    .quick(move |c| this.decide(c, &ids, &p, r.as_ref(), now))
                     .await?
             };
             let (slot, g) = match decided {
@@ -476,6 +526,7 @@ impl Pipeline {
         ids: &[i64],
         period: &str,
         remote: Option<&quota::Remote>,
+        now: chrono::DateTime<Utc>,
     ) -> Result<Decided, StoreError> {
         let q = &self.cfg.quota;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -484,15 +535,19 @@ impl Pipeline {
         let Some(&lead) = live.first() else {
             return Ok(Decided::Ended);
         };
+        let (reserved, reference) = store::reservation(&tx, lead)?;
+        // Made once and journalled with the reservation: a restart must recognise the count
+        // object it wrote by this name, and send CloudFront the same reference.
+        let caller_reference = reference.unwrap_or_else(|| {
+            cdn::caller_reference(&self.host, &self.instance, lead, now.timestamp_millis())
+        });
         let g = Granted {
             request_ids: live,
             period: period.to_owned(),
-            caller_reference: cdn::caller_reference(&self.host, &self.instance, lead),
+            caller_reference,
         };
         let mut local = store::counter(&tx, period)?;
-        let own = store::reservation(&tx, lead)?
-            .filter(|(p, _)| p == period)
-            .map(|(_, slot)| slot);
+        let own = reserved.filter(|(p, _)| p == period).map(|(_, slot)| slot);
         if let Some(r) = remote {
             local.remote_count = Some(r.count);
             local.remote_etag = r.etag.clone();
@@ -536,7 +591,7 @@ impl Pipeline {
             crash_point("after_slot_reserved");
             return granted;
         }
-        store::reserve(&tx, lead, period, slot)?;
+        store::reserve(&tx, lead, period, slot, &g.caller_reference)?;
         tx.commit()?;
         Ok(Decided::Reserved(slot, g))
     }
@@ -569,32 +624,23 @@ impl Pipeline {
         Ok(Decided::Granted(g))
     }
 
-    /// Sends CreateInvalidation until CloudFront takes it. After anything that may have reached
-    /// CloudFront (`resumed`, or a failed attempt), looks the CallerReference up first.
-    pub async fn invalidate(&self, g: Granted, resumed: bool) -> Result<Invalidated, Halt> {
+    /// Sends CreateInvalidation until CloudFront takes it. The same batch with the same stored
+    /// CallerReference is sent every time (after a failed attempt, after a restart): CloudFront
+    /// answers a repeat with the invalidation it made the first time, so nothing is paid twice.
+    pub async fn invalidate(&self, g: Granted) -> Result<Invalidated, Halt> {
         let first = g.request_ids[0];
         let paths = self.store.quick(move |c| store::paths_of(c, first)).await?;
         let mut last = String::new();
         for attempt in 0u32.. {
-            let found = if resumed || attempt > 0 {
-                self.cdn.find(&g.caller_reference).await
-            } else {
-                Ok(None)
-            };
-            let result = match found {
-                Ok(Some(id)) => Ok((id, "adopted")),
-                Ok(None) => self
-                    .cdn
-                    .create(&paths, &g.caller_reference)
-                    .await
-                    .map(|id| (id, "created"))
-                    .inspect(|_| crash_point("after_invalidation_sent")),
-                Err(e) => Err(e),
-            };
+            let result = self
+                .cdn
+                .create(&paths, &g.caller_reference)
+                .await
+                .inspect(|_| crash_point("after_invalidation_sent"));
             match result {
-                Ok((inv, how)) => {
+                Ok(inv) => {
                     let detail = format!(
-                        "invalidation {inv} {how} for {} ({})",
+                        "invalidation {inv} created for {} ({})",
                         paths.join(" "),
                         g.caller_reference
                     );
@@ -610,15 +656,43 @@ impl Pipeline {
                         invalidation_id: inv,
                     });
                 }
+                Err(AwsError::Busy(e)) => {
+                    // CloudFront's limit on paths in progress: wait for the distribution's own
+                    // invalidations rather than for a blind backoff.
+                    let waiting = match self.cdn.in_progress().await {
+                        Ok(ids) if !ids.is_empty() => ids,
+                        Ok(_) => Vec::new(),
+                        Err(e2) => {
+                            warn!(error = %e2, "cannot list the invalidations in progress");
+                            Vec::new()
+                        }
+                    };
+                    let msg = if waiting.is_empty() {
+                        format!("CloudFront: {e}")
+                    } else {
+                        let shown: Vec<&str> =
+                            waiting.iter().take(10).map(String::as_str).collect();
+                        format!(
+                            "CloudFront: too many invalidations in progress on {}; waiting for {} of them to complete: {}",
+                            self.cdn.distribution_id(),
+                            waiting.len(),
+                            shown.join(", ")
+                        )
+                    };
+                    warn!(requests = ?g.request_ids, %msg, "invalidation waits");
+                    self.note_once(&g.request_ids, &mut last, msg, attempt)
+                        .await?;
+                    if waiting.is_empty() {
+                        self.pause(retry_delay(attempt)).await?;
+                    } else {
+                        self.until_one_completes(&waiting).await?;
+                    }
+                }
                 Err(e) if e.is_transient() => {
                     warn!(requests = ?g.request_ids, error = %e, "invalidation not accepted yet");
                     let msg = format!("CloudFront: {e}");
-                    if msg != last || attempt % 20 == 19 {
-                        for &id in &g.request_ids {
-                            self.note(id, msg.clone()).await?;
-                        }
-                        last = msg;
-                    }
+                    self.note_once(&g.request_ids, &mut last, msg, attempt)
+                        .await?;
                     self.pause(retry_delay(attempt)).await?;
                 }
                 Err(e) => {
@@ -632,6 +706,42 @@ impl Pipeline {
             }
         }
         unreachable!("the retry loop only ends by returning")
+    }
+
+    /// Notes `msg` on the requests when it differs from the last note (and every 20th time).
+    async fn note_once(
+        &self,
+        ids: &[i64],
+        last: &mut String,
+        msg: String,
+        attempt: u32,
+    ) -> Result<(), Halt> {
+        if msg != *last || attempt % 20 == 19 {
+            for &id in ids {
+                self.note(id, msg.clone()).await?;
+            }
+            *last = msg;
+        }
+        Ok(())
+    }
+
+    /// Polls GetInvalidation on `ids` (2 s, doubling to 60 s) until one of them has completed,
+    /// for at most an hour.
+    async fn until_one_completes(&self, ids: &[String]) -> Result<(), Halt> {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let mut delay = Duration::from_secs(2);
+        while Instant::now() < deadline {
+            self.pause(delay).await?;
+            delay = (delay * 2).min(Duration::from_secs(60));
+            for id in ids {
+                if let Ok(s) = self.cdn.status(id).await {
+                    if cdn::is_completed(&s) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Polls GetInvalidation at a modest interval, for at most an hour, until CloudFront says
@@ -679,7 +789,7 @@ impl Pipeline {
                     period: p.period.unwrap_or_default(),
                     caller_reference: p.caller_reference.unwrap_or_default(),
                 };
-                let inv = self.invalidate(g, true).await?;
+                let inv = self.invalidate(g).await?;
                 self.complete(&inv).await?;
             }
             Status::Invalidated => {

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::aws::{self, AwsError};
+use crate::aws::{self, AwsError, Bucket};
 use crate::config::Period;
 
 /// The period `now` falls in, as the count object's stem: `YYYY-MM-DD` or `YYYY-MM`.
@@ -97,27 +97,29 @@ pub enum MirrorError {
 /// The count bucket, in the seed's format.
 #[derive(Clone)]
 pub struct Mirror {
-    s3: aws_sdk_s3::Client,
-    bucket: String,
+    bucket: Bucket,
 }
 
 impl Mirror {
-    pub fn new(s3: aws_sdk_s3::Client, bucket: String) -> Mirror {
-        Mirror { s3, bucket }
+    pub fn new(bucket: Bucket) -> Mirror {
+        Mirror { bucket }
     }
 
     pub fn bucket(&self) -> &str {
+        self.bucket.name()
+    }
+
+    /// The bucket's handle (its region).
+    pub fn handle(&self) -> &Bucket {
         &self.bucket
     }
 
     pub async fn read(&self, period: &str) -> Result<Remote, MirrorError> {
         let key = object_key(period);
+        let name = self.bucket.name();
         let out = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
+            .bucket
+            .send(|c| c.get_object().bucket(name).key(&key).send())
             .await;
         match out {
             Ok(o) => {
@@ -127,9 +129,7 @@ impl Mirror {
                     .body
                     .collect()
                     .await
-                    .map_err(|e| {
-                        AwsError::transient(format!("reading s3://{}/{key}: {e}", self.bucket))
-                    })?
+                    .map_err(|e| AwsError::transient(format!("reading s3://{name}/{key}: {e}")))?
                     .into_bytes();
                 Ok(Remote {
                     count: parse_count(&key, &body)?,
@@ -149,7 +149,10 @@ impl Mirror {
                         writer: None,
                     })
                 } else {
-                    Err(aws::classify(&format!("GetObject s3://{}/{key}", self.bucket), &e).into())
+                    Err(
+                        aws::classify(&format!("GetObject s3://{name}/{key} (count bucket)"), &e)
+                            .into(),
+                    )
                 }
             }
         }
@@ -164,19 +167,26 @@ impl Mirror {
         writer: &str,
     ) -> Result<Option<String>, MirrorError> {
         let key = object_key(period);
-        let mut put = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("text/plain")
-            .metadata(WRITER_KEY, writer)
-            .body(count.to_string().into_bytes().into());
-        put = match etag {
-            Some(t) => put.if_match(t),
-            None => put.if_none_match("*"),
-        };
-        match put.send().await {
+        let name = self.bucket.name();
+        let body = count.to_string();
+        let sent = self
+            .bucket
+            .send(|c| {
+                let put = c
+                    .put_object()
+                    .bucket(name)
+                    .key(&key)
+                    .content_type("text/plain")
+                    .metadata(WRITER_KEY, writer)
+                    .body(body.clone().into_bytes().into());
+                match etag {
+                    Some(t) => put.if_match(t),
+                    None => put.if_none_match("*"),
+                }
+                .send()
+            })
+            .await;
+        match sent {
             Ok(o) => Ok(o.e_tag),
             Err(e) => {
                 let status = e.raw_response().map(|r| r.status().as_u16());
@@ -196,7 +206,10 @@ impl Mirror {
                 {
                     Err(MirrorError::Conflict)
                 } else {
-                    Err(aws::classify(&format!("PutObject s3://{}/{key}", self.bucket), &e).into())
+                    Err(
+                        aws::classify(&format!("PutObject s3://{name}/{key} (count bucket)"), &e)
+                            .into(),
+                    )
                 }
             }
         }

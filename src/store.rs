@@ -115,9 +115,22 @@ impl Source {
 pub struct MarkerSeen {
     /// Path relative to the watch root, '/'-separated.
     pub rel: String,
-    pub md5: String,
+    pub sums: crate::origin::Sums,
     pub size: u64,
     pub mtime_ns: i64,
+    /// The S3 object an earlier write of this marker was verified against: the same bytes
+    /// uploaded again are only a new upload if the object is another one.
+    pub prior: Option<ObjectId>,
+}
+
+/// One upload of an S3 object, as far as HeadObject can tell uploads apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectId {
+    pub etag: String,
+    /// Whole seconds since the epoch.
+    pub last_modified: i64,
+    /// Set on versioned buckets only.
+    pub version: Option<String>,
 }
 
 /// One request as `purgewatch history` shows it.
@@ -259,6 +272,17 @@ ALTER TABLE requests ADD COLUMN path_count INTEGER;
 -- A slot journaled before the count object is written (see pipeline::try_grant).
 ALTER TABLE requests ADD COLUMN reserved_period TEXT;
 ALTER TABLE requests ADD COLUMN reserved_slot INTEGER;
+"#,
+    r#"
+-- The checksums S3 reports for most uploads (base64, as S3 sends them), beside the MD5.
+ALTER TABLE request_markers ADD COLUMN crc32 TEXT;
+ALTER TABLE request_markers ADD COLUMN crc64nvme TEXT;
+-- The object each marker was last verified against: the same bytes again are not a new upload.
+ALTER TABLE markers ADD COLUMN verified_etag TEXT;
+ALTER TABLE markers ADD COLUMN verified_last_modified INTEGER;
+ALTER TABLE markers ADD COLUMN verified_version TEXT;
+-- How the origin check proved each request ("crc64nvme", "md5", "size+time").
+ALTER TABLE requests ADD COLUMN verified_by TEXT;
 "#,
 ];
 
@@ -489,11 +513,21 @@ fn upsert_request_marker(
     request_id: i64,
     m: &MarkerSeen,
 ) -> rusqlite::Result<usize> {
-    cached(conn,
-        "INSERT INTO request_markers (request_id, rel, md5, size, mtime_ns) VALUES (?1, ?2, ?3, ?4, ?5)
+    cached(
+        conn,
+        "INSERT INTO request_markers (request_id, rel, md5, size, mtime_ns, crc32, crc64nvme)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (request_id, rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
-             mtime_ns = excluded.mtime_ns",
-        params![request_id, m.rel, m.md5, m.size as i64, m.mtime_ns],
+             mtime_ns = excluded.mtime_ns, crc32 = excluded.crc32, crc64nvme = excluded.crc64nvme",
+        params![
+            request_id,
+            m.rel,
+            m.sums.md5,
+            m.size as i64,
+            m.mtime_ns,
+            m.sums.crc32,
+            m.sums.crc64nvme
+        ],
     )
 }
 
@@ -523,38 +557,66 @@ pub fn request_markers(conn: &Connection, id: i64) -> Result<(i64, Vec<MarkerSee
         conn.query_row("SELECT generation FROM requests WHERE id = ?1", [id], |r| {
             r.get(0)
         })?;
-    let mut stmt = conn.prepare(
-        "SELECT rel, md5, size, mtime_ns FROM request_markers WHERE request_id = ?1 ORDER BY rel",
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.rel, r.md5, r.size, r.mtime_ns, r.crc32, r.crc64nvme,
+                m.verified_etag, m.verified_last_modified, m.verified_version
+         FROM request_markers r LEFT JOIN markers m ON m.rel = r.rel
+         WHERE r.request_id = ?1 ORDER BY r.rel",
     )?;
     let markers = stmt
         .query_map([id], |r| {
+            let etag: Option<String> = r.get(6)?;
+            let last_modified: Option<i64> = r.get(7)?;
             Ok(MarkerSeen {
                 rel: r.get(0)?,
-                md5: r.get(1)?,
+                sums: crate::origin::Sums {
+                    md5: r.get(1)?,
+                    // Rows from before migration 4 have none: such a marker is proven by MD5.
+                    crc32: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    crc64nvme: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                },
                 size: r.get::<_, i64>(2)? as u64,
                 mtime_ns: r.get(3)?,
+                prior: etag
+                    .zip(last_modified)
+                    .map(|(etag, last_modified)| ObjectId {
+                        etag,
+                        last_modified,
+                        version: r.get(8).ok().flatten(),
+                    }),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((generation, markers))
 }
 
-/// Marks the markers of `generation` as held by S3. False when a newer write came in meanwhile.
+/// Marks the markers of `generation` as held by S3, in the `objects` (per marker) proven `by`
+/// ("crc64nvme, md5"). False when a newer write came in meanwhile.
 pub fn mark_verified(
     conn: &mut Connection,
     id: i64,
     generation: i64,
+    by: &str,
+    objects: &[(String, ObjectId)],
     detail: &str,
 ) -> Result<bool, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_text();
     let n = cached(
         &tx,
-        "UPDATE requests SET verified_at = ?3, updated_at = ?3, detail = ?4
+        "UPDATE requests SET verified_at = ?3, updated_at = ?3, detail = ?4, verified_by = ?5
          WHERE id = ?1 AND generation = ?2 AND verified_at IS NULL",
-        params![id, generation, now, detail],
+        params![id, generation, now, detail, by],
     )?;
     if n == 1 {
+        for (rel, o) in objects {
+            cached(
+                &tx,
+                "UPDATE markers SET verified_etag = ?2, verified_last_modified = ?3,
+                     verified_version = ?4 WHERE rel = ?1",
+                params![rel, o.etag, o.last_modified, o.version],
+            )?;
+        }
         cached(
             &tx,
             "INSERT INTO events (request_id, at, from_status, to_status, detail)
@@ -779,7 +841,7 @@ pub fn remember_marker(conn: &Connection, m: &MarkerSeen) -> Result<(), StoreErr
         "INSERT INTO markers (rel, md5, size, mtime_ns, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
              mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
-        params![m.rel, m.md5, m.size as i64, m.mtime_ns, now_text()],
+        params![m.rel, m.sums.md5, m.size as i64, m.mtime_ns, now_text()],
     )?;
     Ok(())
 }
@@ -829,9 +891,10 @@ mod tests {
         let mut c = s.lock();
         let m = MarkerSeen {
             rel: ".purge".into(),
-            md5: "x".into(),
+            sums: Default::default(),
             size: 1,
             mtime_ns: 1,
+            prior: None,
         };
         let id = insert_request(&mut c, Source::Watch, Some(&m), &["/*".into()], "seen")
             .expect("insert");
@@ -839,8 +902,8 @@ mod tests {
         let (generation, markers) = request_markers(&c, id).expect("markers");
         assert_eq!((generation, markers.len()), (1, 1));
         // A stale generation must not verify: the newer write has not been checked yet.
-        assert!(!mark_verified(&mut c, id, 0, "ok").expect("verify"));
-        assert!(mark_verified(&mut c, id, 1, "ok").expect("verify"));
+        assert!(!mark_verified(&mut c, id, 0, "md5", &[], "ok").expect("verify"));
+        assert!(mark_verified(&mut c, id, 1, "md5", &[], "ok").expect("verify"));
         assert!(!merge_marker(&mut c, id, &m).expect("merge"));
     }
 
@@ -1016,23 +1079,34 @@ pub fn grantable(conn: &Connection, ids: &[i64]) -> Result<Vec<i64>, StoreError>
     Ok(live)
 }
 
-/// Journals the slot a request is about to write into the count object.
-pub fn reserve(conn: &Connection, id: i64, period: &str, slot: u32) -> Result<(), StoreError> {
+/// Journals the slot a request is about to write into the count object, and the
+/// CallerReference that write names (a restart must recognise it by that name).
+pub fn reserve(
+    conn: &Connection,
+    id: i64,
+    period: &str,
+    slot: u32,
+    caller_reference: &str,
+) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE requests SET reserved_period = ?2, reserved_slot = ?3 WHERE id = ?1",
-        params![id, period, slot],
+        "UPDATE requests SET reserved_period = ?2, reserved_slot = ?3, caller_reference = ?4
+         WHERE id = ?1",
+        params![id, period, slot, caller_reference],
     )?;
     Ok(())
 }
 
-pub fn reservation(conn: &Connection, id: i64) -> Result<Option<(String, u32)>, StoreError> {
+/// The slot journalled on a request, and its CallerReference once one was made.
+pub type Reservation = (Option<(String, u32)>, Option<String>);
+
+pub fn reservation(conn: &Connection, id: i64) -> Result<Reservation, StoreError> {
     Ok(conn.query_row(
-        "SELECT reserved_period, reserved_slot FROM requests WHERE id = ?1",
+        "SELECT reserved_period, reserved_slot, caller_reference FROM requests WHERE id = ?1",
         [id],
         |r| {
             let p: Option<String> = r.get(0)?;
             let s: Option<u32> = r.get(1)?;
-            Ok(p.zip(s))
+            Ok((p.zip(s), r.get(2)?))
         },
     )?)
 }

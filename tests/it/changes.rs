@@ -65,12 +65,19 @@ async fn three_pages_in_one_folder_invalidate_exactly_those_and_the_folder_index
     deploy(&site, &files, ".purge").await;
     let rows = site.settled(1, DONE).await;
     daemon.shutdown().await.expect("shutdown");
+    // The folder's index is served as `/blog/` and `/blog` (cached separately).
     assert_eq!(
         only_invalidation_paths(&site).await,
-        vec!["/blog/", "/blog/a.html", "/blog/b.html", "/blog/index.html"]
+        vec![
+            "/blog",
+            "/blog/",
+            "/blog/a.html",
+            "/blog/b.html",
+            "/blog/index.html"
+        ]
     );
-    assert_eq!(rows[0].path_count, Some(4));
-    assert_eq!(rows[0].paths.len(), 4);
+    assert_eq!(rows[0].path_count, Some(5));
+    assert_eq!(rows[0].paths.len(), 5);
 }
 
 // A folder prepared elsewhere and moved in whole (mv, rsync --delay-updates) brings files that

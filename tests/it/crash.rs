@@ -104,7 +104,8 @@ async fn crash_after_the_count_object_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_create_invalidation_is_sent_before_its_id_is_stored() {
-    // moto does not deduplicate CallerReference: only the lookup before re-sending saves us.
+    // The restart sends the same batch with the stored CallerReference: CloudFront's contract
+    // (the strict emulator's too) answers with the invalidation the first send made.
     crash_and_recover("after_invalidation_sent").await;
 }
 

@@ -81,7 +81,7 @@ async fn a_burst_of_twenty_marker_writes_is_one_invalidation() {
         .expect("marker row");
     let last =
         purgewatch::origin::hash_file(&site.root.join(".purge"), ".purge".into()).expect("hash");
-    assert_eq!(md5, last.md5);
+    assert_eq!(md5, last.sums.md5);
     daemon.shutdown().await.expect("shutdown");
 }
 
@@ -215,14 +215,34 @@ async fn markers_written_at_once_into_fifty_new_folders_are_all_seen() {
     for rel in &rels {
         site.upload(rel).await;
     }
-    // Each marker path is its own request, as each upload was one Lambda invocation.
+    // Each marker path is its own request; those verified together share an invalidation
+    // (one sync, one purge), and every request names the one that covered it.
     let rows = site.settled(50, DONE).await;
     let mut seen: Vec<String> = rows.iter().map(|r| r.marker.clone()).collect();
     seen.sort();
     let mut want = rels.clone();
     want.sort();
     assert_eq!(seen, want);
-    assert_eq!(site.invalidations().await.len(), 50);
+    let made: std::collections::BTreeSet<String> = site
+        .invalidations()
+        .await
+        .into_iter()
+        .map(|i| i.0)
+        .collect();
+    let named: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|r| r.invalidation_id.clone())
+        .collect();
+    assert_eq!(
+        rows.iter().filter(|r| r.invalidation_id.is_some()).count(),
+        50
+    );
+    assert_eq!(named, made);
+    assert_eq!(
+        site.count_object(&crate::common::today_utc()).await,
+        Some(made.len().to_string()),
+        "one slot per invalidation"
+    );
     daemon.shutdown().await.expect("shutdown");
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod detect;
 mod faults;
+mod fidelity;
 mod iam;
 mod quota;
 mod strict_emulator;
