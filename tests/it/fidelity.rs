@@ -443,3 +443,22 @@ async fn two_markers_in_one_sync_share_one_invalidation_and_one_slot() {
     }
     assert_eq!(site.count_object(&today_utc()).await.as_deref(), Some("1"));
 }
+
+/// S3's 409 ConditionalRequestConflict (another conditional write in flight) is a lost race,
+/// read again like a 412; CloudFront's Throttling bursts are waited out. One slot, one purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_conflict_and_throttling_are_waited_out() {
+    let site = Site::new().await;
+    site.strict_count(json!({"conflict": 2}));
+    site.strict_cdn(json!({"throttle": 4}));
+    let daemon = Daemon::start(site.config()).await.expect("start");
+    site.write(".purge", b"deploy 1\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, ENDED).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(rows[0].status, "completed", "{:?}", rows[0].detail);
+    assert_eq!(site.invalidations().await.len(), 1);
+    assert_eq!(site.count_object(&today_utc()).await.as_deref(), Some("1"));
+    let puts = site.count_calls().get("PutObject").copied().unwrap_or(0);
+    assert!(puts >= 3, "two refused conditional writes, then the one that took: {puts}");
+}
