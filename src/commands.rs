@@ -8,10 +8,10 @@ use std::io::Write;
 
 use crate::app::{self, Daemon};
 use crate::aws::{self, Clients};
-use crate::cdn::Cdn;
+use crate::cloudfront::Cdn;
 use crate::config::Config;
-use crate::quota::{self, Mirror};
-use crate::store::{self, Store};
+use crate::quota::{self, mirror::Mirror};
+use crate::store::{self, counters, requests, Store};
 
 /// `println!` that hands the error back instead of panicking: `purgewatch history | head`
 /// closes the pipe early, and main ends such a command quietly.
@@ -21,8 +21,8 @@ macro_rules! out {
     };
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<bool> {
-    let daemon = Daemon::start(cfg).await?;
+pub async fn run(cfg: Config, knobs: crate::knobs::Knobs) -> anyhow::Result<bool> {
+    let daemon = Daemon::start_with(cfg, knobs).await?;
     // Every watch is set and the catch-up scan is done: tell systemd (Type=notify) we are up.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd");
@@ -45,7 +45,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<Store> {
 
 pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool> {
     let store = open_store(&cfg)?;
-    let rows = store.call(move |c| store::history(c, limit)).await?;
+    let rows = store.call(move |c| requests::history(c, limit)).await?;
     if json {
         out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(true);
@@ -108,8 +108,8 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
     let (local, paths_this_month) = store
         .call(move |c| {
             Ok((
-                store::counter(c, &p2)?,
-                store::paths_since(c, &month_start)?,
+                counters::get(c, &p2)?,
+                requests::paths_since(c, &month_start)?,
             ))
         })
         .await?;
@@ -178,7 +178,10 @@ pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
             .map(|d| format!(": {d}"))
             .unwrap_or_default()
     );
-    Ok(matches!(row.status.as_str(), "invalidated" | "completed"))
+    Ok(matches!(
+        row.status,
+        crate::store::Status::Invalidated | crate::store::Status::Completed
+    ))
 }
 
 pub async fn check(cfg: Config) -> anyhow::Result<bool> {

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::cli::DEFAULT_CONFIG as DEFAULT_PATH;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]

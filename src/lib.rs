@@ -3,31 +3,43 @@
 //! S3-triggered Lambda of the original setup and keeps its count-object format.
 //!
 //! # Layout
-//! - [`config`]: TOML → typed config; errors name the file and the key.
-//! - [`watch`]: inotify → marker (and change) events; name filter first; rescans when events are lost.
-//! - [`paths`]: which CloudFront paths: the change set collapsed, or the marker's own list.
-//! - [`origin`]: "does S3 hold these bytes yet?" (HeadObject, ETag vs MD5).
-//! - [`quota`]: period policy (time zone, day/month) and the count-bucket mirror.
-//! - [`cdn`]: CloudFront CreateInvalidation with a stable CallerReference.
-//! - [`store`]: SQLite: migrations, the request state machine, history.
-//! - [`pipeline`]: one request from verified to recorded.
-//! - [`memory`]: one malloc arena, code mapped at start (a steady RSS).
-//! - [`app`]: wiring, shutdown, the manual purge. [`commands`]: the CLI's verbs.
+//! In the order a `.purge` meets them (ARCHITECTURE.md has the map and the invariants):
+//! - [`watch`]: inotify → marker (and change) events; name filter first; rescans when events
+//!   are lost.
+//! - [`intake`]: events → stored requests (a marker is hashed and stored before anything else).
+//! - [`marker`]: what a marker is on disk: a regular file, its checksums, its path list.
+//! - [`pipeline`]: the order of a request's stages, written once.
+//! - [`verify`] and [`origin`]: "does S3 hold this write yet?" (checksums, a new upload).
+//! - [`paths`]: which CloudFront paths; CloudFront's rules for them.
+//! - [`quota`]: period policy, the count-bucket mirror, the ledger that takes a slot.
+//! - [`cloudfront`]: CreateInvalidation with a stored CallerReference; CloudFront's limits.
+//! - [`store`]: SQLite: plumbing and migrations; the request state machine; one module per table.
+//! - Around them: [`config`] (TOML → typed config; errors name the file and the key), [`aws`]
+//!   (clients, regions, error classes), [`retry`] (one way to wait out a failure), [`clock`]
+//!   (time from outside), [`knobs`] (test seams, passed in), [`memory`] (a steady RSS),
+//!   [`app`] (wiring, shutdown, the manual purge), [`commands`] and [`cli`] (the CLI's verbs).
 //!
 //! # Data flow
-//! marker write ([`watch::WatchEvent`]) → stored request ([`store::insert_request`]) →
-//! [`pipeline::Verified`] → [`pipeline::Granted`] → [`pipeline::Invalidated`] → `completed` row.
+//! marker write ([`watch::WatchEvent`]) → stored request ([`intake::NewRequest`]) →
+//! [`pipeline::Verified`] → [`pipeline::Granted`] → [`pipeline::Invalidated`] → `completed`
+//! row ([`store::requests::advance`]).
 
 pub mod app;
 pub mod aws;
-pub mod cdn;
 pub mod cli;
+pub mod clock;
+pub mod cloudfront;
 pub mod commands;
 pub mod config;
+pub mod intake;
+pub mod knobs;
+pub mod marker;
 pub mod memory;
 pub mod origin;
 pub mod paths;
 pub mod pipeline;
 pub mod quota;
+pub mod retry;
 pub mod store;
+pub mod verify;
 pub mod watch;

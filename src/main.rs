@@ -15,6 +15,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 const EX_CONFIG: u8 = 78;
 
+/// The test knobs: from the environment in a `failpoints` build (the fault tests), never in a
+/// release build.
+fn knobs() -> purgewatch::knobs::Knobs {
+    #[cfg(feature = "failpoints")]
+    return purgewatch::knobs::Knobs::from_env();
+    #[cfg(not(feature = "failpoints"))]
+    purgewatch::knobs::Knobs::default()
+}
+
 fn main() -> ExitCode {
     memory::one_malloc_arena();
     let cli = Cli::parse();
@@ -66,7 +75,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run => commands::run(cfg).await,
+            Command::Run => commands::run(cfg, knobs()).await,
             Command::Check => commands::check(cfg).await,
             Command::History { limit, json } => commands::history(cfg, limit, json).await,
             Command::Quota { json } => commands::quota(cfg, json).await,

@@ -1,10 +1,14 @@
 //! Process memory set-up for the daemon, done before any other thread exists: what RSS holds
-//! at READY is the folders plus a fixed cost, the same at every start (BENCHMARKS.md: RSS).
+//! at READY is the folders plus a fixed cost, the same at every start.
+//!
+//! ## Performance
+//! What each step bought is measured in BENCHMARKS.md (RSS at READY, its spread between starts,
+//! RSS per folder); the comments here say why, not how much.
 
 /// One malloc arena. glibc gives every thread that allocates its own arena and never trims a
 /// thread arena's top (malloc_trim gives back only the main arena's): the start-up walk's
-/// thread kept ~150 KB it had touched for the daemon's life. The daemon's threads allocate
-/// little and rarely; one arena costs them no measurable time (setup to READY, bench/).
+/// thread kept what it had touched for the daemon's life. The daemon's threads allocate
+/// little and rarely; one arena costs them no measurable time.
 pub fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt has no memory-safety preconditions; called first in main.
@@ -16,9 +20,9 @@ pub fn one_malloc_arena() {
 /// Maps the code of the executable and of libc at once (MADV_POPULATE_READ, Linux 5.14+; a
 /// no-op before). Left to page faults, which code pages end up mapped depends on how the
 /// start-up threads' faults interleave: the kernel's fault-around skips a page another thread
-/// is faulting in, so RSS moved by ±150 KB from one start to the next. Mapped up front it is the
-/// same every time, for ~0.3 MB more RSS (pages already in the page cache, shared with every
-/// other process), and the first marker's path takes no page faults for code.
+/// is faulting in, so RSS moved from one start to the next. Mapped up front it is the same every
+/// time, for a little more RSS (pages already in the page cache, shared with every other
+/// process), and the first marker's path takes no page faults for code.
 pub fn map_code() {
     #[cfg(target_os = "linux")]
     // SAFETY: dl_iterate_phdr passes valid program headers of loaded objects; madvise only

@@ -18,42 +18,18 @@
 //!   the same second as its last verified upload cannot be told apart from it on an
 //!   unversioned bucket, and waits for its own upload until `wait_timeout`.
 
-use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
 
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
-use md5::{Digest, Md5};
 
 use crate::aws::{self, AwsError, Bucket};
+use crate::marker::{hash_file, local_checksum, mtime_ns, Algo, Sums};
 use crate::store::{MarkerSeen, ObjectId};
 
 /// How much older than the local write (in whole seconds) an upload may look and still count
 /// as this write's: S3's clock and the server's differ by well under this on EC2.
 pub const CLOCK_TOLERANCE_SECS: i64 = 1;
-
-/// A full-object checksum algorithm S3 may report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algo {
-    Crc64Nvme,
-    Crc32,
-    Crc32c,
-    Sha1,
-    Sha256,
-}
-
-impl Algo {
-    pub fn name(self) -> &'static str {
-        match self {
-            Algo::Crc64Nvme => "crc64nvme",
-            Algo::Crc32 => "crc32",
-            Algo::Crc32c => "crc32c",
-            Algo::Sha1 => "sha1",
-            Algo::Sha256 => "sha256",
-        }
-    }
-}
 
 /// What proved the content, as the history names it ("verified by crc64nvme").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,16 +60,6 @@ pub enum Check {
     Missing,
     /// An object is there but not this write (older bytes, or the last write's upload).
     Differs(String),
-}
-
-/// The checksums of a local file that S3 most often reports, computed in the one read that
-/// also takes the MD5 (the others are computed on demand, see [`local_checksum`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sums {
-    pub md5: String,
-    /// base64 of the big-endian CRC, as S3 sends it.
-    pub crc32: String,
-    pub crc64nvme: String,
 }
 
 #[derive(Clone)]
@@ -484,122 +450,6 @@ fn local_state(
     Some((seen.size, mtime, seen.sums))
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
-/// Opens a file named like a marker, refusing what is not one. A symlink: following it could
-/// read outside the root, so O_NOFOLLOW refuses it in the open itself (ELOOP). O_NONBLOCK: a
-/// FIFO must not hang the open (regular files ignore the flag).
-fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "a symlink, not a marker file",
-            ),
-            _ => e,
-        })?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok((f, meta))
-}
-
-/// Reads `f` in 64 KiB blocks (memory stays flat for any size), handing each to `eat`.
-fn stream(mut f: impl Read, mut eat: impl FnMut(&[u8])) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(size);
-        }
-        size += n as u64;
-        eat(&buf[..n]);
-    }
-}
-
-/// Hashes a marker file streaming and reads its size and mtime: the MD5, CRC32 and CRC64NVME
-/// in one read (the CRCs run at memory speed; S3 reports one of the two for most uploads).
-pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
-    let (f, meta) = open_regular(path)?;
-    let mut md5 = Md5::new();
-    let mut crc32 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
-    let mut crc64 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
-    let size = stream(f, |b| {
-        md5.update(b);
-        crc32.update(b);
-        crc64.update(b);
-    })?;
-    let digest = md5.finalize();
-    Ok(MarkerSeen {
-        rel,
-        sums: Sums {
-            md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
-            crc32: b64(&(crc32.finalize() as u32).to_be_bytes()),
-            crc64nvme: b64(&crc64.finalize().to_be_bytes()),
-        },
-        size,
-        mtime_ns: mtime_ns(&meta),
-        prior: None,
-    })
-}
-
-/// One checksum of a local file, as S3 would report it; `None` when the file cannot be read or
-/// no longer has the `expect`ed (size, mtime): a newer write, checked in its turn.
-pub fn local_checksum(path: &Path, algo: Algo, expect: Option<(u64, i64)>) -> Option<String> {
-    let (f, meta) = open_regular(path).ok()?;
-    if expect.is_some_and(|e| e != (meta.len(), mtime_ns(&meta))) {
-        return None;
-    }
-    let crc = |a| -> Option<Vec<u8>> {
-        let mut d = crc_fast::Digest::new(a);
-        stream(&f, |b| d.update(b)).ok()?;
-        Some(d.finalize().to_be_bytes().to_vec())
-    };
-    let bytes = match algo {
-        Algo::Crc64Nvme => crc(crc_fast::CrcAlgorithm::Crc64Nvme)?,
-        Algo::Crc32 => crc(crc_fast::CrcAlgorithm::Crc32IsoHdlc)?[4..].to_vec(),
-        Algo::Crc32c => crc(crc_fast::CrcAlgorithm::Crc32Iscsi)?[4..].to_vec(),
-        Algo::Sha1 => {
-            let mut d = sha1::Sha1::new();
-            stream(&f, |b| d.update(b)).ok()?;
-            d.finalize().to_vec()
-        }
-        Algo::Sha256 => {
-            let mut d = sha2::Sha256::new();
-            stream(&f, |b| d.update(b)).ok()?;
-            d.finalize().to_vec()
-        }
-    };
-    Some(b64(&bytes))
-}
-
-fn b64(bytes: &[u8]) -> String {
-    aws_smithy_types::base64::encode(bytes)
-}
-
-/// Origin polls: first at once, then doubling from 250 ms up to 30 s.
-pub fn backoff(attempt: u32) -> Duration {
-    if attempt == 0 {
-        return Duration::ZERO;
-    }
-    let ms = 250u64.saturating_mul(1 << attempt.min(8).saturating_sub(1));
-    Duration::from_millis(ms.min(30_000))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,38 +615,5 @@ mod tests {
         let mut h = head(EMPTY_MD5, 0, 200);
         h.version = Some("v2".into());
         assert!(matches!(judge(&m, Some(h), none), Check::Holds { .. }));
-    }
-
-    #[test]
-    fn backoff_starts_at_once_and_caps_at_30s() {
-        assert_eq!(backoff(0), Duration::ZERO);
-        assert_eq!(backoff(1), Duration::from_millis(250));
-        assert_eq!(backoff(2), Duration::from_millis(500));
-        assert_eq!(backoff(30), Duration::from_secs(30));
-    }
-
-    // Values from `md5sum`, and the CRCs' check values over "123456789" (CRC catalogue),
-    // base64 of the big-endian bytes as S3 sends them.
-    #[test]
-    fn sums_match_md5sum_and_the_crc_catalogue() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join(".purge");
-        std::fs::write(&p, b"hello\n").expect("write");
-        let m = hash_file(&p, ".purge".into()).expect("hash");
-        assert_eq!(m.sums.md5, "b1946ac92492d2347c6235b4d2611184");
-        assert_eq!(m.size, 6);
-        std::fs::write(&p, b"123456789").expect("write");
-        let m = hash_file(&p, ".purge".into()).expect("hash");
-        assert_eq!(m.sums.crc32, b64(&0xcbf43926u32.to_be_bytes()));
-        assert_eq!(m.sums.crc64nvme, b64(&0xae8b14860a799888u64.to_be_bytes()));
-        let c = |a| local_checksum(&p, a, None).expect("readable");
-        assert_eq!(c(Algo::Crc32), m.sums.crc32);
-        assert_eq!(c(Algo::Crc64Nvme), m.sums.crc64nvme);
-        assert_eq!(c(Algo::Crc32c), b64(&0xe3069283u32.to_be_bytes()));
-        assert_eq!(c(Algo::Sha1), "98O8HYCOBHMq32eZZczDTKeuNEE=");
-        assert_eq!(
-            c(Algo::Sha256),
-            "FeKw08M4keuw8e9gnsQZQgwg4yDOlMZfvIwzEkSOsiU="
-        );
     }
 }

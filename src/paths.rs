@@ -24,7 +24,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use crate::cdn::limits;
+use crate::cloudfront::limits;
 
 /// CloudFront's limit on one path's length.
 const MAX_PATH_CHARS: usize = limits::PATH_CHARS;

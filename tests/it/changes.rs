@@ -4,7 +4,7 @@
 use purgewatch::app::Daemon;
 use purgewatch::paths::covers;
 
-use crate::common::Site;
+use crate::common::{site_and_daemon, Site};
 
 const DONE: &[&str] = &["completed"];
 
@@ -233,8 +233,7 @@ async fn a_large_page_still_uploading_holds_the_invalidation_until_it_lands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marker_listing_paths_invalidates_exactly_those() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     site.write(".purge", b"# hot fix\n/news/today.html\n/img/*\n");
     site.upload(".purge").await;
     let rows = site.settled(1, DONE).await;
@@ -248,8 +247,7 @@ async fn a_marker_listing_paths_invalidates_exactly_those() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_marker_list_fails_with_its_line_and_purges_nothing() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     site.write(".purge", b"/ok.html\n/also ok.html\n");
     site.upload(".purge").await;
     let rows = site.settled(1, &["failed"]).await;
@@ -319,8 +317,7 @@ async fn a_storm_of_rewrites_is_stored_once_per_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_reports_this_months_paths_and_their_cost() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     site.write(".purge", b"/a.html\n/b.html\n/c/*\n");
     site.upload(".purge").await;
     site.settled(1, DONE).await;

@@ -370,7 +370,7 @@ async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
     let rows = loop {
         let rows = rusqlite::Connection::open(&db)
             .ok()
-            .and_then(|c| purgewatch::store::history(&c, 10).ok())
+            .and_then(|c| purgewatch::store::requests::history(&c, 10).ok())
             .unwrap_or_default();
         if rows.len() == 1 && rows[0].status == "completed" {
             break rows;

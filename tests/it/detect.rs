@@ -4,14 +4,13 @@ use std::time::Duration;
 
 use purgewatch::app::Daemon;
 
-use crate::common::{poll, Site};
+use crate::common::{poll, site_and_daemon, Site};
 
 const DONE: &[&str] = &["completed"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marker_at_the_root_becomes_one_invalidation_of_everything() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     site.write(".purge", b"deploy 1\n");
     site.upload(".purge").await;
     let rows = site.settled(1, DONE).await;
@@ -29,8 +28,7 @@ async fn marker_at_the_root_becomes_one_invalidation_of_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marker_in_a_folder_created_after_start_is_seen() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     // mkdir -p and the write race the watch on the new folders: the folder scan must catch it.
     site.write("blog/2026/11/.purge", b"x");
     site.upload("blog/2026/11/.purge").await;
@@ -44,7 +42,7 @@ async fn marker_in_a_folder_created_after_start_is_seen() {
 async fn marker_written_as_temp_file_and_renamed_is_seen() {
     let site = Site::new().await;
     std::fs::create_dir_all(site.root.join("shop")).expect("mkdir");
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     // rsync's way: write .purge.XXXXXX, then rename over the name.
     let tmp = site.write("shop/.purge.Ab12Cd", b"rsynced");
     std::fs::rename(&tmp, site.root.join("shop/.purge")).expect("rename");
@@ -63,7 +61,7 @@ async fn a_burst_of_twenty_marker_writes_is_one_invalidation() {
             .toml("", "", "")
             .replace("settle = \"200ms\"", "settle = \"1s\""),
     );
-    let daemon = Daemon::start(cfg).await.expect("start");
+    let daemon = site.start_config(cfg).await;
     for i in 0..20 {
         site.write(".purge", format!("write {i}\n").as_bytes());
     }
@@ -80,15 +78,14 @@ async fn a_burst_of_twenty_marker_writes_is_one_invalidation() {
         )
         .expect("marker row");
     let last =
-        purgewatch::origin::hash_file(&site.root.join(".purge"), ".purge".into()).expect("hash");
+        purgewatch::marker::hash_file(&site.root.join(".purge"), ".purge".into()).expect("hash");
     assert_eq!(md5, last.sums.md5);
     daemon.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_waits_for_the_upload_that_comes_3s_later() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     site.write(".purge", b"late");
     // The daemon has looked at S3 and found nothing yet, more than once.
     site.noted("not there yet").await;
@@ -109,7 +106,7 @@ async fn an_older_marker_in_s3_is_not_the_new_one() {
     let site = Site::new().await;
     site.write(".purge", b"old");
     site.upload(".purge").await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"new");
     site.noted("differs").await;
     assert!(site.invalidations().await.is_empty());
@@ -125,7 +122,7 @@ async fn a_marker_never_uploaded_ends_in_origin_timeout_without_a_slot() {
     let toml = site
         .toml("", "", "")
         .replace("wait_timeout = \"20s\"", "wait_timeout = \"2s\"");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     site.write(".purge", b"never synced");
     let rows = site.settled(1, &["origin_timeout"]).await;
     let detail = rows[0].detail.clone().unwrap_or_default();
@@ -138,8 +135,7 @@ async fn a_marker_never_uploaded_ends_in_origin_timeout_without_a_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_files_do_not_make_requests() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     for i in 0..200 {
         site.write(&format!("pages/p{i}.html"), b"<html>");
     }
@@ -155,8 +151,7 @@ async fn other_files_do_not_make_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_at_shutdown_resumes_at_the_next_start() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     site.write(".purge", b"parked");
     poll(
         "the request to be stored",
@@ -207,7 +202,7 @@ async fn markers_written_while_stopped_are_handled_once_at_start() {
 async fn markers_written_at_once_into_fifty_new_folders_are_all_seen() {
     let site = Site::new().await;
     let cfg = site.config_from(&site.toml("", "", "").replace("max = 10", "max = 100"));
-    let daemon = Daemon::start(cfg).await.expect("start");
+    let daemon = site.start_config(cfg).await;
     let rels: Vec<String> = (0..50).map(|i| format!("n{i}/deep/er/.purge")).collect();
     for rel in &rels {
         site.write(rel, rel.as_bytes());
@@ -264,7 +259,7 @@ async fn with_no_settle_time_the_first_look_at_s3_is_judged_against_the_stored_m
     let toml = site
         .toml("", "", "")
         .replace("settle = \"200ms\"", "settle = \"0s\"");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     // S3 holds these bytes already: purged at once.
     site.write("held/.purge", b"deploy 7\n");
     let rows = site.settled(1, DONE).await;

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use purgewatch::app::Daemon;
 
-use crate::common::{daemon_command, poll, spawn_watching, today_utc, Site, Tmpfs, ENDED};
+use crate::common::{
+    daemon_command, poll, site_and_daemon, spawn_watching, today_utc, Site, Tmpfs, ENDED,
+};
 
 /// One round of the fleet race: 4 daemons (own trees and databases, one count bucket, max 10),
 /// 25 markers each, all at once.
@@ -93,7 +95,7 @@ async fn a_missing_count_bucket_holds_the_request_until_it_answers() {
         &format!("count_bucket = \"{}\"", site.count_bucket),
         "count_bucket = \"not-yet-created-bucket\"",
     );
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     site.write(".purge", b"x");
     site.upload(".purge").await;
     poll(
@@ -102,7 +104,8 @@ async fn a_missing_count_bucket_holds_the_request_until_it_answers() {
         || async {
             let h = site.history();
             let r = h.first()?;
-            (r.status == "waiting_for_origin"
+            // Verified, held at the quota stage: the status names the stage that holds it.
+            (r.status == "waiting_for_quota"
                 && r.detail
                     .as_deref()
                     .is_some_and(|d| d.contains("count bucket") && d.contains("NoSuchBucket")))
@@ -136,8 +139,7 @@ async fn a_missing_count_bucket_holds_the_request_until_it_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_holding_a_long_transaction_does_not_stop_the_daemon() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     // What `sqlite3 purgewatch.db` with an open BEGIN; SELECT ... does.
     let reader = rusqlite::Connection::open(&site.db).expect("reader");
     reader
@@ -164,7 +166,7 @@ async fn a_marker_in_the_middle_of_a_storm_is_handled_exactly_once() {
     for d in 0..folders {
         std::fs::create_dir_all(site.root.join(format!("d{}/s{d}", d % 50))).expect("mkdir");
     }
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     let started = Instant::now();
     for w in 0..writes {
         let d = w % folders;
@@ -276,7 +278,7 @@ async fn aws_refused_stalled_and_reset_for_30s_each_delay_but_never_lose_or_dupl
         .replace(&site.endpoint, &format!("http://127.0.0.1:{}", proxy.port))
         .replace("wait_timeout = \"20s\"", "wait_timeout = \"10m\"");
     let file = site.config_file(&toml);
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     for (i, mode) in [Mode::Refuse, Mode::Stall, Mode::Reset]
         .into_iter()
         .enumerate()
@@ -352,7 +354,7 @@ async fn aws_refused_stalled_and_reset_for_30s_each_delay_but_never_lose_or_dupl
 async fn the_root_removed_and_recreated_is_watched_again() {
     let site = Site::new().await;
     site.write("a/index.html", b"v1");
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     std::fs::remove_dir_all(&site.root).expect("rm -rf root");
     // A deploy that replaces the whole tree: the daemon stays up and finds the new marker.
     site.write("a/index.html", b"v2");
@@ -491,7 +493,7 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
     loop {
         let rows = rusqlite::Connection::open(&db)
             .ok()
-            .and_then(|c| purgewatch::store::history(&c, 10).ok())
+            .and_then(|c| purgewatch::store::requests::history(&c, 10).ok())
             .unwrap_or_default();
         if rows.len() == 1 && rows[0].status == "completed" {
             assert_eq!(rows[0].marker, "news/.purge");

@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use purgewatch::app::Daemon;
 use serde_json::json;
 
-use crate::common::{poll, today_utc, Site, ENDED};
+use crate::common::{poll, site_and_daemon, today_utc, Site, ENDED};
 
 /// Asserts that `ok` stays true for `d` (polled every 50 ms): the daemon did NOT do something
 /// it must not do (purge before the upload), which no event can announce.
@@ -29,7 +28,7 @@ async fn seconds_past(since: i64, secs: i64) {
 }
 
 fn newest_status(site: &Site) -> Option<String> {
-    site.history().first().map(|r| r.status.clone())
+    site.history().first().map(|r| r.status.to_string())
 }
 
 async fn put_object(site: &Site, key: &str, body: &[u8]) {
@@ -70,8 +69,7 @@ async fn s3_client(endpoint: &str, region: &'static str, checksums: bool) -> aws
 // object uploaded before the very first write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_marker_waits_for_its_own_new_upload() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     // S3 already holds an empty `.purge` from before (an old deploy).
     put_object(&site, ".purge", b"").await;
     seconds_past(chrono::Utc::now().timestamp(), 2).await;
@@ -120,7 +118,7 @@ async fn a_kms_origin_verifies_by_s3_checksums_and_never_on_same_size_other_byte
     let toml = site
         .toml("", "", "wait_for = \"changes\"")
         .replace("wait_timeout = \"20s\"", "wait_timeout = \"8s\"");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     site.write("blog/post.html", b"<p>new post</p>");
     site.write("blog/.purge", b"deploy AAAA\n");
     site.upload("blog/post.html").await;
@@ -155,7 +153,7 @@ async fn a_kms_origin_verifies_by_s3_checksums_and_never_on_same_size_other_byte
 async fn an_upload_without_checksum_is_proven_by_crc64nvme() {
     let site = Site::new().await;
     site.strict_origin(json!({"kms": true}));
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"deploy 1\n");
     s3_client(&site.endpoint, "us-east-1", false)
         .await
@@ -192,7 +190,7 @@ async fn buckets_in_other_regions_are_found_signed_for_and_shown_by_check() {
     assert!(text.contains(" in ap-northeast-1"), "{text}");
     assert!(text.contains(" in eu-west-3"), "{text}");
 
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"deploy 1\n");
     s3_client(&site.endpoint, "ap-northeast-1", true)
         .await
@@ -222,8 +220,7 @@ async fn buckets_in_other_regions_are_found_signed_for_and_shown_by_check() {
 // every such request. And `[` `]` were not encoded, so CloudFront refused them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudfront_path_rules_hold_before_any_quota_is_used() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     let sixteen: String = (0..16).map(|i| format!("/d{i}/*\n")).collect();
     site.write("a/.purge", sixteen.as_bytes());
     site.upload("a/.purge").await;
@@ -270,7 +267,7 @@ async fn a_changed_index_invalidates_the_folder_with_and_without_slash() {
         "distribution_id = ",
         "paths = \"changed\"\ndistribution_id = ",
     );
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     site.write("docs/index.html", b"<h1>docs</h1>");
     site.write("docs/.purge", b"");
     site.upload("docs/index.html").await;
@@ -294,7 +291,7 @@ async fn a_changed_index_invalidates_the_folder_with_and_without_slash() {
 async fn too_many_in_progress_waits_for_the_distributions_own_invalidations() {
     let site = Site::new().await;
     site.strict_cdn(json!({"in_progress_secs": 4}));
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     let fifteen: String = (0..15).map(|i| format!("/d{i}/*\n")).collect();
     site.write("a/.purge", fifteen.as_bytes());
     site.upload("a/.purge").await;
@@ -327,7 +324,7 @@ async fn a_lost_answer_is_sent_again_with_the_same_reference_and_nothing_is_list
     // Three: the SDK's own retries (3 attempts) resend the first two; the third loss reaches
     // the daemon, whose retry must resend too, not look the reference up.
     site.strict_cdn(json!({"lose_answer": 3}));
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"deploy 1\n");
     site.upload(".purge").await;
     let rows = site.settled(1, ENDED).await;
@@ -354,8 +351,7 @@ async fn a_lost_answer_is_sent_again_with_the_same_reference_and_nothing_is_list
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_database_never_reuses_a_caller_reference() {
-    let site = Site::new().await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let (site, daemon) = site_and_daemon().await;
     daemon.shutdown().await.expect("shutdown");
     let backup = site.dir.path().join("backup.db");
     rusqlite::Connection::open(&site.db)
@@ -363,7 +359,7 @@ async fn a_restored_database_never_reuses_a_caller_reference() {
         .execute("VACUUM INTO ?1", [backup.display().to_string()])
         .expect("back up the database");
 
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"deploy 1\n");
     site.upload(".purge").await;
     let first = site.settled(1, ENDED).await;
@@ -377,7 +373,7 @@ async fn a_restored_database_never_reuses_a_caller_reference() {
     std::fs::copy(&backup, &site.db).expect("restore");
     // The next deploy's marker; the restored daemon finds it changed at start.
     site.write(".purge", b"deploy 2\n");
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.upload(".purge").await;
     let second = site.settled(1, ENDED).await;
     daemon.shutdown().await.expect("shutdown");
@@ -399,7 +395,7 @@ async fn an_expired_token_is_retried_and_access_denied_names_the_permission() {
     let site = Site::new().await;
     site.strict_cdn(json!({"expired_token": 1}));
     site.strict_count(json!({"expired_token": 1}));
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write("a/.purge", b"deploy 1\n");
     site.upload("a/.purge").await;
     let rows = site.settled(1, ENDED).await;
@@ -427,7 +423,7 @@ async fn two_markers_in_one_sync_share_one_invalidation_and_one_slot() {
     let toml = site
         .toml("", "", "")
         .replace("settle = \"200ms\"", "settle = \"1s\"");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     site.write("blog/.purge", b"deploy 1\n");
     site.write("news/.purge", b"deploy 1\n");
     site.upload("blog/.purge").await;
@@ -451,7 +447,7 @@ async fn a_conditional_conflict_and_throttling_are_waited_out() {
     let site = Site::new().await;
     site.strict_count(json!({"conflict": 2}));
     site.strict_cdn(json!({"throttle": 4}));
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"deploy 1\n");
     site.upload(".purge").await;
     let rows = site.settled(1, ENDED).await;
@@ -460,5 +456,8 @@ async fn a_conditional_conflict_and_throttling_are_waited_out() {
     assert_eq!(site.invalidations().await.len(), 1);
     assert_eq!(site.count_object(&today_utc()).await.as_deref(), Some("1"));
     let puts = site.count_calls().get("PutObject").copied().unwrap_or(0);
-    assert!(puts >= 3, "two refused conditional writes, then the one that took: {puts}");
+    assert!(
+        puts >= 3,
+        "two refused conditional writes, then the one that took: {puts}"
+    );
 }

@@ -19,7 +19,7 @@ async fn marker_round(site: &Site, folder: &str, n: usize) {
 async fn max_three_of_five_requests_invalidate_and_the_count_object_says_3() {
     let site = Site::new().await;
     let cfg = site.config_from(&site.toml("", "", "").replace("max = 10", "max = 3"));
-    let daemon = Daemon::start(cfg).await.expect("start");
+    let daemon = site.start_config(cfg).await;
     for n in 1..=5 {
         marker_round(&site, &format!("d{n}"), n).await;
     }
@@ -46,7 +46,7 @@ async fn an_existing_lambda_count_of_9_allows_one_more() {
     let site = Site::new().await;
     let period = today_utc();
     site.put_count_object(&period, "9").await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     marker_round(&site, "a", 1).await;
     marker_round(&site, "b", 2).await;
     daemon.shutdown().await.expect("shutdown");
@@ -63,7 +63,7 @@ async fn an_existing_lambda_count_of_9_allows_one_more() {
 async fn a_count_the_old_lambda_wrote_between_two_grants_is_read_again() {
     let site = Site::new().await;
     let period = today_utc();
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     marker_round(&site, "a", 1).await;
     assert_eq!(site.count_object(&period).await.as_deref(), Some("1"));
     site.put_count_object(&period, "7").await;
@@ -129,7 +129,7 @@ async fn six_markers_at_once_in_one_daemon_take_exactly_max_slots() {
         .toml("", "", "")
         .replace("max = 10", "max = 4")
         .replace("settle = \"200ms\"", "settle = \"0s\"");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     let rels: Vec<String> = (1..=6).map(|n| format!("batch{n}/.purge")).collect();
     for (n, rel) in rels.iter().enumerate() {
         site.write(rel, format!("batch {n}\n").as_bytes());
@@ -214,7 +214,7 @@ async fn a_malformed_count_object_is_an_error_not_a_reset() {
     let site = Site::new().await;
     let period = today_utc();
     site.put_count_object(&period, "abc").await;
-    let daemon = Daemon::start(site.config()).await.expect("start");
+    let daemon = site.start().await;
     site.write(".purge", b"x");
     site.upload(".purge").await;
     let id = poll(
@@ -251,7 +251,7 @@ async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_perio
     let toml = site
         .toml("when_exhausted = \"defer\"", "", "")
         .replace("max = 10", "max = 1");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     for n in 1..=3 {
         marker_round(&site, &format!("d{n}"), n).await;
     }
@@ -299,7 +299,7 @@ async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_perio
 async fn a_manual_purge_while_the_daemon_runs_shares_its_quota() {
     let site = Site::new().await;
     let toml = site.toml("", "", "").replace("max = 10", "max = 2");
-    let daemon = Daemon::start(site.config_from(&toml)).await.expect("start");
+    let daemon = site.start_with(&toml).await;
     site.write(".purge", b"deploy");
     site.upload(".purge").await;
     // Two manual purges race the daemon's request for the last slots of one database.

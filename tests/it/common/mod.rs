@@ -367,7 +367,32 @@ pub async fn clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_cloudfront:
     )
 }
 
+/// One test's set-up, as ripgrep's `rgtest!` gives each test its directory and command: a new
+/// site (its own buckets, distribution, tree and database) and a daemon watching it on the
+/// default config.
+pub async fn site_and_daemon() -> (Site, purgewatch::app::Daemon) {
+    let site = Site::new().await;
+    let daemon = site.start().await;
+    (site, daemon)
+}
+
 impl Site {
+    /// A daemon on this site's default config, once it watches.
+    pub async fn start(&self) -> purgewatch::app::Daemon {
+        self.start_config(self.config()).await
+    }
+
+    /// A daemon on `toml` (usually [`Site::toml`] edited), once it watches.
+    pub async fn start_with(&self, toml: &str) -> purgewatch::app::Daemon {
+        self.start_config(self.config_from(toml)).await
+    }
+
+    pub async fn start_config(&self, cfg: Config) -> purgewatch::app::Daemon {
+        purgewatch::app::Daemon::start(cfg)
+            .await
+            .expect("start the daemon")
+    }
+
     pub async fn new() -> Site {
         let emu = emulator();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
@@ -570,7 +595,7 @@ endpoint_url = "{url}"
             return Vec::new();
         }
         let conn = rusqlite_open(&self.db);
-        purgewatch::store::history(&conn, 1000).expect("history")
+        purgewatch::store::requests::history(&conn, 1000).expect("history")
     }
 
     /// Event details of one request, oldest first.
@@ -604,7 +629,10 @@ endpoint_url = "{url}"
     }
 
     pub fn statuses(&self) -> Vec<String> {
-        self.history().into_iter().map(|r| r.status).collect()
+        self.history()
+            .into_iter()
+            .map(|r| r.status.to_string())
+            .collect()
     }
 
     /// Polls until the history holds `n` requests that all ended in one of `ends`.

@@ -1,14 +1,21 @@
-//! The quota: pure period policy (time zone, day or month) and the count-bucket mirror.
+//! The quota. Three parts, one owner each:
+//! - this module: pure period policy (time zone, day or month; the count object's name and
+//!   body), no I/O;
+//! - [`mirror`]: the count bucket in the seed Lambda's format, written conditionally;
+//! - [`ledger`]: taking a slot ([`ledger::Ledger::take_slot`]), the one place that decides
+//!   whether a request may spend one, journalling it locally before the count object is written.
 //!
 //! The count object is the seed Lambda's: `<period>.txt` whose body is the decimal count. Reading
 //! it before a grant makes an existing Lambda count carry over; writing it with a conditional
 //! PutObject (`If-None-Match: *` when new, `If-Match: <etag>` after) lets several servers share one
-//! quota: a lost race is a 412, after which the caller re-reads and decides again.
+//! quota: a lost race is a 412 (or 409), after which the ledger re-reads and decides again.
+
+pub mod ledger;
+pub mod mirror;
 
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::aws::{self, AwsError, Bucket};
 use crate::config::Period;
 
 /// The period `now` falls in, as the count object's stem: `YYYY-MM-DD` or `YYYY-MM`.
@@ -67,153 +74,6 @@ pub fn parse_count(key: &str, body: &[u8]) -> Result<u32, MalformedCount> {
         key: key.to_owned(),
         body: text.chars().take(40).collect(),
     })
-}
-
-/// What the count object holds now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remote {
-    pub count: u32,
-    /// None when the object does not exist yet.
-    pub etag: Option<String>,
-    /// The CallerReference of the purgewatch request that wrote it last (object metadata;
-    /// the seed Lambda writes none). Lets a restarted daemon recognise its own write.
-    pub writer: Option<String>,
-}
-
-/// User metadata naming the request that wrote the count; the body stays the seed's format.
-const WRITER_KEY: &str = "purgewatch-request";
-
-#[derive(Debug, thiserror::Error)]
-pub enum MirrorError {
-    /// Someone else wrote first (412/409): re-read and decide again.
-    #[error("count object changed meanwhile")]
-    Conflict,
-    #[error(transparent)]
-    Malformed(#[from] MalformedCount),
-    #[error(transparent)]
-    Aws(#[from] AwsError),
-}
-
-/// The count bucket, in the seed's format.
-#[derive(Clone)]
-pub struct Mirror {
-    bucket: Bucket,
-}
-
-impl Mirror {
-    pub fn new(bucket: Bucket) -> Mirror {
-        Mirror { bucket }
-    }
-
-    pub fn bucket(&self) -> &str {
-        self.bucket.name()
-    }
-
-    /// The bucket's handle (its region).
-    pub fn handle(&self) -> &Bucket {
-        &self.bucket
-    }
-
-    pub async fn read(&self, period: &str) -> Result<Remote, MirrorError> {
-        let key = object_key(period);
-        let name = self.bucket.name();
-        let out = self
-            .bucket
-            .send(|c| c.get_object().bucket(name).key(&key).send())
-            .await;
-        match out {
-            Ok(o) => {
-                let etag = o.e_tag.clone();
-                let writer = o.metadata().and_then(|m| m.get(WRITER_KEY)).cloned();
-                let body = o
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| AwsError::transient(format!("reading s3://{name}/{key}: {e}")))?
-                    .into_bytes();
-                Ok(Remote {
-                    count: parse_count(&key, &body)?,
-                    etag,
-                    writer,
-                })
-            }
-            Err(e) => {
-                let not_found = e
-                    .as_service_error()
-                    .map(|s| s.is_no_such_key())
-                    .unwrap_or(false);
-                if not_found {
-                    Ok(Remote {
-                        count: 0,
-                        etag: None,
-                        writer: None,
-                    })
-                } else {
-                    Err(
-                        aws::classify(&format!("GetObject s3://{name}/{key} (count bucket)"), &e)
-                            .into(),
-                    )
-                }
-            }
-        }
-    }
-
-    /// Writes `count` if the object is still what `etag` says (absent when None). Returns the new ETag.
-    pub async fn write(
-        &self,
-        period: &str,
-        count: u32,
-        etag: Option<&str>,
-        writer: &str,
-    ) -> Result<Option<String>, MirrorError> {
-        let key = object_key(period);
-        let name = self.bucket.name();
-        let body = count.to_string();
-        let sent = self
-            .bucket
-            .send(|c| {
-                let put = c
-                    .put_object()
-                    .bucket(name)
-                    .key(&key)
-                    .content_type("text/plain")
-                    .metadata(WRITER_KEY, writer)
-                    .body(body.clone().into_bytes().into());
-                match etag {
-                    Some(t) => put.if_match(t),
-                    None => put.if_none_match("*"),
-                }
-                .send()
-            })
-            .await;
-        match sent {
-            Ok(o) => Ok(o.e_tag),
-            Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                let code = e.as_service_error().and_then(|s| {
-                    use aws_sdk_s3::error::ProvideErrorMetadata;
-                    s.code().map(str::to_owned)
-                });
-                // 412: the etag moved (or the object appeared); 409: a concurrent conditional write;
-                // 404 on If-Match: the object vanished. Each means "read again".
-                if matches!(status, Some(412 | 409))
-                    || matches!(
-                        code.as_deref(),
-                        Some("PreconditionFailed" | "ConditionalRequestConflict")
-                    )
-                    || (etag.is_some()
-                        && (status == Some(404) || code.as_deref() == Some("NoSuchKey")))
-                {
-                    Err(MirrorError::Conflict)
-                } else {
-                    Err(
-                        aws::classify(&format!("PutObject s3://{name}/{key} (count bucket)"), &e)
-                            .into(),
-                    )
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,386 @@
+//! Intake: watcher events → stored requests. A marker write is hashed and stored (merged into
+//! the request still waiting for that marker, or a new request) before anything that uses
+//! quota; file changes are buffered and stored in batches; scans (start-up catch-up, lost
+//! events, folders without a watch) turn markers that changed since last seen into writes.
+//!
+//! What it hands on is a [`NewRequest`]: stored, for the pipeline to run.
+//!
+//! ## Performance
+//! A small marker is hashed and stored on the pipeline's own thread when the database is free
+//! (two hand-offs to the blocking pool would cost more than the work); with `settle = "0s"` the
+//! first HeadObject goes out before the marker is stored, and is judged once it is.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Paths};
+use crate::knobs::crash_point;
+use crate::marker::{self, mtime_ns};
+use crate::origin::{EarlyHead, Origin};
+use crate::store::{self, changes, markers, requests, ChangeSeen, MarkerSeen, Pending, Source};
+use crate::store::{Status, Store, StoreError};
+use crate::verify::FirstLook;
+use crate::watch;
+
+/// A request just stored, for the pipeline to run.
+pub struct NewRequest {
+    pub id: i64,
+    /// The marker, relative to the root.
+    pub rel: String,
+    pub first: FirstLook,
+    /// Signalled when a later write of the marker is merged into the request.
+    pub wake: Arc<Notify>,
+}
+
+/// What became of a marker write.
+enum Stored {
+    /// Could not be read (gone, unreadable, not a regular file).
+    Unread(std::io::Error),
+    /// Folded into the open request with this id.
+    Merged(i64),
+    /// A new request, with its generation and markers as stored (when they could be read).
+    New(i64, Option<(i64, Vec<MarkerSeen>)>),
+}
+
+/// A request still taking writes of its marker: merged in until its origin check passes.
+struct Open {
+    id: i64,
+    wake: Arc<Notify>,
+}
+
+/// Flush the change buffer at least this often, and whenever it holds this many paths.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+pub const FLUSH_AT: usize = 10_000;
+
+/// The intake's state: which requests still take writes of their marker, the changes not yet
+/// stored, and the markers already recorded as unusable.
+pub struct Intake {
+    cfg: Arc<Config>,
+    store: Store,
+    origin: Origin,
+    /// Per marker path: writes of one marker coalesce; different markers are different requests,
+    /// as each `.purge` upload was one Lambda invocation.
+    open: HashMap<String, Open>,
+    /// Changes not yet written to SQLite, one entry per path: a storm of rewrites of the same
+    /// files costs memory per file, not per event; flushed in one transaction.
+    changes: HashMap<String, ChangeSeen>,
+    /// Markers last recorded as unusable, by (size, mtime): one row per write, not per report.
+    unusable: HashMap<String, (u64, i64)>,
+}
+
+impl Intake {
+    pub fn new(cfg: Arc<Config>, store: Store, origin: Origin) -> Intake {
+        Intake {
+            cfg,
+            store,
+            origin,
+            open: HashMap::new(),
+            changes: HashMap::new(),
+            unusable: HashMap::new(),
+        }
+    }
+
+    /// A marker write: merged into the open request, or stored as a new one before anything else.
+    pub async fn marker(
+        &mut self,
+        path: PathBuf,
+        source: Source,
+    ) -> Result<Option<NewRequest>, StoreError> {
+        let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
+            return Ok(None);
+        };
+        if path.to_str().is_none() {
+            // S3 keys are UTF-8; lsyncd cannot have synced this name as it is.
+            self.flush_changes().await?;
+            let detail = format!("marker path {rel:?} is not UTF-8: no S3 key can match it");
+            self.unusable(&path, rel, source, detail).await?;
+            return Ok(None);
+        }
+        let open = self.open.get(&rel).map(|o| o.id);
+        // With no settle time, ask S3 at once, while the marker is hashed and stored below on
+        // another thread: the first check does not wait for the SQLite write.
+        let early = (self.cfg.watch.settle.is_zero() && open.is_none() && source == Source::Watch)
+            .then(|| EarlyHead::start(&self.origin, rel.clone()));
+        if early.is_some() {
+            // Let it reach the wire before anything else here runs.
+            tokio::task::yield_now().await;
+        }
+        // The request owns the changes recorded up to its marker: store them first.
+        self.flush_changes().await?;
+        // One trip to the blocking pool (or none): hash the marker, then merge it into the open
+        // request or store a new one. On an idle daemon each hand-off between threads is a wake-up.
+        let paths = configured_paths(&self.cfg);
+        let detail = match source {
+            Source::Scan => "marker found changed by a scan",
+            _ => "marker written",
+        };
+        let store_marker = move |c: &mut rusqlite::Connection, seen: MarkerSeen| {
+            if let Some(id) = open {
+                if requests::merge_marker(c, id, &seen)? {
+                    return Ok(Stored::Merged(id));
+                }
+            }
+            let id = requests::insert(c, source, Some(&seen), &paths, detail)?;
+            // Stored: from here no error may send the write round again (a busy fallback would
+            // store it twice). Without this read the request reads its markers itself.
+            Ok(Stored::New(id, markers::of_request(c, id).ok()))
+        };
+        // A small marker whose database is free is hashed and stored right here: the two
+        // hand-offs to the blocking pool and back cost more than the work (BENCHMARKS.md,
+        // close → HeadObject). Anything else (a big marker, a busy database) goes there.
+        let small = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_file() && m.len() <= marker::BLOCK as u64);
+        let inline = if small && early.is_none() {
+            match marker::hash_file(&path, rel.clone()) {
+                Err(e) => Some(Ok(Stored::Unread(e))),
+                Ok(seen) => {
+                    let f = store_marker.clone();
+                    self.store.try_now(move |c| f(c, seen))
+                }
+            }
+        } else {
+            None
+        };
+        let stored = match inline {
+            Some(r) => r?,
+            None => {
+                let (store, p, r) = (self.store.clone(), path.clone(), rel.clone());
+                tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                    let seen = match marker::hash_file(&p, r) {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Stored::Unread(e)),
+                    };
+                    store_marker(&mut store.lock(), seen)
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+            }
+        };
+        match stored {
+            Stored::Unread(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Deleted before we could read it: nothing is left to purge for.
+                info!(marker = %rel, "marker gone before it could be read; ignored");
+                Ok(None)
+            }
+            Stored::Unread(e) => {
+                // Unreadable, or not a regular file: recorded, so the operator sees why.
+                let detail = format!("cannot use marker {rel}: {e}");
+                self.unusable(&path, rel, source, detail).await?;
+                Ok(None)
+            }
+            Stored::Merged(id) => {
+                debug!(request = id, marker = %rel, "merged into the open request");
+                if let Some(o) = self.open.get(&rel) {
+                    o.wake.notify_one();
+                }
+                Ok(None)
+            }
+            Stored::New(id, stored) => {
+                crash_point("after_request_stored");
+                info!(request = id, marker = %rel, "purge requested");
+                let wake = Arc::new(Notify::new());
+                let open = Open {
+                    id,
+                    wake: wake.clone(),
+                };
+                self.open.insert(rel.clone(), open);
+                let first = FirstLook {
+                    stored,
+                    head: early,
+                };
+                Ok(Some(NewRequest {
+                    id,
+                    rel,
+                    first,
+                    wake,
+                }))
+            }
+        }
+    }
+
+    /// Records a marker that cannot be purged for, once per write: the watch event and the scan
+    /// of a new folder can both report the same write.
+    async fn unusable(
+        &mut self,
+        path: &std::path::Path,
+        rel: String,
+        source: Source,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        let stamp = std::fs::symlink_metadata(path)
+            .map(|m| (m.len(), mtime_ns(&m)))
+            .unwrap_or_default();
+        if self.unusable.get(&rel) == Some(&stamp) {
+            return Ok(());
+        }
+        warn!(marker = %rel, %detail, "marker not usable");
+        self.unusable.insert(rel.clone(), stamp);
+        self.store
+            .call(move |c| requests::insert_failed(c, source, &rel, &detail))
+            .await?;
+        Ok(())
+    }
+
+    /// A folder appeared with files in it: they are changes, and its markers count as written.
+    pub async fn appeared(
+        &mut self,
+        markers: Vec<PathBuf>,
+        files: Vec<PathBuf>,
+    ) -> Result<Vec<NewRequest>, StoreError> {
+        for f in &files {
+            self.change(f, false);
+        }
+        let mut new = Vec::new();
+        for path in markers {
+            new.extend(self.marker(path, Source::Watch).await?);
+        }
+        Ok(new)
+    }
+
+    /// Walks `dir` (events were lost, or folders lack a watch): markers that differ from what the
+    /// database last saw become marker events.
+    pub async fn scan(&mut self, dir: PathBuf) -> Result<Vec<NewRequest>, StoreError> {
+        let marker = self.cfg.watch.marker.clone();
+        let found = tokio::task::spawn_blocking(move || watch::find_files(&dir, &marker, false))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.changed_markers(found.markers).await
+    }
+
+    async fn changed_markers(
+        &mut self,
+        found: Vec<PathBuf>,
+    ) -> Result<Vec<NewRequest>, StoreError> {
+        let mut new = Vec::new();
+        if found.is_empty() {
+            return Ok(new);
+        }
+        let known = self.store.call(|c| markers::known(c)).await?;
+        for path in found {
+            let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
+                continue;
+            };
+            if let (Some(&(size, mtime)), Ok(meta)) = (known.get(&rel), std::fs::metadata(&path)) {
+                if meta.len() == size && mtime_ns(&meta) == mtime {
+                    continue;
+                }
+            }
+            new.extend(self.marker(path, Source::Scan).await?);
+        }
+        Ok(new)
+    }
+
+    /// Markers written while the daemon was down, from the start-up walk. On the very first
+    /// start they are only remembered: installing purgewatch must not purge for every old
+    /// `.purge` in the tree.
+    pub async fn catch_up(&mut self, found: Vec<PathBuf>) -> Result<Vec<NewRequest>, StoreError> {
+        let first_start = self.store.call(|c| store::first_start(c)).await?;
+        if first_start {
+            let root = self.cfg.watch.root.clone();
+            let seen: Vec<MarkerSeen> = tokio::task::spawn_blocking(move || {
+                found
+                    .into_iter()
+                    .filter_map(|p| {
+                        let rel = watch::relative(&root, &p)?;
+                        marker::hash_file(&p, rel).ok()
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let n = seen.len();
+            self.store
+                .call(move |c| {
+                    for s in &seen {
+                        markers::remember(c, s)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            if n > 0 {
+                info!(
+                    markers = n,
+                    "first start: existing markers remembered, not purged"
+                );
+            }
+            return Ok(Vec::new());
+        }
+        if self.cfg.tracks_changes() {
+            let why = "the daemon was stopped: changes made meanwhile are unknown".into();
+            self.changes_unknown(why).await?;
+        }
+        self.changed_markers(found).await
+    }
+
+    /// A file written or removed: buffered, one entry per path. Returns how many are buffered.
+    pub fn change(&mut self, path: &std::path::Path, deleted: bool) -> usize {
+        let Some(rel) = watch::relative(&self.cfg.watch.root, path) else {
+            return self.changes.len();
+        };
+        let now = store::now_text();
+        self.changes
+            .entry(rel.clone())
+            .and_modify(|c| {
+                c.deleted = deleted;
+                c.last_seen.clone_from(&now);
+            })
+            .or_insert(ChangeSeen {
+                rel,
+                deleted,
+                first_seen: now.clone(),
+                last_seen: now,
+            });
+        self.changes.len()
+    }
+
+    /// Stores the buffered changes in one transaction.
+    pub async fn flush_changes(&mut self) -> Result<(), StoreError> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<ChangeSeen> = self.changes.drain().map(|(_, c)| c).collect();
+        debug!(changes = batch.len(), "recording changes");
+        self.store.call(move |c| changes::record(c, &batch)).await?;
+        Ok(())
+    }
+
+    /// The change set misses changes (events lost, the daemon was down): the next purge says so.
+    pub async fn changes_unknown(&mut self, why: String) -> Result<(), StoreError> {
+        self.flush_changes().await?;
+        warn!(reason = %why, "the change set is incomplete; the next purge falls back to /*");
+        self.store.call(move |c| changes::unknown(c, &why)).await?;
+        Ok(())
+    }
+
+    /// A request resumed at start: one still waiting for its origin takes later writes of its
+    /// marker. Returns the Notify those writes signal.
+    pub fn resumed(&mut self, p: &Pending) -> Arc<Notify> {
+        let wake = Arc::new(Notify::new());
+        if p.status == Status::WaitingForOrigin {
+            let open = Open {
+                id: p.id,
+                wake: wake.clone(),
+            };
+            self.open.insert(p.marker.clone(), open);
+        }
+        wake
+    }
+
+    /// The request's task ended: later writes of its marker make a new request.
+    pub fn ended(&mut self, id: i64) {
+        self.open.retain(|_, o| o.id != id);
+    }
+}
+
+/// The paths a request starts with; the pipeline settles them once verified.
+pub fn configured_paths(cfg: &Config) -> Vec<String> {
+    match &cfg.cloudfront.paths {
+        Paths::Fixed(p) => p.clone(),
+        Paths::Changed => vec!["/*".into()],
+    }
+}

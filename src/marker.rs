@@ -1,0 +1,204 @@
+//! What a marker is on disk: a regular file (never a symlink or a FIFO) whose bytes are hashed
+//! in one streaming read (MD5, CRC32, CRC64NVME: what S3 reports for most uploads; CRC32C, SHA-1
+//! and SHA-256 on demand), and whose contents may list the paths to invalidate.
+//!
+//! ## Performance
+//! A marker is read in 64 KiB blocks, so memory stays flat for any size; the CRCs run at memory
+//! speed (`crc-fast`, SIMD) and the MD5 is built with full optimisation even in small builds
+//! (Cargo.toml), so a 1 GiB marker costs about one read of it.
+
+use std::io::Read;
+use std::path::Path;
+
+use md5::{Digest, Md5};
+
+use crate::paths;
+use crate::store::MarkerSeen;
+
+/// A marker is read in blocks of this size. A marker that fits one block is "small": hashed on
+/// the pipeline's own thread, and the only kind that can be a path list (3,000 paths of a line
+/// each are less).
+pub const BLOCK: usize = 64 * 1024;
+
+/// A full-object checksum algorithm S3 may report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    Crc64Nvme,
+    Crc32,
+    Crc32c,
+    Sha1,
+    Sha256,
+}
+
+impl Algo {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Crc64Nvme => "crc64nvme",
+            Algo::Crc32 => "crc32",
+            Algo::Crc32c => "crc32c",
+            Algo::Sha1 => "sha1",
+            Algo::Sha256 => "sha256",
+        }
+    }
+}
+
+/// The checksums of a local file that S3 most often reports, computed in the one read that
+/// also takes the MD5 (the others are computed on demand, see [`local_checksum`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub md5: String,
+    /// base64 of the big-endian CRC, as S3 sends it.
+    pub crc32: String,
+    pub crc64nvme: String,
+}
+
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Opens a file named like a marker, refusing what is not one. A symlink: following it could
+/// read outside the root, so O_NOFOLLOW refuses it in the open itself (ELOOP). O_NONBLOCK: a
+/// FIFO must not hang the open (regular files ignore the flag).
+fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a symlink, not a marker file",
+            ),
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((f, meta))
+}
+
+/// Reads `f` in 64 KiB blocks (memory stays flat for any size), handing each to `eat`.
+fn stream(mut f: impl Read, mut eat: impl FnMut(&[u8])) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; BLOCK];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        size += n as u64;
+        eat(&buf[..n]);
+    }
+}
+
+/// Hashes a marker file streaming and reads its size and mtime: the MD5, CRC32 and CRC64NVME
+/// in one read (the CRCs run at memory speed; S3 reports one of the two for most uploads).
+pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    let (f, meta) = open_regular(path)?;
+    let mut md5 = Md5::new();
+    let mut crc32 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
+    let mut crc64 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
+    let size = stream(f, |b| {
+        md5.update(b);
+        crc32.update(b);
+        crc64.update(b);
+    })?;
+    let digest = md5.finalize();
+    Ok(MarkerSeen {
+        rel,
+        sums: Sums {
+            md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            crc32: b64(&(crc32.finalize() as u32).to_be_bytes()),
+            crc64nvme: b64(&crc64.finalize().to_be_bytes()),
+        },
+        size,
+        mtime_ns: mtime_ns(&meta),
+        prior: None,
+    })
+}
+
+/// One checksum of a local file, as S3 would report it; `None` when the file cannot be read or
+/// no longer has the `expect`ed (size, mtime): a newer write, checked in its turn.
+pub fn local_checksum(path: &Path, algo: Algo, expect: Option<(u64, i64)>) -> Option<String> {
+    let (f, meta) = open_regular(path).ok()?;
+    if expect.is_some_and(|e| e != (meta.len(), mtime_ns(&meta))) {
+        return None;
+    }
+    let crc = |a| -> Option<Vec<u8>> {
+        let mut d = crc_fast::Digest::new(a);
+        stream(&f, |b| d.update(b)).ok()?;
+        Some(d.finalize().to_be_bytes().to_vec())
+    };
+    let bytes = match algo {
+        Algo::Crc64Nvme => crc(crc_fast::CrcAlgorithm::Crc64Nvme)?,
+        Algo::Crc32 => crc(crc_fast::CrcAlgorithm::Crc32IsoHdlc)?[4..].to_vec(),
+        Algo::Crc32c => crc(crc_fast::CrcAlgorithm::Crc32Iscsi)?[4..].to_vec(),
+        Algo::Sha1 => {
+            let mut d = sha1::Sha1::new();
+            stream(&f, |b| d.update(b)).ok()?;
+            d.finalize().to_vec()
+        }
+        Algo::Sha256 => {
+            let mut d = sha2::Sha256::new();
+            stream(&f, |b| d.update(b)).ok()?;
+            d.finalize().to_vec()
+        }
+    };
+    Some(b64(&bytes))
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    aws_smithy_types::base64::encode(bytes)
+}
+
+/// The paths a marker file lists, if it is a list ([`paths::parse_marker`]). Markers past one
+/// [`BLOCK`] cannot be one, so a big marker is never read whole. Gone since: `Ok(None)` (what S3
+/// holds was verified; use the configured paths).
+pub fn path_list(path: &Path) -> Result<Option<Vec<String>>, String> {
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    if f.take(BLOCK as u64 + 1).read_to_end(&mut buf).is_err() || buf.len() > BLOCK {
+        return Ok(None);
+    }
+    paths::parse_marker(&buf).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Values from `md5sum`, and the CRCs' check values over "123456789" (CRC catalogue),
+    // base64 of the big-endian bytes as S3 sends them.
+    #[test]
+    fn sums_match_md5sum_and_the_crc_catalogue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".purge");
+        std::fs::write(&p, b"hello\n").expect("write");
+        let m = hash_file(&p, ".purge".into()).expect("hash");
+        assert_eq!(m.sums.md5, "b1946ac92492d2347c6235b4d2611184");
+        assert_eq!(m.size, 6);
+        std::fs::write(&p, b"123456789").expect("write");
+        let m = hash_file(&p, ".purge".into()).expect("hash");
+        assert_eq!(m.sums.crc32, b64(&0xcbf43926u32.to_be_bytes()));
+        assert_eq!(m.sums.crc64nvme, b64(&0xae8b14860a799888u64.to_be_bytes()));
+        let c = |a| local_checksum(&p, a, None).expect("readable");
+        assert_eq!(c(Algo::Crc32), m.sums.crc32);
+        assert_eq!(c(Algo::Crc64Nvme), m.sums.crc64nvme);
+        assert_eq!(c(Algo::Crc32c), b64(&0xe3069283u32.to_be_bytes()));
+        assert_eq!(c(Algo::Sha1), "98O8HYCOBHMq32eZZczDTKeuNEE=");
+        assert_eq!(
+            c(Algo::Sha256),
+            "FeKw08M4keuw8e9gnsQZQgwg4yDOlMZfvIwzEkSOsiU="
+        );
+    }
+}

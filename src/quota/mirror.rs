@@ -1,0 +1,153 @@
+//! The count bucket, in the seed Lambda's format: `<period>.txt` holding the decimal count,
+//! read with GetObject and written with a conditional PutObject.
+
+use crate::aws::{self, AwsError, Bucket};
+
+use super::{object_key, parse_count, MalformedCount};
+
+/// What the count object holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub count: u32,
+    /// None when the object does not exist yet.
+    pub etag: Option<String>,
+    /// The CallerReference of the purgewatch request that wrote it last (object metadata;
+    /// the seed Lambda writes none). Lets a restarted daemon recognise its own write.
+    pub writer: Option<String>,
+}
+
+/// User metadata naming the request that wrote the count; the body stays the seed's format.
+const WRITER_KEY: &str = "purgewatch-request";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// Someone else wrote first (412/409): re-read and decide again.
+    #[error("count object changed meanwhile")]
+    Conflict,
+    #[error(transparent)]
+    Malformed(#[from] MalformedCount),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+/// The count bucket, in the seed's format.
+#[derive(Clone)]
+pub struct Mirror {
+    bucket: Bucket,
+}
+
+impl Mirror {
+    pub fn new(bucket: Bucket) -> Mirror {
+        Mirror { bucket }
+    }
+
+    pub fn bucket(&self) -> &str {
+        self.bucket.name()
+    }
+
+    /// The bucket's handle (its region).
+    pub fn handle(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    pub async fn read(&self, period: &str) -> Result<Remote, MirrorError> {
+        let key = object_key(period);
+        let name = self.bucket.name();
+        let out = self
+            .bucket
+            .send(|c| c.get_object().bucket(name).key(&key).send())
+            .await;
+        match out {
+            Ok(o) => {
+                let etag = o.e_tag.clone();
+                let writer = o.metadata().and_then(|m| m.get(WRITER_KEY)).cloned();
+                let body = o
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| AwsError::transient(format!("reading s3://{name}/{key}: {e}")))?
+                    .into_bytes();
+                Ok(Remote {
+                    count: parse_count(&key, &body)?,
+                    etag,
+                    writer,
+                })
+            }
+            Err(e) => {
+                let not_found = e
+                    .as_service_error()
+                    .map(|s| s.is_no_such_key())
+                    .unwrap_or(false);
+                if not_found {
+                    Ok(Remote {
+                        count: 0,
+                        etag: None,
+                        writer: None,
+                    })
+                } else {
+                    Err(
+                        aws::classify(&format!("GetObject s3://{name}/{key} (count bucket)"), &e)
+                            .into(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Writes `count` if the object is still what `etag` says (absent when None). Returns the new ETag.
+    pub async fn write(
+        &self,
+        period: &str,
+        count: u32,
+        etag: Option<&str>,
+        writer: &str,
+    ) -> Result<Option<String>, MirrorError> {
+        let key = object_key(period);
+        let name = self.bucket.name();
+        let body = count.to_string();
+        let sent = self
+            .bucket
+            .send(|c| {
+                let put = c
+                    .put_object()
+                    .bucket(name)
+                    .key(&key)
+                    .content_type("text/plain")
+                    .metadata(WRITER_KEY, writer)
+                    .body(body.clone().into_bytes().into());
+                match etag {
+                    Some(t) => put.if_match(t),
+                    None => put.if_none_match("*"),
+                }
+                .send()
+            })
+            .await;
+        match sent {
+            Ok(o) => Ok(o.e_tag),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                let code = e.as_service_error().and_then(|s| {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    s.code().map(str::to_owned)
+                });
+                // 412: the etag moved (or the object appeared); 409: a concurrent conditional write;
+                // 404 on If-Match: the object vanished. Each means "read again".
+                if matches!(status, Some(412 | 409))
+                    || matches!(
+                        code.as_deref(),
+                        Some("PreconditionFailed" | "ConditionalRequestConflict")
+                    )
+                    || (etag.is_some()
+                        && (status == Some(404) || code.as_deref() == Some("NoSuchKey")))
+                {
+                    Err(MirrorError::Conflict)
+                } else {
+                    Err(
+                        aws::classify(&format!("PutObject s3://{name}/{key} (count bucket)"), &e)
+                            .into(),
+                    )
+                }
+            }
+        }
+    }
+}

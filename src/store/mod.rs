@@ -1,0 +1,412 @@
+//! SQLite plumbing: the one connection, its threads, and migrations by `PRAGMA user_version`.
+//! The tables' own code lives beside it, one module each: [`requests`] (the request state
+//! machine, its events and the history), [`markers`], [`changes`], [`counters`] (the local
+//! quota counter).
+//!
+//! The database is the daemon's memory and the operator's audit log at once: a request is stored
+//! before anything else happens, every transition appends a row to `events`, and on restart the
+//! pipeline resumes from `requests.status`.
+//!
+//! ## Locking
+//! WAL mode lets `sqlite3` and `purgewatch history` read while the daemon writes; the busy
+//! timeout lets a `purgewatch purge` and the daemon take turns. One connection per process,
+//! behind a mutex; every call runs on a blocking thread ([`Store::call`]) or, when nothing holds
+//! it, at once ([`Store::quick`]).
+//!
+//! ## Compatibility
+//! Migrations are append-only; `migrations_twice_are_a_no_op` runs them twice.
+
+pub mod changes;
+pub mod counters;
+pub mod markers;
+pub mod requests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, TransactionBehavior};
+
+pub use changes::ChangeSeen;
+pub use counters::Counter;
+pub use markers::{MarkerSeen, ObjectId};
+pub use requests::{HistoryRow, Pending, Source, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create its folder: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A status this version does not know (a newer version wrote it, or a hand edit).
+    #[error("database: request {id} has the unknown status {status:?}")]
+    UnknownStatus { id: i64, status: String },
+    /// A transition the state machine does not allow: a bug, never a retry.
+    #[error("database: request {id} cannot go from {from} to {to}")]
+    Transition { id: i64, from: Status, to: Status },
+}
+
+/// How long a write waits for another process's write lock (`purgewatch purge`, a sibling).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub fn now_text() -> String {
+    ts(Utc::now())
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The schema, one entry per version (see [`migrate`]).
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE requests (
+    id               INTEGER PRIMARY KEY,
+    origin           TEXT NOT NULL,          -- watch | scan | manual
+    marker           TEXT NOT NULL,          -- first marker, relative to watch.root
+    status           TEXT NOT NULL,
+    detected_at      TEXT NOT NULL,          -- RFC 3339, UTC
+    updated_at       TEXT NOT NULL,
+    finished_at      TEXT,
+    verified_at      TEXT,                   -- S3 held every marker's bytes
+    generation       INTEGER NOT NULL DEFAULT 0, -- bumped by each marker write merged in
+    period           TEXT,                   -- quota period the slot was taken from
+    granted_at       TEXT,
+    caller_reference TEXT,
+    invalidation_id  TEXT,
+    paths            TEXT NOT NULL,          -- JSON array of invalidation paths
+    detail           TEXT                    -- why, in words
+);
+CREATE INDEX requests_status ON requests(status);
+CREATE TABLE request_markers (
+    request_id INTEGER NOT NULL REFERENCES requests(id),
+    rel        TEXT NOT NULL,
+    md5        TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    PRIMARY KEY (request_id, rel)
+);
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY,
+    request_id  INTEGER NOT NULL REFERENCES requests(id),
+    at          TEXT NOT NULL,
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX events_request ON events(request_id);
+CREATE TABLE quota (
+    period       TEXT PRIMARY KEY,           -- YYYY-MM-DD or YYYY-MM in quota.timezone
+    count        INTEGER NOT NULL,           -- slots used, max(local, count object)
+    remote_count INTEGER,                    -- the count object's body when last read or written
+    remote_etag  TEXT,
+    updated_at   TEXT NOT NULL
+);
+CREATE TABLE markers (
+    rel      TEXT PRIMARY KEY,               -- last state of each marker seen, for catch-up scans
+    md5      TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    seen_at  TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE changes (
+    id         INTEGER PRIMARY KEY,
+    rel        TEXT NOT NULL,                -- path relative to watch.root
+    deleted    INTEGER NOT NULL,             -- the last event: 1 removed/moved away, 0 written
+    first_seen TEXT NOT NULL,
+    last_seen  TEXT NOT NULL,
+    request_id INTEGER REFERENCES requests(id) -- NULL: the open set, owned by the next request
+);
+CREATE UNIQUE INDEX changes_open ON changes(rel) WHERE request_id IS NULL;
+CREATE INDEX changes_request ON changes(request_id);
+ALTER TABLE requests ADD COLUMN changes_unknown TEXT; -- why the change set is incomplete
+ALTER TABLE requests ADD COLUMN path_count INTEGER;
+"#,
+    r#"
+-- A slot journaled before the count object is written (see pipeline::try_grant).
+ALTER TABLE requests ADD COLUMN reserved_period TEXT;
+ALTER TABLE requests ADD COLUMN reserved_slot INTEGER;
+"#,
+    r#"
+-- The checksums S3 reports for most uploads (base64, as S3 sends them), beside the MD5.
+ALTER TABLE request_markers ADD COLUMN crc32 TEXT;
+ALTER TABLE request_markers ADD COLUMN crc64nvme TEXT;
+-- The object each marker was last verified against: the same bytes again are not a new upload.
+ALTER TABLE markers ADD COLUMN verified_etag TEXT;
+ALTER TABLE markers ADD COLUMN verified_last_modified INTEGER;
+ALTER TABLE markers ADD COLUMN verified_version TEXT;
+-- How the origin check proved each request ("crc64nvme", "md5", "size+time").
+ALTER TABLE requests ADD COLUMN verified_by TEXT;
+"#,
+    r#"
+-- The status names the stage that holds the request: verified (or manual) requests wait for a
+-- quota slot in a status of their own.
+UPDATE requests SET status = 'waiting_for_quota'
+WHERE status = 'waiting_for_origin' AND (verified_at IS NOT NULL OR origin = 'manual');
+"#,
+];
+
+/// One connection, shared; calls run on blocking threads (see [`Store::call`]).
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let open = |path: &Path| -> rusqlite::Result<Connection> {
+            let mut conn = Connection::open(path)?;
+            // Longer than one count-bucket call (60 s), which may run while the write lock is held.
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.set_prepared_statement_cache_capacity(64);
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            migrate(&mut conn, MIGRATIONS, new_instance)?;
+            // A read-only file or file system shows here, with the path, not at the first purge.
+            cached(
+                &conn,
+                "UPDATE meta SET value = value WHERE key = 'instance'",
+                [],
+            )?;
+            Ok(conn)
+        };
+        // Switching a new database to WAL takes an exclusive lock that SQLite's busy handler does
+        // not wait for: a daemon and a `purgewatch purge` opening it at once may see "database is
+        // locked". Bounded retries (5 s in all) get past that first moment.
+        let mut tries = 0;
+        let conn = loop {
+            match open(path) {
+                Ok(c) => break c,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
+            }
+        };
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The connection, for callers already on a blocking thread.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` at once on this thread when that cannot wait: the connection is free (no other
+    /// call holds it) and SQLite's write lock is not held by another process (busy timeout 0
+    /// for this call). `None` when either is taken: use [`Store::call`]. For short writes on the
+    /// hot path, where two hand-offs to the blocking pool would cost more than the write.
+    /// A busy `f` is run again elsewhere: it must have written nothing when it fails busy (one
+    /// transaction per write, and no fallible step after its last one).
+    pub fn try_now<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let mut conn = match self.conn.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        if conn.busy_timeout(Duration::ZERO).is_err() {
+            return None;
+        }
+        let r = f(&mut conn);
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        match r {
+            Err(StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                None
+            }
+            r => Some(r),
+        }
+    }
+
+    /// Runs `f` at once when the database is free ([`Store::try_now`]), else on a blocking
+    /// thread ([`Store::call`]). For the short steps of a request's way to CloudFront: each
+    /// hand-off to the blocking pool costs two thread wake-ups. `f` may run twice, so it must
+    /// follow `try_now`'s rule (one transaction per write).
+    pub async fn quick<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.try_now(&mut f) {
+            Some(r) => r,
+            None => self.call(f).await,
+        }
+    }
+
+    /// Runs `f` with the connection on a blocking thread, so SQLite never stalls the runtime.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// A random id of this database, part of every CallerReference: a new database must never
+    /// reuse an old reference (CloudFront would answer with the old invalidation and purge nothing).
+    pub fn instance_id(conn: &Connection) -> Result<String, StoreError> {
+        Ok(
+            conn.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+}
+
+/// Runs the `migrations` a database has not had yet, in one transaction, and records how many
+/// it has had in `PRAGMA user_version`. `first` runs once, in the same transaction, when the
+/// database is new. Append-only: a new version adds an entry, never edits one.
+fn migrate(
+    conn: &mut Connection,
+    migrations: &[&str],
+    first: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for sql in migrations.iter().skip(version) {
+        tx.execute_batch(sql)?;
+    }
+    if version == 0 {
+        first(&tx)?;
+    }
+    if version < migrations.len() {
+        tx.pragma_update(None, "user_version", migrations.len())?;
+    }
+    tx.commit()
+}
+
+/// A new database's random id, part of every CallerReference.
+fn new_instance(conn: &Connection) -> rusqlite::Result<()> {
+    let id = format!("{:08x}", fastrand::u32(..));
+    cached(
+        conn,
+        "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+        params![id],
+    )?;
+    Ok(())
+}
+
+/// True on the very first start of a daemon on this database (and records that it started).
+pub fn first_start(conn: &Connection) -> Result<bool, StoreError> {
+    let n = cached(
+        conn,
+        "INSERT INTO meta (key, value) VALUES ('first_started', ?1) ON CONFLICT (key) DO NOTHING",
+        [now_text()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Executes `sql` through the connection's statement cache: the hot statements (a marker
+/// write stores a request in five) are parsed once, not on every call.
+fn cached<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_twice_are_a_no_op() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.db");
+        let id1 = {
+            let s = Store::open(&path).expect("open");
+            let c = s.lock();
+            Store::instance_id(&c).expect("id")
+        };
+        let s = Store::open(&path).expect("reopen");
+        let c = s.lock();
+        assert_eq!(Store::instance_id(&c).expect("id"), id1);
+        let v: usize = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, MIGRATIONS.len());
+    }
+
+    /// `Store::quick` with SQLite's write lock held by another process (the CLI, `sqlite3`):
+    /// the attempt on the pipeline's thread fails busy having written nothing, and the write
+    /// is made once, on the blocking pool, when the lock is released.
+    #[test]
+    fn a_write_the_hot_path_finds_busy_is_made_once_when_the_lock_is_free() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.db");
+        let s = Store::open(&path).expect("open");
+        let other = Connection::open(&path).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let a = attempts.clone();
+        let task = rt.spawn(async move {
+            s.quick(move |c| {
+                a.fetch_add(1, Ordering::SeqCst);
+                requests::insert(c, Source::Watch, None, &["/*".into()], "seen")
+            })
+            .await
+        });
+        // The second attempt is the blocking pool's, waiting in SQLite's busy handler.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while attempts.load(Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "no second attempt");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+                .expect("count")
+        };
+        assert_eq!(count(&other), 0, "the busy attempt wrote nothing");
+        other.execute_batch("COMMIT").expect("release");
+        let id = rt.block_on(task).expect("task").expect("written");
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(count(&other), 1);
+        let status: String = other
+            .query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .expect("row");
+        assert_eq!(status, "waiting_for_origin");
+    }
+}

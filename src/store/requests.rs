@@ -1,0 +1,670 @@
+//! The `requests` table and its `events`: the request state machine, the one place a request's
+//! status changes ([`advance`]), and the history an operator reads.
+//!
+//! Every change of status appends an event in the same transaction, and only the moves
+//! [`Status::can_go_to`] allows are made: a bug that would move a request backwards (or out of
+//! a final state) is an error, not a silent rewrite of the audit log.
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use super::markers::{self, MarkerSeen, ObjectId};
+use super::{cached, changes, now_text, StoreError};
+
+/// Where a request stands, named after the stage that holds it. Stored as its snake_case name
+/// so `sqlite3` users read it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Stored; waiting until S3 holds this write of every marker (and, optionally, the changes).
+    WaitingForOrigin,
+    /// Verified (or asked by hand); waiting for a quota slot the count bucket confirms.
+    WaitingForQuota,
+    OriginTimeout,
+    QuotaExhausted,
+    /// Over the quota, parked until the next period.
+    Deferred,
+    /// A slot is taken; CreateInvalidation is being sent.
+    Invalidating,
+    /// CloudFront took it; waiting for Completed.
+    Invalidated,
+    Completed,
+    Failed,
+}
+
+const ALL: [Status; 9] = [
+    Status::WaitingForOrigin,
+    Status::WaitingForQuota,
+    Status::OriginTimeout,
+    Status::QuotaExhausted,
+    Status::Deferred,
+    Status::Invalidating,
+    Status::Invalidated,
+    Status::Completed,
+    Status::Failed,
+];
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::WaitingForOrigin => "waiting_for_origin",
+            Status::WaitingForQuota => "waiting_for_quota",
+            Status::OriginTimeout => "origin_timeout",
+            Status::QuotaExhausted => "quota_exhausted",
+            Status::Deferred => "deferred",
+            Status::Invalidating => "invalidating",
+            Status::Invalidated => "invalidated",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Ends the request: `finished_at` is set when a request enters one of these.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::OriginTimeout | Status::QuotaExhausted | Status::Completed | Status::Failed
+        )
+    }
+
+    /// The moves the pipeline makes, and no others. Staying put is not a move (see [`note`]).
+    pub fn can_go_to(self, to: Status) -> bool {
+        use Status::*;
+        match self {
+            WaitingForOrigin => matches!(to, WaitingForQuota | OriginTimeout | Failed),
+            // A grant decides: a slot, none (skip or defer), or paths CloudFront would refuse.
+            WaitingForQuota | Deferred => {
+                matches!(to, Invalidating | QuotaExhausted | Deferred | Failed)
+                    && !(self == Deferred && to == Deferred)
+            }
+            Invalidating => matches!(to, Invalidated | Failed),
+            Invalidated => to == Completed,
+            OriginTimeout | QuotaExhausted | Completed | Failed => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for Status {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+/// An unknown stored status is an error, never read as some other status.
+impl FromSql for Status {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        Status::parse(s).ok_or_else(|| FromSqlError::Other(format!("unknown status {s:?}").into()))
+    }
+}
+
+/// How a request came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A marker write seen by the watcher.
+    Watch,
+    /// A marker found changed by a scan (start-up catch-up or after lost events).
+    Scan,
+    /// `purgewatch purge`: no origin wait.
+    Manual,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Watch => "watch",
+            Source::Scan => "scan",
+            Source::Manual => "manual",
+        }
+    }
+
+    /// The status a new request of this source starts in: a manual one has no origin to wait for.
+    fn first_status(self) -> Status {
+        match self {
+            Source::Manual => Status::WaitingForQuota,
+            Source::Watch | Source::Scan => Status::WaitingForOrigin,
+        }
+    }
+}
+
+impl ToSql for Source {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Source {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        match v.as_str()? {
+            "watch" => Ok(Source::Watch),
+            "scan" => Ok(Source::Scan),
+            "manual" => Ok(Source::Manual),
+            s => Err(FromSqlError::Other(format!("unknown origin {s:?}").into())),
+        }
+    }
+}
+
+/// One request as `purgewatch history` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub id: i64,
+    /// How many paths the invalidation carries (each wildcard counts as one, as AWS bills).
+    pub path_count: Option<i64>,
+    pub paths: Vec<String>,
+    pub marker: String,
+    pub origin: String,
+    pub status: Status,
+    pub detected_at: String,
+    pub finished_at: Option<String>,
+    pub invalidation_id: Option<String>,
+    pub period: Option<String>,
+    pub caller_reference: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A request the pipeline must carry on with after a restart.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub marker: String,
+    pub status: Status,
+    pub source: Source,
+    pub period: Option<String>,
+    pub caller_reference: Option<String>,
+    pub invalidation_id: Option<String>,
+}
+
+/// Stores a new request with its first marker (none for a manual request) and its first event.
+pub fn insert(
+    conn: &mut Connection,
+    source: Source,
+    marker: Option<&MarkerSeen>,
+    paths: &[String],
+    detail: &str,
+) -> Result<i64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_text();
+    let status = source.first_status();
+    let paths_json = serde_json::to_string(paths).unwrap_or_else(|_| "[]".into());
+    cached(
+        &tx,
+        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, paths, detail)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+        params![
+            source,
+            marker.map(|m| m.rel.as_str()).unwrap_or(""),
+            status,
+            now,
+            paths_json,
+            detail
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    if let Some(m) = marker {
+        markers::upsert_for_request(&tx, id, m)?;
+        // In the same transaction: a marker remembered without its request (the disk filled
+        // between the two) would look unchanged at the next start and never be purged.
+        markers::remember(&tx, m)?;
+    }
+    changes::claim(&tx, id)?;
+    event(&tx, id, None, status, detail, &now)?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// Stores a request that cannot go anywhere (an unreadable marker), already `failed`.
+pub fn insert_failed(
+    conn: &mut Connection,
+    source: Source,
+    rel: &str,
+    detail: &str,
+) -> Result<i64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_text();
+    cached(&tx,
+        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, finished_at, paths, detail)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?4, '[]', ?5)",
+        params![source, rel, Status::Failed, now, detail],
+    )?;
+    let id = tx.last_insert_rowid();
+    event(&tx, id, None, Status::Failed, detail, &now)?;
+    tx.commit()?;
+    Ok(id)
+}
+
+fn event(
+    conn: &Connection,
+    id: i64,
+    from: Option<Status>,
+    to: Status,
+    detail: &str,
+    at: &str,
+) -> rusqlite::Result<usize> {
+    cached(
+        conn,
+        "INSERT INTO events (request_id, at, from_status, to_status, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, at, from, to, detail],
+    )
+}
+
+fn status_of(conn: &Connection, id: i64) -> Result<Status, StoreError> {
+    let s: String = conn.query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    Status::parse(&s).ok_or(StoreError::UnknownStatus { id, status: s })
+}
+
+/// Folds a marker write into a request that is still waiting for the origin: the newest bytes
+/// replace the wait. Returns false when the request has moved on.
+pub fn merge_marker(conn: &mut Connection, id: i64, m: &MarkerSeen) -> Result<bool, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let n = cached(
+        &tx,
+        "UPDATE requests SET generation = generation + 1, updated_at = ?2
+         WHERE id = ?1 AND status = ?3",
+        params![id, now_text(), Status::WaitingForOrigin],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    markers::upsert_for_request(&tx, id, m)?;
+    markers::remember(&tx, m)?;
+    changes::claim(&tx, id)?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// The generation of the request's markers (bumped by each write merged in).
+pub fn generation(conn: &Connection, id: i64) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT generation FROM requests WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// S3 holds the markers of `generation`, in the `objects` (per marker), proven `by`
+/// ("crc64nvme, md5"): the request moves on to its quota slot. False when a newer write came in
+/// meanwhile.
+pub fn mark_verified(
+    conn: &mut Connection,
+    id: i64,
+    generation: i64,
+    by: &str,
+    objects: &[(String, ObjectId)],
+    detail: &str,
+) -> Result<bool, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_text();
+    let n = cached(
+        &tx,
+        "UPDATE requests SET verified_at = ?3, verified_by = ?4
+         WHERE id = ?1 AND generation = ?2 AND status = ?5",
+        params![id, generation, now, by, Status::WaitingForOrigin],
+    )?;
+    if n == 1 {
+        markers::set_verified(&tx, objects)?;
+        advance(&tx, id, Status::WaitingForQuota, detail)?;
+    }
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// Moves a request to `to`, with an event row, if the state machine allows it
+/// ([`Status::can_go_to`]); sets `finished_at` on final states. Part of the caller's transaction.
+pub fn advance(conn: &Connection, id: i64, to: Status, detail: &str) -> Result<(), StoreError> {
+    let from = status_of(conn, id)?;
+    if !from.can_go_to(to) {
+        return Err(StoreError::Transition { id, from, to });
+    }
+    let now = now_text();
+    cached(
+        conn,
+        "UPDATE requests SET status = ?2, updated_at = ?3, detail = ?4,
+             finished_at = CASE WHEN ?5 THEN ?3 ELSE finished_at END
+         WHERE id = ?1",
+        params![id, to, now, detail, to.is_final()],
+    )?;
+    event(conn, id, Some(from), to, detail, &now)?;
+    Ok(())
+}
+
+/// [`advance`] for several requests (one sync's, sharing an invalidation), in one transaction.
+pub fn advance_all(
+    conn: &mut Connection,
+    ids: &[i64],
+    to: Status,
+    detail: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for &id in ids {
+        advance(&tx, id, to, detail)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Records something that happened to requests without changing their status (a retry, say),
+/// in one transaction.
+pub fn note(conn: &mut Connection, ids: &[i64], detail: &str) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for &id in ids {
+        note_in(&tx, id, detail)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn note_in(conn: &Connection, id: i64, detail: &str) -> Result<(), StoreError> {
+    let now = now_text();
+    cached(
+        conn,
+        "INSERT INTO events (request_id, at, from_status, to_status, detail)
+         SELECT id, ?2, status, status, ?3 FROM requests WHERE id = ?1",
+        params![id, now, detail],
+    )?;
+    cached(
+        conn,
+        "UPDATE requests SET detail = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, detail, now],
+    )?;
+    Ok(())
+}
+
+/// CloudFront took the invalidation of these requests.
+pub fn set_invalidation_id(
+    conn: &mut Connection,
+    ids: &[i64],
+    invalidation_id: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for &id in ids {
+        cached(
+            &tx,
+            "UPDATE requests SET invalidation_id = ?2 WHERE id = ?1",
+            params![id, invalidation_id],
+        )?;
+        advance(&tx, id, Status::Invalidated, detail)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn paths_of(conn: &Connection, id: i64) -> Result<Vec<String>, StoreError> {
+    let json: String = conn.query_row("SELECT paths FROM requests WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    Ok(serde_json::from_str(&json).unwrap_or_default())
+}
+
+/// Sets the paths the invalidation of these requests will carry.
+pub fn set_paths(
+    conn: &mut Connection,
+    ids: &[i64],
+    paths: &[String],
+    detail: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let json = serde_json::to_string(paths).unwrap_or_else(|_| "[]".into());
+    for &id in ids {
+        tx.execute(
+            "UPDATE requests SET paths = ?2, path_count = ?3 WHERE id = ?1",
+            params![id, json, paths.len() as i64],
+        )?;
+        note_in(&tx, id, detail)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Requests that have not ended, oldest first.
+pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, status, origin, period, caller_reference, invalidation_id, marker
+         FROM requests WHERE status IN (?1, ?2, ?3, ?4, ?5)
+         ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![
+                Status::WaitingForOrigin,
+                Status::WaitingForQuota,
+                Status::Deferred,
+                Status::Invalidating,
+                Status::Invalidated
+            ],
+            |r| {
+                Ok(Pending {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    source: r.get(2)?,
+                    period: r.get(3)?,
+                    caller_reference: r.get(4)?,
+                    invalidation_id: r.get(5)?,
+                    marker: r.get(6)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Deferred requests whose period has passed, oldest first.
+pub fn deferred_before(conn: &Connection, period: &str) -> Result<Vec<i64>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT id FROM requests WHERE status = ?1 AND period < ?2 ORDER BY id")?;
+    let ids = stmt
+        .query_map(params![Status::Deferred, period], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+pub fn history(conn: &Connection, limit: u32) -> Result<Vec<HistoryRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, marker, origin, status, detected_at, finished_at, invalidation_id, period,
+                caller_reference, detail, path_count, paths
+         FROM requests ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt
+        .query_map([limit], |r| {
+            Ok(HistoryRow {
+                id: r.get(0)?,
+                marker: r.get(1)?,
+                origin: r.get(2)?,
+                status: r.get(3)?,
+                detected_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                invalidation_id: r.get(6)?,
+                period: r.get(7)?,
+                caller_reference: r.get(8)?,
+                detail: r.get(9)?,
+                path_count: r.get(10)?,
+                paths: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Records the grant of a slot on the requests (the period, the CallerReference) and moves them
+/// to `invalidating`. Part of the grant's transaction.
+pub fn grant(
+    conn: &Connection,
+    ids: &[i64],
+    period: &str,
+    caller_reference: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    for &id in ids {
+        cached(
+            conn,
+            "UPDATE requests SET period = ?2, caller_reference = ?3, granted_at = ?4 WHERE id = ?1",
+            params![id, period, caller_reference, now_text()],
+        )?;
+        advance(conn, id, Status::Invalidating, detail)?;
+    }
+    Ok(())
+}
+
+/// No slot: the requests end (or park) in `to`, with the period they were refused in.
+pub fn refuse(
+    conn: &Connection,
+    ids: &[i64],
+    period: &str,
+    to: Status,
+    detail: &str,
+) -> Result<(), StoreError> {
+    for &id in ids {
+        cached(
+            conn,
+            "UPDATE requests SET period = ?2 WHERE id = ?1",
+            params![id, period],
+        )?;
+        advance(conn, id, to, detail)?;
+    }
+    Ok(())
+}
+
+/// Of `ids`, those a grant may still move on (waiting for a slot, or deferred), in order.
+pub fn grantable(conn: &Connection, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+    let mut live = Vec::new();
+    for &id in ids {
+        if matches!(
+            status_of(conn, id)?,
+            Status::WaitingForQuota | Status::Deferred
+        ) {
+            live.push(id);
+        }
+    }
+    Ok(live)
+}
+
+/// Journals the slot a request is about to write into the count object, and the
+/// CallerReference that write names (a restart must recognise it by that name).
+pub fn reserve(
+    conn: &Connection,
+    id: i64,
+    period: &str,
+    slot: u32,
+    caller_reference: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE requests SET reserved_period = ?2, reserved_slot = ?3, caller_reference = ?4
+         WHERE id = ?1",
+        params![id, period, slot, caller_reference],
+    )?;
+    Ok(())
+}
+
+/// The slot journalled on a request, and its CallerReference once one was made.
+pub type Reservation = (Option<(String, u32)>, Option<String>);
+
+pub fn reservation(conn: &Connection, id: i64) -> Result<Reservation, StoreError> {
+    Ok(conn.query_row(
+        "SELECT reserved_period, reserved_slot, caller_reference FROM requests WHERE id = ?1",
+        [id],
+        |r| {
+            let p: Option<String> = r.get(0)?;
+            let s: Option<u32> = r.get(1)?;
+            Ok((p.zip(s), r.get(2)?))
+        },
+    )?)
+}
+
+/// Paths sent to CloudFront in invalidations granted since `since` (UTC, RFC 3339 prefix), each
+/// invalidation once: what AWS bills past the free 1,000 a month.
+pub fn paths_since(conn: &Connection, since: &str) -> Result<u64, StoreError> {
+    let n: Option<i64> = conn
+        .query_row(
+            "SELECT sum(n) FROM (SELECT max(coalesce(path_count, json_array_length(paths))) AS n
+             FROM requests WHERE invalidation_id IS NOT NULL AND granted_at >= ?1
+             GROUP BY invalidation_id)",
+            [since],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_after_verification_starts_a_new_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = super::super::Store::open(&dir.path().join("pw.db")).expect("open");
+        let mut c = s.lock();
+        let m = MarkerSeen {
+            rel: ".purge".into(),
+            sums: Default::default(),
+            size: 1,
+            mtime_ns: 1,
+            prior: None,
+        };
+        let id = insert(&mut c, Source::Watch, Some(&m), &["/*".into()], "seen").expect("insert");
+        assert!(merge_marker(&mut c, id, &m).expect("merge"));
+        let (generation, markers) = markers::of_request(&c, id).expect("markers");
+        assert_eq!((generation, markers.len()), (1, 1));
+        // A stale generation must not verify: the newer write has not been checked yet.
+        assert!(!mark_verified(&mut c, id, 0, "md5", &[], "ok").expect("verify"));
+        assert!(mark_verified(&mut c, id, 1, "md5", &[], "ok").expect("verify"));
+        assert!(!merge_marker(&mut c, id, &m).expect("merge"));
+    }
+
+    #[test]
+    fn every_status_round_trips_and_unknown_is_none() {
+        for s in ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("cancelled"), None);
+    }
+
+    #[test]
+    fn final_states_go_nowhere_and_the_way_forward_is_open() {
+        use Status::*;
+        for s in ALL.into_iter().filter(|s| s.is_final()) {
+            assert!(ALL.iter().all(|&t| !s.can_go_to(t)), "{s}");
+        }
+        let path = [
+            WaitingForOrigin,
+            WaitingForQuota,
+            Invalidating,
+            Invalidated,
+            Completed,
+        ];
+        for w in path.windows(2) {
+            assert!(w[0].can_go_to(w[1]), "{} -> {}", w[0], w[1]);
+            assert!(!w[1].can_go_to(w[0]), "{} -> {}", w[1], w[0]);
+        }
+        assert!(
+            !WaitingForOrigin.can_go_to(Invalidating),
+            "no slot without a verified origin"
+        );
+    }
+}
