@@ -247,11 +247,25 @@ async fn a_malformed_count_object_is_an_error_not_a_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_period() {
+    // The daemon's clock is the test's: a day passes when the test says so.
+    let day = |d: u32, h: u32| {
+        chrono::NaiveDate::from_ymd_opt(2030, 5, d)
+            .and_then(|x| x.and_hms_opt(h, 0, 0))
+            .map(|t| t.and_utc())
+            .expect("a date")
+    };
+    let clock = purgewatch::clock::Clock::fixed(day(1, 12));
+    let knobs = purgewatch::knobs::Knobs {
+        clock: clock.clone(),
+        ..Default::default()
+    };
     let site = Site::new().await;
     let toml = site
         .toml("when_exhausted = \"defer\"", "", "")
         .replace("max = 10", "max = 1");
-    let daemon = site.start_with(&toml).await;
+    let daemon = Daemon::start_with(site.config_from(&toml), knobs.clone())
+        .await
+        .expect("start");
     for n in 1..=3 {
         marker_round(&site, &format!("d{n}"), n).await;
     }
@@ -260,23 +274,12 @@ async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_perio
     statuses.sort();
     assert_eq!(statuses, vec!["completed", "deferred", "deferred"]);
     assert_eq!(site.invalidations().await.len(), 1);
+    assert_eq!(site.count_object("2030-05-01").await.as_deref(), Some("1"));
 
-    // Time passes: make the deferred rows belong to yesterday, as they would a day later.
-    {
-        let conn = rusqlite::Connection::open(&site.db).expect("db");
-        conn.execute(
-            "UPDATE requests SET period = '2000-01-01' WHERE status = 'deferred'",
-            [],
-        )
-        .expect("age the rows");
-    }
-    let today = today_utc();
-    site.put_count_object(&today, "0").await; // a new period starts empty
-    rusqlite::Connection::open(&site.db)
-        .expect("db")
-        .execute("UPDATE quota SET count = 0", [])
-        .expect("reset local count of the simulated new day");
-    let daemon = Daemon::start(site.config_from(&toml))
+    // The next day: the deferred requests run at start, in one invalidation.
+    clock.set(day(2, 0));
+    let today = "2030-05-02".to_owned();
+    let daemon = Daemon::start_with(site.config_from(&toml), knobs)
         .await
         .expect("restart");
     let rows = site.settled(3, &["completed"]).await;
