@@ -56,6 +56,17 @@ pub struct Origin {
     pub prefix: String,
     pub wait_timeout: Duration,
     pub wait_for: WaitFor,
+    pub changes_check: ChangesCheck,
+}
+
+/// How `wait_for = "changes"` asks S3 (src/origin/changes.rs): `sweep`, the fewest listing
+/// pages; `folders` and `head`, the plans it is measured against (bench/).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangesCheck {
+    Sweep,
+    Folders,
+    Head,
 }
 
 /// What must be in S3 before a purge: the marker (the seed's trigger) or every change it covers.
@@ -159,6 +170,8 @@ struct RawOrigin {
     wait_timeout: HumanDuration,
     #[serde(default = "default_wait_for")]
     wait_for: WaitFor,
+    #[serde(default = "default_changes_check")]
+    changes_check: ChangesCheck,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +281,9 @@ fn default_max_paths() -> usize {
 }
 fn default_wait_for() -> WaitFor {
     WaitFor::Marker
+}
+fn default_changes_check() -> ChangesCheck {
+    ChangesCheck::Sweep
 }
 fn default_database() -> PathBuf {
     PathBuf::from("/var/lib/purgewatch/purgewatch.db")
@@ -446,6 +462,7 @@ impl Config {
                 prefix: o.prefix,
                 wait_timeout: o.wait_timeout.0,
                 wait_for: o.wait_for,
+                changes_check: o.changes_check,
             },
             quota: Quota {
                 max: q.max,

@@ -7,7 +7,9 @@ use std::time::Duration;
 /// Retries of AWS calls after the first: 1 s doubling to 60 s, with jitter so a fleet that
 /// lost the same endpoint does not come back in lockstep.
 pub fn aws_delay(attempt: u32) -> Duration {
-    let base = 1000u64.saturating_mul(1 << attempt.min(6)).min(60_000);
+    let base = 1000u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(60_000);
     Duration::from_millis(base / 2 + fastrand::u64(..=base / 2))
 }
 
@@ -25,6 +27,8 @@ pub fn origin_delay(attempt: u32) -> Duration {
 pub struct Retry {
     schedule: fn(u32) -> Duration,
     attempt: u32,
+    /// Attempts since the last progress: what the delay grows with.
+    streak: u32,
     noted: String,
 }
 
@@ -33,6 +37,7 @@ impl Retry {
         Retry {
             schedule,
             attempt: 0,
+            streak: 0,
             noted: String::new(),
         }
     }
@@ -50,12 +55,19 @@ impl Retry {
             reason.clone_into(&mut self.noted);
         }
         self.attempt += 1;
+        self.streak += 1;
         note
+    }
+
+    /// The last attempt moved something (changes got verified): the next comes after the
+    /// schedule's first delay again, not a longer one. Backing off is for when nothing moves.
+    pub fn progressed(&mut self) {
+        self.streak = 0;
     }
 
     /// How long to wait before the next attempt.
     pub fn delay(&self) -> Duration {
-        (self.schedule)(self.attempt)
+        (self.schedule)(self.streak.max(1))
     }
 }
 
@@ -80,6 +92,25 @@ mod tests {
         assert_eq!(origin_delay(1), Duration::from_millis(250));
         assert_eq!(origin_delay(2), Duration::from_millis(500));
         assert_eq!(origin_delay(30), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn progress_keeps_the_delay_short_and_stillness_backs_off() {
+        let mut r = Retry::new(origin_delay);
+        for _ in 0..5 {
+            r.failed("x");
+        }
+        assert_eq!(r.delay(), Duration::from_secs(4));
+        r.progressed();
+        assert_eq!(r.delay(), Duration::from_millis(250));
+        r.failed("x");
+        assert_eq!(
+            r.delay(),
+            Duration::from_millis(250),
+            "counted from the progress"
+        );
+        r.failed("x");
+        assert_eq!(r.delay(), Duration::from_millis(500));
     }
 
     #[test]

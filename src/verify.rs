@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::aws::AwsError;
 use crate::config::{Origin as OriginConfig, WaitFor};
 use crate::knobs::crash_point;
-use crate::origin::{ChangeCache, Check, EarlyHead, Origin};
+use crate::origin::changes::ChangeSet;
+use crate::origin::{Check, EarlyHead, Origin};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, MarkerSeen, ObjectId, Status, Store};
 
@@ -40,7 +41,10 @@ impl NotYet {
     fn reason(&self) -> String {
         match self {
             NotYet::Missing { url } | NotYet::Differs { url, .. } => url.clone(),
-            NotYet::Changes { .. } => "changes".into(),
+            // The first open change, and why: a new note when the wait moves on to another.
+            NotYet::Changes { first, .. } => {
+                format!("changes: {}", first.first().map_or("", |f| f))
+            }
             NotYet::Aws(e) => e.to_string(),
         }
     }
@@ -124,7 +128,8 @@ impl Waiter<'_> {
             }
             let deadline = Instant::now() + timeout;
             let mut retry = Retry::new(retry::origin_delay);
-            let mut cache = ChangeCache::default();
+            // Loaded once per wait: each pass asks only about what is still open.
+            let mut changes: Option<ChangeSet> = None;
             loop {
                 let (generation, markers) = match first.take() {
                     Some(f) => f,
@@ -134,7 +139,12 @@ impl Waiter<'_> {
                             .await?
                     }
                 };
-                let checked = self.look(id, &markers, &mut early, &mut cache).await?;
+                let (checked, progressed) =
+                    self.look(id, &markers, &mut early, &mut changes).await?;
+                if progressed {
+                    // The upload is visibly moving: look again soon.
+                    retry.progressed();
+                }
                 let (proof, why) = match checked {
                     Ok(proof) => (proof, None),
                     Err(not_yet) => (Proof::default(), Some(not_yet)),
@@ -200,14 +210,15 @@ impl Waiter<'_> {
         }
     }
 
-    /// One look at S3: every marker, then (if asked for) the changes.
+    /// One look at S3: every marker, then (if asked for) the changes still open. Also says
+    /// whether changes were proven in this look (the upload is moving).
     async fn look(
         &self,
         id: i64,
         markers: &[MarkerSeen],
         early: &mut Option<EarlyHead>,
-        cache: &mut ChangeCache,
-    ) -> Result<Result<Proof, NotYet>, Stop> {
+        changes: &mut Option<ChangeSet>,
+    ) -> Result<(Result<Proof, NotYet>, bool), Stop> {
         let mut proof = Proof::default();
         for m in markers {
             let url = format!("s3://{}/{}", self.origin.bucket(), self.origin.key(&m.rel));
@@ -219,39 +230,57 @@ impl Waiter<'_> {
                 Some(c) => c,
                 None => self.origin.check(self.root, m).await,
             };
-            match checked {
+            let not_yet = match checked {
                 Ok(Check::Holds { by, object }) => {
                     let by = by.to_string();
                     if !proof.by.contains(&by) {
                         proof.by.push(by);
                     }
                     proof.objects.push((m.rel.clone(), object));
+                    continue;
                 }
-                Ok(Check::Missing) => return Ok(Err(NotYet::Missing { url })),
-                Ok(Check::Differs(why)) => return Ok(Err(NotYet::Differs { url, why })),
-                Err(e) => return Ok(Err(NotYet::Aws(e))),
-            }
+                Ok(Check::Missing) => NotYet::Missing { url },
+                Ok(Check::Differs(why)) => NotYet::Differs { url, why },
+                Err(e) => NotYet::Aws(e),
+            };
+            return Ok((Err(not_yet), false));
         }
-        if self.config.wait_for == WaitFor::Changes {
-            let (list, _) = self
-                .store
-                .quick(move |c| changes::of_request(c, id))
-                .await?;
-            match self.origin.check_changes(self.root, &list, cache).await {
-                Ok(differs) if differs.is_empty() => {
-                    proof.changes = format!(" and {} change(s)", list.len());
-                }
-                Ok(differs) => {
-                    return Ok(Err(NotYet::Changes {
-                        differ: differs.len(),
-                        of: list.len(),
-                        first: differs.into_iter().take(20).collect(),
-                    }))
-                }
-                Err(e) => return Ok(Err(NotYet::Aws(e))),
-            }
+        if self.config.wait_for != WaitFor::Changes {
+            return Ok((Ok(proof), false));
         }
-        Ok(Ok(proof))
+        let set = match changes {
+            Some(set) => {
+                // Files written again since: checked again.
+                let written = self.store.quick(|c| changes::open_paths(c)).await?;
+                set.rewritten(self.root, &written);
+                set
+            }
+            None => {
+                let (list, _) = self
+                    .store
+                    .quick(move |c| changes::of_request(c, id))
+                    .await?;
+                changes.insert(ChangeSet::new(list))
+            }
+        };
+        let pass = match set
+            .pass(self.origin, self.root, self.config.changes_check)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return Ok((Err(NotYet::Aws(e)), false)),
+        };
+        let progressed = pass.verified > 0;
+        if pass.open > 0 {
+            let not_yet = NotYet::Changes {
+                differ: pass.open,
+                of: set.len(),
+                first: pass.first,
+            };
+            return Ok((Err(not_yet), progressed));
+        }
+        proof.changes = format!(" and {} change(s)", set.len());
+        Ok((Ok(proof), progressed))
     }
 }
 

@@ -56,6 +56,16 @@ pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The paths written since the last request claimed the changes (the open set): for a request
+/// still waiting for its changes in S3, those of its own written again.
+pub fn open_paths(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT rel FROM changes WHERE request_id IS NULL")?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
+
 /// (path relative to the root, deleted) pairs.
 pub type ChangeList = Vec<(String, bool)>;
 

@@ -159,6 +159,11 @@ ALTER TABLE requests ADD COLUMN verified_by TEXT;
 UPDATE requests SET status = 'waiting_for_quota'
 WHERE status = 'waiting_for_origin' AND (verified_at IS NOT NULL OR origin = 'manual');
 "#,
+    r#"
+-- A request's change set (one row per path, the last event wins) read in index order.
+CREATE INDEX changes_request_rel ON changes(request_id, rel, id);
+DROP INDEX changes_request;
+"#,
 ];
 
 /// One connection, shared; calls run on blocking threads (see [`Store::call`]).

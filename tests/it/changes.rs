@@ -334,3 +334,77 @@ async fn quota_reports_this_months_paths_and_their_cost() {
     assert_eq!(q["free_paths_per_month"], 1000);
     assert_eq!(q["estimated_charge_usd"], 0.0);
 }
+
+/// Incremental passes keep what they proved, but not past a local rewrite: a file verified in
+/// one pass and written again before the deploy is whole is checked again, so the purge waits
+/// for its new upload too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_rewritten_locally_during_the_wait_is_checked_again() {
+    let site = Site::new().await;
+    let daemon = Daemon::start(changed_config(&site, true, ""))
+        .await
+        .expect("start");
+    site.write("a.html", b"<p>a, first</p>");
+    site.write("b.html", b"<p>b</p>");
+    site.write(".purge", b"deploy\n");
+    site.upload("a.html").await;
+    site.upload(".purge").await;
+    // a.html is proven; the request waits for b.html.
+    let id = site.noted("changes not in S3 yet").await;
+    let noted = site
+        .events(id)
+        .into_iter()
+        .filter_map(|e| e.2)
+        .rfind(|d| d.contains("changes not in S3 yet"));
+    assert!(
+        noted
+            .as_deref()
+            .is_some_and(|d| d.contains("1 of 2 changes") && d.contains("b.html")),
+        "{noted:?}"
+    );
+    // a.html written again (other size) while the request waits; the daemon records it.
+    site.write("a.html", b"<p>a, second and longer</p>");
+    crate::common::poll(
+        "the rewrite recorded",
+        std::time::Duration::from_secs(10),
+        || async {
+            let conn = rusqlite::Connection::open(&site.db).ok()?;
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM changes WHERE request_id IS NULL AND rel = 'a.html'",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok()?;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    site.upload("b.html").await;
+    crate::common::poll(
+        "a.html checked again",
+        std::time::Duration::from_secs(20),
+        || async {
+            let events = site.events(id);
+            let last = events.iter().rev().find_map(|e| e.2.clone())?;
+            (last.contains("a.html size differs")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(site.history()[0].status, "waiting_for_origin");
+    assert!(
+        site.invalidations().await.is_empty(),
+        "not before a.html's new upload"
+    );
+    site.upload("a.html").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert!(
+        site.events(rows[0].id).iter().any(|e| e
+            .2
+            .as_deref()
+            .is_some_and(|d| d.contains("and 2 change(s)"))),
+        "every change verified: {:?}",
+        site.events(rows[0].id)
+    );
+}

@@ -23,8 +23,10 @@ use std::path::Path;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 
+pub mod changes;
+
 use crate::aws::{self, AwsError, Bucket};
-use crate::marker::{hash_file, local_checksum, mtime_ns, Algo, Sums};
+use crate::marker::{local_checksum, Algo, Sums};
 use crate::store::{MarkerSeen, ObjectId};
 
 /// How much older than the local write (in whole seconds) an upload may look and still count
@@ -105,7 +107,7 @@ impl Origin {
         self.head_key(&self.key(rel)).await
     }
 
-    async fn head_key(&self, key: &str) -> Result<Option<Head>, AwsError> {
+    pub(crate) async fn head_key(&self, key: &str) -> Result<Option<Head>, AwsError> {
         let name = self.bucket.name();
         let out = self
             .bucket
@@ -172,7 +174,7 @@ impl From<HeadObjectOutput> for Head {
     }
 }
 
-fn clean_etag(etag: Option<&str>) -> String {
+pub(crate) fn clean_etag(etag: Option<&str>) -> String {
     etag.unwrap_or("").trim_matches('"').to_ascii_lowercase()
 }
 
@@ -221,7 +223,7 @@ pub fn judge(
 }
 
 /// Do the object's bytes equal the local ones, and by what proof? Err: why not.
-fn content(
+pub(crate) fn content(
     sums: &Sums,
     h: &Head,
     local: impl FnOnce(Algo) -> Option<String>,
@@ -294,165 +296,10 @@ impl Drop for EarlyHead {
     }
 }
 
-/// What the change checks remember between passes: each local file's sums by (size, mtime), so
-/// polls do not re-read it, and each object a HeadObject already judged, by its ETag, so an
-/// object whose listed ETag is not its MD5 (SSE-KMS, multipart) is asked about once.
-#[derive(Default)]
-pub struct ChangeCache {
-    local: std::collections::HashMap<String, (u64, i64, Sums)>,
-    headed: std::collections::HashMap<String, (String, i64, Result<(), String>)>,
-}
-
-impl Origin {
-    /// Compares the changed paths with S3 in bulk: one ListObjectsV2 per folder (the smallest
-    /// common prefix of its keys), not one HeadObject per file. A path that exists locally must
-    /// be in S3 with the local size and content: the listed ETag where it is the MD5, else the
-    /// checksum a HeadObject reports (see the module's proof rules). A path gone locally must be
-    /// gone from S3. Returns what still differs, in key order.
-    pub async fn check_changes(
-        &self,
-        root: &Path,
-        changes: &[(String, bool)],
-        cache: &mut ChangeCache,
-    ) -> Result<Vec<String>, AwsError> {
-        let mut by_dir: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
-        for (rel, _) in changes {
-            let dir = rel.rfind('/').map_or("", |i| &rel[..=i]);
-            by_dir.entry(dir.to_owned()).or_default().push(rel);
-        }
-        let mut differs = Vec::new();
-        for (dir, rels) in by_dir {
-            let listed = self.list(&self.key(&dir)).await?;
-            for rel in rels {
-                let key = self.key(rel);
-                let local = local_state(root, rel, &mut cache.local);
-                let why = match (local, listed.get(&key)) {
-                    (None, None) => continue,
-                    (None, Some(_)) => "still in S3 (deleted locally)".to_owned(),
-                    (Some(_), None) => "not in S3 yet".to_owned(),
-                    (Some((size, ..)), Some((rsize, _))) if size as i64 != *rsize => {
-                        "size differs".to_owned()
-                    }
-                    (Some((_, _, sums)), Some((_, etag))) if *etag == sums.md5 => continue,
-                    (Some((size, mtime, sums)), Some((_, etag))) => {
-                        match self
-                            .judge_change(root, rel, etag, size, mtime, &sums, cache)
-                            .await?
-                        {
-                            Ok(()) => continue,
-                            Err(why) => why,
-                        }
-                    }
-                };
-                differs.push(format!("{key} {why}"));
-            }
-        }
-        Ok(differs)
-    }
-
-    /// A changed file whose listed ETag is not its MD5: either other bytes, or an ETag that is
-    /// no MD5 at all. HeadObject tells which, by the object's checksum; its verdict is kept for
-    /// as long as the ETag and the local file stay the same.
-    #[allow(clippy::too_many_arguments)]
-    async fn judge_change(
-        &self,
-        root: &Path,
-        rel: &str,
-        etag: &str,
-        size: u64,
-        mtime: i64,
-        sums: &Sums,
-        cache: &mut ChangeCache,
-    ) -> Result<Result<(), String>, AwsError> {
-        if let Some((e, m, verdict)) = cache.headed.get(rel) {
-            if e == etag && *m == mtime {
-                return Ok(verdict.clone());
-            }
-        }
-        let Some(h) = self.head(rel).await? else {
-            return Ok(Err("not in S3 yet".into()));
-        };
-        let path = root.join(rel);
-        let verdict = match content(sums, &h, |a| local_checksum(&path, a, Some((size, mtime)))) {
-            Ok(Method::SizeTime) => {
-                let local_secs = mtime.div_euclid(1_000_000_000);
-                match h.last_modified {
-                    Some(t) if t + CLOCK_TOLERANCE_SECS >= local_secs => Ok(()),
-                    _ => Err("uploaded before the local write".to_owned()),
-                }
-            }
-            Ok(_) => Ok(()),
-            Err(why) => Err(why),
-        };
-        cache
-            .headed
-            .insert(rel.to_owned(), (h.etag.clone(), mtime, verdict.clone()));
-        Ok(verdict)
-    }
-
-    /// Every object directly under `prefix` (delimiter '/'): key → (size, lower-case ETag).
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<std::collections::HashMap<String, (i64, String)>, AwsError> {
-        let mut out = std::collections::HashMap::new();
-        let mut token: Option<String> = None;
-        let name = self.bucket.name();
-        // Bounded: 1,000 pages of 1,000 keys is more than one folder of a web root holds.
-        for _ in 0..1000 {
-            let page = self
-                .bucket
-                .send(|c| {
-                    c.list_objects_v2()
-                        .bucket(name)
-                        .prefix(prefix)
-                        .delimiter("/")
-                        .set_continuation_token(token.clone())
-                        .send()
-                })
-                .await
-                .map_err(|e| aws::classify(&format!("ListObjectsV2 s3://{name}/{prefix}"), &e))?;
-            for o in page.contents() {
-                if let Some(k) = o.key() {
-                    out.insert(
-                        k.to_owned(),
-                        (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
-                    );
-                }
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => break,
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// (size, mtime, sums) of `root/rel` if it is a regular file now (symlinks are not followed).
-fn local_state(
-    root: &Path,
-    rel: &str,
-    cache: &mut std::collections::HashMap<String, (u64, i64, Sums)>,
-) -> Option<(u64, i64, Sums)> {
-    let path = root.join(rel);
-    let meta = std::fs::symlink_metadata(&path)
-        .ok()
-        .filter(|m| m.is_file())?;
-    let mtime = mtime_ns(&meta);
-    if let Some((size, m, sums)) = cache.get(rel) {
-        if *size == meta.len() && *m == mtime {
-            return Some((*size, mtime, sums.clone()));
-        }
-    }
-    let seen = hash_file(&path, rel.to_owned()).ok()?;
-    cache.insert(rel.to_owned(), (seen.size, mtime, seen.sums.clone()));
-    Some((seen.size, mtime, seen.sums))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::marker::hash_file;
 
     const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 

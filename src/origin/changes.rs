@@ -1,0 +1,466 @@
+//! `wait_for = "changes"`: does S3 hold every file the deploy changed? Checked in passes, each
+//! pass asking only about the changes not verified yet, with as few S3 calls as the key order
+//! allows.
+//!
+//! # The sweep
+//! ListObjectsV2 returns up to 1,000 keys a page, in key order, from any `StartAfter`. The
+//! changes still unverified are walked in key order: a page starts at the first of them and
+//! covers every changed key up to its last key; the next page starts at the next changed key
+//! past it, jumping over the unchanged rest. That is the greedy cover of the changed keys by
+//! pages, which is the fewest pages that cover them (a dense deploy costs about one page per
+//! 1,000 changes; a few changes in a huge bucket cost one small page each, like a HeadObject).
+//! A listed ETag that is the local MD5 proves a file; another (SSE-KMS, multipart) is settled by
+//! one HeadObject and its checksum, remembered for as long as the object and the file stay the
+//! same.
+//!
+//! # Incremental
+//! A change verified in one pass stays verified, unless the file is written again locally: the
+//! caller hands in the paths written since ([`ChangeSet::rewritten`]), and those whose size or
+//! mtime moved are checked again.
+//!
+//! The other two plans exist to be measured against (bench/, `[origin] changes_check`):
+//! `folders`, one ListObjectsV2 per folder of every change each pass (the plan before the
+//! sweep), and `head`, one HeadObject per change each pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::{clean_etag, content, Head, Method, Origin, CLOCK_TOLERANCE_SECS};
+use crate::aws::{self, AwsError};
+use crate::config::ChangesCheck;
+use crate::marker::{self, local_checksum, mtime_ns, Sums};
+
+/// One changed path of a request, and what is known of it.
+struct Entry {
+    rel: Box<str>,
+    state: State,
+}
+
+enum State {
+    /// Not proven yet; the local sums once computed for this (size, mtime).
+    Open(Option<(u64, i64, Sums)>),
+    /// Proven in S3 as the file was then (size, mtime), or proven gone (`None`).
+    Verified(Option<(u64, i64)>),
+}
+
+/// A request's changes, checked against S3 pass after pass.
+pub struct ChangeSet {
+    /// Sorted by path (so by S3 key: the prefix is common).
+    entries: Vec<Entry>,
+    open: usize,
+    /// Objects a HeadObject judged: path → (ETag, local mtime, verdict).
+    headed: HashMap<Box<str>, (String, i64, Result<(), String>)>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// S3 calls made.
+    pub calls: u64,
+    /// Changes proven in this pass.
+    pub verified: usize,
+    /// Changes still not in S3, and the first few of them with why.
+    pub open: usize,
+    pub first: Vec<String>,
+}
+
+/// What a listed object is: (size, lower-case ETag).
+type Listed = (i64, String);
+
+impl ChangeSet {
+    /// `list`: (path relative to the root, deleted), one per path.
+    pub fn new(mut list: Vec<(String, bool)>) -> ChangeSet {
+        list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        list.dedup_by(|a, b| a.0 == b.0);
+        let entries: Vec<Entry> = list
+            .into_iter()
+            .map(|(rel, _)| Entry {
+                rel: rel.into_boxed_str(),
+                state: State::Open(None),
+            })
+            .collect();
+        ChangeSet {
+            open: entries.len(),
+            entries,
+            headed: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Changes not proven yet.
+    pub fn open(&self) -> usize {
+        self.open
+    }
+
+    /// Paths written again locally since the set was made: a verified one whose size or mtime
+    /// moved (or that appeared or vanished) is checked again. Returns how many reopened.
+    pub fn rewritten(&mut self, root: &Path, rels: &[String]) -> usize {
+        let mut reopened = 0;
+        for rel in rels {
+            let Ok(i) = self
+                .entries
+                .binary_search_by(|e| (*e.rel).cmp(rel.as_str()))
+            else {
+                continue;
+            };
+            let e = &mut self.entries[i];
+            if let State::Verified(was) = e.state {
+                if local_stamp(root, &e.rel) != was {
+                    e.state = State::Open(None);
+                    self.open += 1;
+                    reopened += 1;
+                }
+            }
+        }
+        reopened
+    }
+
+    /// One pass over the open changes with `plan`.
+    pub async fn pass(
+        &mut self,
+        origin: &Origin,
+        root: &Path,
+        plan: ChangesCheck,
+    ) -> Result<Pass, AwsError> {
+        let before = self.open;
+        let mut pass = Pass::default();
+        match plan {
+            ChangesCheck::Sweep => self.sweep(origin, root, &mut pass).await?,
+            ChangesCheck::Folders => self.folders(origin, root, &mut pass).await?,
+            ChangesCheck::Head => self.heads(origin, root, &mut pass).await?,
+        }
+        pass.verified = before.saturating_sub(self.open);
+        pass.open = self.open;
+        Ok(pass)
+    }
+
+    /// The greedy page cover (see the module docs).
+    async fn sweep(
+        &mut self,
+        origin: &Origin,
+        root: &Path,
+        pass: &mut Pass,
+    ) -> Result<(), AwsError> {
+        let mut i = self.next_open(0);
+        // Bounded: every page moves `i` past at least one change.
+        while let Some(at) = i {
+            let key = origin.key(&self.entries[at].rel);
+            let (page, last, truncated) = origin.page(&before(&key)).await?;
+            pass.calls += 1;
+            let mut j = at;
+            while j < self.entries.len() {
+                let k = origin.key(&self.entries[j].rel);
+                if truncated && last.as_deref().is_some_and(|l| k.as_str() > l) {
+                    break;
+                }
+                if matches!(self.entries[j].state, State::Open(_)) {
+                    let listed = page.get(&k).cloned();
+                    self.settle(origin, root, j, listed, pass).await?;
+                }
+                j += 1;
+            }
+            i = self.next_open(j);
+        }
+        Ok(())
+    }
+
+    /// Today's plan before the sweep, for comparison: one listing per folder of every change.
+    async fn folders(
+        &mut self,
+        origin: &Origin,
+        root: &Path,
+        pass: &mut Pass,
+    ) -> Result<(), AwsError> {
+        let mut by_dir: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            let dir = e.rel.rfind('/').map_or("", |p| &e.rel[..=p]);
+            by_dir.entry(dir.to_owned()).or_default().push(i);
+        }
+        for (dir, idx) in by_dir {
+            let (listed, calls) = origin.list_folder(&origin.key(&dir)).await?;
+            pass.calls += calls;
+            for i in idx {
+                let k = origin.key(&self.entries[i].rel);
+                let l = listed.get(&k).cloned();
+                self.reopen(i);
+                self.settle(origin, root, i, l, pass).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The naive plan, for comparison: one HeadObject per change.
+    async fn heads(
+        &mut self,
+        origin: &Origin,
+        root: &Path,
+        pass: &mut Pass,
+    ) -> Result<(), AwsError> {
+        for i in 0..self.entries.len() {
+            let h = origin.head(&self.entries[i].rel).await?;
+            pass.calls += 1;
+            let listed = h.as_ref().map(|h| (h.size, h.etag.clone()));
+            self.reopen(i);
+            self.settle(origin, root, i, listed, pass).await?;
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self, i: usize) {
+        if matches!(self.entries[i].state, State::Verified(_)) {
+            self.entries[i].state = State::Open(None);
+            self.open += 1;
+        }
+    }
+
+    fn next_open(&self, from: usize) -> Option<usize> {
+        (from..self.entries.len()).find(|&i| matches!(self.entries[i].state, State::Open(_)))
+    }
+
+    /// Judges open change `i` by what S3 listed for its key (`None`: no such object).
+    async fn settle(
+        &mut self,
+        origin: &Origin,
+        root: &Path,
+        i: usize,
+        listed: Option<Listed>,
+        pass: &mut Pass,
+    ) -> Result<(), AwsError> {
+        let rel = self.entries[i].rel.clone();
+        let local = self.local(root, i);
+        let verdict: Result<Option<(u64, i64)>, String> = match (&local, listed) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("still in S3 (deleted locally)".into()),
+            (Some(_), None) => Err("not in S3 yet".into()),
+            (Some((size, ..)), Some((rsize, _))) if *size as i64 != rsize => {
+                Err("size differs".into())
+            }
+            (Some((size, mtime, sums)), Some((_, etag))) if etag == sums.md5 => {
+                Ok(Some((*size, *mtime)))
+            }
+            (Some((size, mtime, sums)), Some((_, etag))) => {
+                pass.calls += 1;
+                self.judge(origin, root, &rel, &etag, *size, *mtime, sums)
+                    .await?
+                    .map(|()| Some((*size, *mtime)))
+            }
+        };
+        match verdict {
+            Ok(stamp) => {
+                self.entries[i].state = State::Verified(stamp);
+                self.open -= 1;
+                self.headed.remove(&rel);
+            }
+            Err(why) => {
+                if pass.first.len() < 20 {
+                    pass.first.push(format!("{} {why}", origin.key(&rel)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The local file's (size, mtime, sums), hashed once per (size, mtime).
+    fn local(&mut self, root: &Path, i: usize) -> Option<(u64, i64, Sums)> {
+        let e = &mut self.entries[i];
+        let (size, mtime) = local_stamp(root, &e.rel)?;
+        if let State::Open(Some((s, m, sums))) = &e.state {
+            if (*s, *m) == (size, mtime) {
+                return Some((size, mtime, sums.clone()));
+            }
+        }
+        let seen = marker::hash_file(&root.join(&*e.rel), String::new()).ok()?;
+        let sums = seen.sums;
+        e.state = State::Open(Some((seen.size, seen.mtime_ns, sums.clone())));
+        Some((seen.size, seen.mtime_ns, sums))
+    }
+
+    /// A listed ETag that is not the local MD5: either other bytes, or an ETag that is no MD5
+    /// at all. HeadObject tells which, by the object's checksum; the verdict is kept for as
+    /// long as the ETag and the local file stay the same.
+    #[allow(clippy::too_many_arguments)]
+    async fn judge(
+        &mut self,
+        origin: &Origin,
+        root: &Path,
+        rel: &str,
+        etag: &str,
+        size: u64,
+        mtime: i64,
+        sums: &Sums,
+    ) -> Result<Result<(), String>, AwsError> {
+        if let Some((e, m, verdict)) = self.headed.get(rel) {
+            if e == etag && *m == mtime {
+                return Ok(verdict.clone());
+            }
+        }
+        let Some(h) = origin.head(rel).await? else {
+            return Ok(Err("not in S3 yet".into()));
+        };
+        let verdict = judge_head(&h, &root.join(rel), size, mtime, sums);
+        self.headed
+            .insert(rel.into(), (h.etag.clone(), mtime, verdict.clone()));
+        Ok(verdict)
+    }
+}
+
+/// The proof rules of the module above for one changed file's HeadObject.
+fn judge_head(h: &Head, path: &Path, size: u64, mtime: i64, sums: &Sums) -> Result<(), String> {
+    match content(sums, h, |a| local_checksum(path, a, Some((size, mtime)))) {
+        Ok(Method::SizeTime) => {
+            let local_secs = mtime.div_euclid(1_000_000_000);
+            match h.last_modified {
+                Some(t) if t + CLOCK_TOLERANCE_SECS >= local_secs => Ok(()),
+                _ => Err("uploaded before the local write".to_owned()),
+            }
+        }
+        Ok(_) => Ok(()),
+        Err(why) => Err(why),
+    }
+}
+
+/// (size, mtime) of `root/rel` if it is a regular file now (symlinks are not followed).
+fn local_stamp(root: &Path, rel: &str) -> Option<(u64, i64)> {
+    let meta = std::fs::symlink_metadata(root.join(rel))
+        .ok()
+        .filter(|m| m.is_file())?;
+    Some((meta.len(), mtime_ns(&meta)))
+}
+
+/// A `StartAfter` that the listing of `key` starts at or just before: the key without its last
+/// character (keys between the two are the key's own prefix extended by a smaller character, a
+/// handful at most).
+fn before(key: &str) -> String {
+    let mut s = key.to_owned();
+    s.pop();
+    s
+}
+
+impl Origin {
+    /// One page (up to 1,000 keys) of everything under the prefix after `start_after`:
+    /// key → (size, ETag), the page's last key, and whether more follow.
+    async fn page(
+        &self,
+        start_after: &str,
+    ) -> Result<(HashMap<String, Listed>, Option<String>, bool), AwsError> {
+        let name = self.bucket.name();
+        let prefix = &self.prefix;
+        let page = self
+            .bucket
+            .send(|c| {
+                c.list_objects_v2()
+                    .bucket(name)
+                    .prefix(prefix)
+                    .start_after(start_after)
+                    .send()
+            })
+            .await
+            .map_err(|e| {
+                aws::classify(
+                    &format!("ListObjectsV2 s3://{name}/{prefix} after {start_after:?}"),
+                    &e,
+                )
+            })?;
+        let mut out = HashMap::with_capacity(page.contents().len());
+        let mut last = None;
+        for o in page.contents() {
+            if let Some(k) = o.key() {
+                out.insert(
+                    k.to_owned(),
+                    (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
+                );
+                last = Some(k.to_owned());
+            }
+        }
+        Ok((out, last, page.is_truncated() == Some(true)))
+    }
+
+    /// Every object directly under `prefix` (delimiter '/'), and the calls it took.
+    async fn list_folder(&self, prefix: &str) -> Result<(HashMap<String, Listed>, u64), AwsError> {
+        let mut out = HashMap::new();
+        let mut token: Option<String> = None;
+        let name = self.bucket.name();
+        // Bounded: 1,000 pages of 1,000 keys is more than one folder of a web root holds.
+        for calls in 1..=1000u64 {
+            let page = self
+                .bucket
+                .send(|c| {
+                    c.list_objects_v2()
+                        .bucket(name)
+                        .prefix(prefix)
+                        .delimiter("/")
+                        .set_continuation_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| aws::classify(&format!("ListObjectsV2 s3://{name}/{prefix}"), &e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.insert(
+                        k.to_owned(),
+                        (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
+                    );
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok((out, calls)),
+            }
+        }
+        Ok((out, 1000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_after_is_just_before_the_key() {
+        assert_eq!(before("blog/a.html"), "blog/a.htm");
+        assert!(before("blog/a.html").as_str() < "blog/a.html");
+        assert_eq!(before("x"), "");
+    }
+
+    #[test]
+    fn a_set_is_sorted_deduplicated_and_all_open() {
+        let set = ChangeSet::new(vec![
+            ("b".into(), false),
+            ("a".into(), false),
+            ("b".into(), true),
+        ]);
+        assert_eq!((set.len(), set.open()), (2, 2));
+        let rels: Vec<&str> = set.entries.iter().map(|e| &*e.rel).collect();
+        assert_eq!(rels, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_verified_file_written_again_is_open_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a"), b"1").expect("write");
+        let mut set = ChangeSet::new(vec![("a".into(), false), ("b".into(), false)]);
+        let stamp = local_stamp(dir.path(), "a");
+        set.entries[0].state = State::Verified(stamp);
+        set.entries[1].state = State::Verified(None);
+        set.open = 0;
+        assert_eq!(
+            set.rewritten(dir.path(), &["a".into(), "b".into()]),
+            0,
+            "unchanged"
+        );
+        std::fs::write(dir.path().join("a"), b"22").expect("rewrite");
+        std::fs::write(dir.path().join("b"), b"new").expect("appear");
+        assert_eq!(
+            set.rewritten(dir.path(), &["a".into(), "b".into(), "c".into()]),
+            2
+        );
+        assert_eq!(set.open(), 2);
+    }
+}
