@@ -369,16 +369,7 @@ impl Origin {
                 )
             })?;
         let mut out = HashMap::with_capacity(page.contents().len());
-        let mut last = None;
-        for o in page.contents() {
-            if let Some(k) = o.key() {
-                out.insert(
-                    k.to_owned(),
-                    (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
-                );
-                last = Some(k.to_owned());
-            }
-        }
+        let last = add_listed(&mut out, page.contents());
         Ok((out, last, page.is_truncated() == Some(true)))
     }
 
@@ -401,14 +392,7 @@ impl Origin {
                 })
                 .await
                 .map_err(|e| aws::classify(&format!("ListObjectsV2 s3://{name}/{prefix}"), &e))?;
-            for o in page.contents() {
-                if let Some(k) = o.key() {
-                    out.insert(
-                        k.to_owned(),
-                        (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
-                    );
-                }
-            }
+            add_listed(&mut out, page.contents());
             match page.next_continuation_token() {
                 Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
                 _ => return Ok((out, calls)),
@@ -416,6 +400,24 @@ impl Origin {
         }
         Ok((out, 1000))
     }
+}
+
+/// Adds a page's objects to `out`; returns the page's last key.
+fn add_listed(
+    out: &mut HashMap<String, Listed>,
+    objects: &[aws_sdk_s3::types::Object],
+) -> Option<String> {
+    let mut last = None;
+    for o in objects {
+        if let Some(k) = o.key() {
+            out.insert(
+                k.to_owned(),
+                (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
+            );
+            last = Some(k.to_owned());
+        }
+    }
+    last
 }
 
 #[cfg(test)]

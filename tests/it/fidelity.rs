@@ -27,6 +27,18 @@ async fn seconds_past(since: i64, secs: i64) {
     }
 }
 
+/// The newest request appears, then stays `waiting_for_origin` for `d`: nothing purged early.
+async fn keeps_waiting(site: &Site, what: &str, d: Duration) {
+    poll("the request", Duration::from_secs(10), || async {
+        site.history().first().map(|_| ())
+    })
+    .await;
+    holds_for(what, d, || {
+        newest_status(site).as_deref() == Some("waiting_for_origin")
+    })
+    .await;
+}
+
 fn newest_status(site: &Site) -> Option<String> {
     site.history().first().map(|r| r.status.to_string())
 }
@@ -74,14 +86,10 @@ async fn an_empty_marker_waits_for_its_own_new_upload() {
     put_object(&site, ".purge", b"").await;
     seconds_past(chrono::Utc::now().timestamp(), 2).await;
     site.write(".purge", b"");
-    poll("the request", Duration::from_secs(10), || async {
-        site.history().first().map(|_| ())
-    })
-    .await;
-    holds_for(
+    keeps_waiting(
+        &site,
         "an object uploaded before the first write is not its upload",
         Duration::from_millis(2500),
-        || newest_status(&site).as_deref() == Some("waiting_for_origin"),
     )
     .await;
     site.upload(".purge").await;
@@ -124,14 +132,10 @@ async fn a_kms_origin_verifies_by_s3_checksums_and_never_on_same_size_other_byte
     site.upload("blog/post.html").await;
     // Same size, other bytes, uploaded after the write: the checksum must refuse them.
     put_object(&site, "blog/.purge", b"deploy BBBB\n").await;
-    poll("the request", Duration::from_secs(10), || async {
-        site.history().first().map(|_| ())
-    })
-    .await;
-    holds_for(
+    keeps_waiting(
+        &site,
         "same-size other bytes never verify",
         Duration::from_millis(1500),
-        || newest_status(&site).as_deref() == Some("waiting_for_origin"),
     )
     .await;
     site.upload("blog/.purge").await;
