@@ -30,12 +30,20 @@ fn main() -> std::io::Result<()> {
 /// Links the executable with packed relative relocations (DT_RELR) when the build machine's glibc
 /// can load them (2.36+, Debian 12): the 49k relocations of a PIE take 20 KB instead of 1.2 MB,
 /// and the loader no longer pages that table in at every start (BENCHMARKS.md: 1.2 MB of RSS).
-/// The package built here depends on this glibc anyway; older systems keep classic relocations.
+/// Only for a binary linked against this machine's glibc, which it then needs (2.36: the
+/// GLIBC_ABI_DT_RELR version). Not for the packages: scripts/package links with cargo-zigbuild
+/// against glibc 2.28 (target `x86_64-unknown-linux-gnu.2.28`, which cargo sees as TARGET ==
+/// HOST), where DT_RELR would make every glibc before 2.36 refuse to start it.
 fn pack_relative_relocations() {
+    println!("cargo:rerun-if-env-changed=CARGO_ZIGBUILD_TARGET");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     if var("CARGO_CFG_TARGET_OS") != "linux"
         || var("CARGO_CFG_TARGET_ENV") != "gnu"
         || var("TARGET") != var("HOST")
+        // cargo-zigbuild: zig links against the glibc named in its target, not this machine's.
+        || !var("CARGO_ZIGBUILD_TARGET").is_empty()
+        // Any linker configured for the target (a cross or sysroot set-up): its glibc is unknown.
+        || !var("RUSTC_LINKER").is_empty()
     {
         return;
     }
