@@ -54,11 +54,18 @@ unsafe extern "C" fn populate_code(
     }
     // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
     let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    // The page size is 4 KiB on x86_64 but may be 16 or 64 KiB on aarch64 (RHEL's kernels):
+    // madvise wants a page-aligned start.
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    };
     for ph in phdrs {
         if ph.p_type != libc::PT_LOAD || ph.p_flags & libc::PF_X == 0 {
             continue;
         }
-        let start = (info.dlpi_addr as usize + ph.p_vaddr as usize) & !4095;
+        let start = (info.dlpi_addr as usize + ph.p_vaddr as usize) & !(page - 1);
         let end = info.dlpi_addr as usize + (ph.p_vaddr + ph.p_memsz) as usize;
         // SAFETY: a range of this object's own mapped code segment; errors are ignored (an
         // older kernel answers EINVAL and the pages are faulted in as before).
