@@ -17,7 +17,7 @@ use crate::intake::{configured_paths, Intake, NewRequest, FLUSH_AT, FLUSH_EVERY}
 use crate::knobs::Knobs;
 use crate::pipeline::{self, Halt, Pipeline};
 use crate::quota;
-use crate::store::{requests, HistoryRow, Source, Status, Store, StoreError};
+use crate::store::{self, requests, HistoryRow, Source, Status, Store, StoreError};
 use crate::watch::{self, Lost, WatchError, WatchEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +149,7 @@ impl App {
         watch: watch::Watch,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
+        let mut pruning = tokio::spawn(prune_loop(self.pipeline.clone(), token.clone()));
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
@@ -234,6 +235,8 @@ impl App {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut deferred).await;
         deferred.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut pruning).await;
+        pruning.abort();
         result
     }
 
@@ -309,6 +312,36 @@ async fn deferred_loop(p: Pipeline, token: CancellationToken) {
         let wait = (next - now).to_std().unwrap_or_default() + Duration::from_secs(1);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+/// Prunes the database at start and then once a day ([`crate::store::prune`]).
+async fn prune_loop(p: Pipeline, token: CancellationToken) {
+    loop {
+        let now = p.clock().now();
+        let ago = |d: Duration| {
+            let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+            store::ts(
+                now.checked_sub_signed(d)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+            )
+        };
+        let s = &p.cfg.state;
+        let (before, changes_before) = (ago(s.keep), ago(s.keep_changes));
+        match crate::store::prune::prune(&p.store, &before, &changes_before).await {
+            Ok(n) if n != Default::default() => info!(
+                requests = n.requests,
+                changes = n.changes,
+                periods = n.periods,
+                "pruned the database"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "pruning the database failed; trying again tomorrow"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
             _ = token.cancelled() => return,
         }
     }

@@ -124,6 +124,11 @@ pub struct CloudFront {
 #[derive(Debug, Clone)]
 pub struct State {
     pub database: PathBuf,
+    /// Requests that ended longer ago than this are deleted, with their events and changes.
+    pub keep: Duration,
+    /// The changes of an ended request are deleted after this (its path list and change count
+    /// stay on the request).
+    pub keep_changes: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -214,12 +219,18 @@ enum RawPaths {
 struct RawState {
     #[serde(default = "default_database")]
     database: PathBuf,
+    #[serde(default = "default_keep")]
+    keep: HumanDuration,
+    #[serde(default = "default_keep_changes")]
+    keep_changes: HumanDuration,
 }
 
 impl Default for RawState {
     fn default() -> Self {
         RawState {
             database: default_database(),
+            keep: default_keep(),
+            keep_changes: default_keep_changes(),
         }
     }
 }
@@ -287,6 +298,12 @@ fn default_changes_check() -> ChangesCheck {
 }
 fn default_database() -> PathBuf {
     PathBuf::from("/var/lib/purgewatch/purgewatch.db")
+}
+fn default_keep() -> HumanDuration {
+    HumanDuration(Duration::from_secs(400 * 86_400))
+}
+fn default_keep_changes() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 86_400))
 }
 
 impl Config {
@@ -439,6 +456,15 @@ impl Config {
             ));
         }
 
+        for (key, d) in [
+            ("state.keep", raw.state.keep.0),
+            ("state.keep_changes", raw.state.keep_changes.0),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least 1s".into()));
+            }
+        }
+
         if let Some(url) = &raw.aws.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
@@ -479,6 +505,8 @@ impl Config {
             },
             state: State {
                 database: raw.state.database,
+                keep: raw.state.keep.0,
+                keep_changes: raw.state.keep_changes.0,
             },
             aws: Aws {
                 region: raw.aws.region,
@@ -594,6 +622,25 @@ distribution_id = "E2EXAMPLE"
         assert!(s.contains("key `cloudfront.distribution_id`"), "{s}");
         let done = filled.replace("distribution_id = \"\"", "distribution_id = \"E2EXAMPLE\"");
         assert!(parse(&done).is_ok());
+    }
+
+    #[test]
+    fn keep_is_a_duration_of_a_second_or_more() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.state.keep, Duration::from_secs(400 * 86_400));
+        assert_eq!(c.state.keep_changes, Duration::from_secs(7 * 86_400));
+        let s = parse(&format!("{GOOD}[state]\nkeep = \"500ms\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            s.contains("key `state.keep`") && s.contains("at least 1s"),
+            "{s}"
+        );
+        let c = parse(&format!(
+            "{GOOD}[state]\nkeep = \"2s\"\nkeep_changes = \"1s\"\n"
+        ))
+        .expect("ok");
+        assert_eq!(c.state.keep, Duration::from_secs(2));
     }
 
     #[test]

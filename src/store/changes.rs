@@ -43,9 +43,14 @@ pub fn unknown(conn: &Connection, why: &str) -> Result<(), StoreError> {
 
 /// The open set becomes the request's, with the note of what it may miss.
 pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<()> {
-    conn.execute(
+    let n = conn.execute(
         "UPDATE changes SET request_id = ?1 WHERE request_id IS NULL",
         [id],
+    )?;
+    // Kept on the request once the change rows are pruned (store::prune).
+    conn.execute(
+        "UPDATE requests SET change_count = coalesce(change_count, 0) + ?2 WHERE id = ?1",
+        rusqlite::params![id, n as i64],
     )?;
     conn.execute(
         "UPDATE requests SET changes_unknown = coalesce(changes_unknown,

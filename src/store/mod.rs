@@ -19,6 +19,7 @@
 pub mod changes;
 pub mod counters;
 pub mod markers;
+pub mod prune;
 pub mod requests;
 
 use std::path::{Path, PathBuf};
@@ -164,6 +165,13 @@ WHERE status = 'waiting_for_origin' AND (verified_at IS NOT NULL OR origin = 'ma
 CREATE INDEX changes_request_rel ON changes(request_id, rel, id);
 DROP INDEX changes_request;
 "#,
+    r#"
+-- Bounded state (store::prune): ended requests are found by when they ended, and keep how many
+-- changes they had once the change rows are gone.
+CREATE INDEX requests_finished ON requests(finished_at);
+ALTER TABLE requests ADD COLUMN change_count INTEGER;
+UPDATE requests SET change_count = (SELECT count(DISTINCT rel) FROM changes WHERE request_id = requests.id);
+"#,
 ];
 
 /// One connection, shared; calls run on blocking threads (see [`Store::call`]).
@@ -188,6 +196,7 @@ impl Store {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
+            incremental_vacuum(&conn)?;
             migrate(&mut conn, MIGRATIONS, new_instance)?;
             // A read-only file or file system shows here, with the path, not at the first purge.
             cached(
@@ -317,6 +326,22 @@ fn migrate(
         tx.pragma_update(None, "user_version", migrations.len())?;
     }
     tx.commit()
+}
+
+/// Pages freed by pruning go back to the file system (`PRAGMA incremental_vacuum`): a new
+/// database starts so; an older one is converted once, by a VACUUM.
+fn incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if tables > 0 {
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
 }
 
 /// A new database's random id, part of every CallerReference.

@@ -408,3 +408,95 @@ async fn a_change_rewritten_locally_during_the_wait_is_checked_again() {
         site.events(rows[0].id)
     );
 }
+
+/// Bounded state: at start (and daily), requests that ended longer ago than `[state] keep` go
+/// with their events, markers and changes; the changes of one that ended longer ago than
+/// `keep_changes` go, its change count stays; what is recent stays whole. Time passes by the
+/// daemon's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_requests_and_changes_are_pruned_and_recent_ones_kept() {
+    let site = Site::new().await;
+    let clock = purgewatch::clock::Clock::fixed(chrono::Utc::now());
+    let knobs = purgewatch::knobs::Knobs {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let cfg = |site: &Site| {
+        let mut c = changed_config(site, false, "");
+        c.state.keep = std::time::Duration::from_secs(3600);
+        c.state.keep_changes = std::time::Duration::from_secs(60);
+        c
+    };
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&site.db)
+            .expect("db")
+            .query_row(sql, [], |r| r.get(0))
+            .expect("count")
+    };
+    let daemon = Daemon::start_with(cfg(&site), knobs.clone())
+        .await
+        .expect("start");
+    deploy(
+        &site,
+        &["old/a.html".into(), "old/b.html".into()],
+        "old/.purge",
+    )
+    .await;
+    site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+
+    // Two minutes later: past keep_changes, within keep.
+    clock.set(chrono::Utc::now() + chrono::Duration::seconds(120));
+    let daemon = Daemon::start_with(cfg(&site), knobs.clone())
+        .await
+        .expect("restart");
+    deploy(&site, &["new/c.html".into()], "new/.purge").await;
+    let rows = site.settled(2, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    let (new, old) = (rows[0].id, rows[1].id);
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM changes WHERE request_id = {old}"
+        )),
+        0
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT change_count FROM requests WHERE id = {old}"
+        )),
+        2
+    );
+    assert!(
+        count(&format!(
+            "SELECT count(*) FROM events WHERE request_id = {old}"
+        )) > 0
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM changes WHERE request_id = {new}"
+        )),
+        1
+    );
+
+    // Two hours later: past keep. The old request is gone whole; the quota row too.
+    clock.set(chrono::Utc::now() + chrono::Duration::seconds(7200));
+    let daemon = Daemon::start_with(cfg(&site), knobs)
+        .await
+        .expect("restart");
+    daemon.shutdown().await.expect("shutdown");
+    for table in [
+        "requests WHERE id",
+        "events WHERE request_id",
+        "request_markers WHERE request_id",
+    ] {
+        for id in [old, new] {
+            assert_eq!(
+                count(&format!("SELECT count(*) FROM {table} = {id}")),
+                0,
+                "{table} {id}"
+            );
+        }
+    }
+    assert_eq!(count("SELECT count(*) FROM quota"), 0);
+    assert_eq!(count("PRAGMA auto_vacuum"), 2, "incremental");
+}
