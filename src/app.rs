@@ -110,7 +110,16 @@ impl Daemon {
         let found = app.intake.catch_up(started.markers).await?;
         app.spawn(found);
         info!(root = %app.cfg.watch.root.display(), "watching");
-        let main = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch));
+        let metrics = match app.cfg.metrics.listen {
+            None => None,
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                AppError::Other(format!(
+                    "{}: metrics.listen {addr}: cannot listen: {e}",
+                    app.cfg.file.display()
+                ))
+            })?),
+        };
+        let main = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch, metrics));
         Ok(Daemon { token, main, lost })
     }
 
@@ -147,9 +156,29 @@ impl App {
         lost: Arc<Lost>,
         token: CancellationToken,
         watch: watch::Watch,
+        metrics: Option<tokio::net::TcpListener>,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
         let mut pruning = tokio::spawn(prune_loop(self.pipeline.clone(), token.clone()));
+        // Neighbours of the pipeline, joined at shutdown like the rest.
+        let mut neighbours = JoinSet::new();
+        if let Some(listener) = metrics {
+            let source = crate::metrics::Source {
+                cfg: self.cfg.clone(),
+                store: self.store.clone(),
+                lost: lost.clone(),
+                clock: self.pipeline.clock().clone(),
+            };
+            neighbours.spawn(crate::metrics::serve(listener, source, token.clone()));
+        }
+        if self.cfg.notify.is_on() {
+            neighbours.spawn(crate::notify::run(
+                self.cfg.clone(),
+                self.store.clone(),
+                self.pipeline.clients.clone(),
+                token.clone(),
+            ));
+        }
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
@@ -237,6 +266,11 @@ impl App {
         deferred.abort();
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut pruning).await;
         pruning.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while neighbours.join_next().await.is_some() {}
+        })
+        .await;
+        neighbours.abort_all();
         result
     }
 

@@ -168,6 +168,9 @@ pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
 pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub cloudfront: aws_sdk_cloudfront::Client,
+    /// The configuration every client is built from (region, credentials, timeouts, endpoint),
+    /// for other services' clients (SNS).
+    pub shared: aws_config::SdkConfig,
 }
 
 impl Clients {
@@ -205,6 +208,7 @@ impl Clients {
         Clients {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             cloudfront: aws_sdk_cloudfront::Client::new(&shared),
+            shared,
         }
     }
 

@@ -36,6 +36,44 @@ pub struct Config {
     pub cloudfront: CloudFront,
     pub state: State,
     pub aws: Aws,
+    pub metrics: Metrics,
+    pub notify: Notify,
+}
+
+/// `[metrics]`: Prometheus text format at `GET /metrics` (src/metrics.rs); off unless set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[notify]`: alerts when a request reaches one of `on` (src/notify.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// POSTed JSON with a chat-ready `text` (Slack, Teams, Discord).
+    pub webhook: Option<String>,
+    pub sns_topic_arn: Option<String>,
+    pub on: Vec<crate::store::Status>,
+}
+
+impl Default for Notify {
+    fn default() -> Notify {
+        use crate::store::Status;
+        Notify {
+            webhook: None,
+            sns_topic_arn: None,
+            on: vec![
+                Status::Failed,
+                Status::OriginTimeout,
+                Status::QuotaExhausted,
+            ],
+        }
+    }
+}
+
+impl Notify {
+    pub fn is_on(&self) -> bool {
+        self.webhook.is_some() || self.sns_topic_arn.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +157,8 @@ pub struct CloudFront {
     pub paths: Paths,
     /// Most paths one invalidation may carry when `paths = "changed"` (wildcards count as one).
     pub max_paths: usize,
+    /// Shadow mode: every step runs, the quota is read but no slot taken, nothing is sent.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +190,24 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     aws: RawAws,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    notify: RawNotify,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Option<String>,
+    sns_topic_arn: Option<String>,
+    on: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +259,8 @@ struct RawCloudFront {
     paths: RawPaths,
     #[serde(default = "default_max_paths")]
     max_paths: usize,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// `paths = ["/*"]` or `paths = "changed"`.
@@ -465,6 +525,66 @@ impl Config {
             }
         }
 
+        let metrics = Metrics {
+            listen: match &raw.metrics.listen {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    invalid(
+                        "metrics.listen",
+                        format!("{a:?} is not an address and port such as \"127.0.0.1:9465\""),
+                    )
+                })?),
+            },
+        };
+        let n = raw.notify;
+        if let Some(w) = &n.webhook {
+            if !(w.starts_with("https://") || w.starts_with("http://")) {
+                return Err(invalid(
+                    "notify.webhook",
+                    format!("{w:?} must start with https:// (or http://)"),
+                ));
+            }
+        }
+        if let Some(t) = &n.sns_topic_arn {
+            if !t.starts_with("arn:") || t.split(':').count() != 6 {
+                return Err(invalid(
+                    "notify.sns_topic_arn",
+                    format!("{t:?} is not a topic ARN such as \"arn:aws:sns:REGION:ACCOUNT:NAME\""),
+                ));
+            }
+        }
+        let on = match n.on {
+            None => Notify::default().on,
+            Some(list) => {
+                use crate::store::Status;
+                let mut on = Vec::new();
+                for w in list {
+                    let st = Status::parse(&w).filter(|s| {
+                        matches!(
+                            s,
+                            Status::Failed
+                                | Status::OriginTimeout
+                                | Status::QuotaExhausted
+                                | Status::Completed
+                                | Status::Deferred
+                        )
+                    });
+                    on.push(st.ok_or_else(|| {
+                        invalid(
+                            "notify.on",
+                            format!("{w:?}: one of \"failed\", \"origin_timeout\", \"quota_exhausted\", \"completed\", \"deferred\""),
+                        )
+                    })?);
+                }
+                on
+            }
+        };
+        let notify = Notify {
+            webhook: n.webhook,
+            sns_topic_arn: n.sns_topic_arn,
+            on,
+        };
+
         if let Some(url) = &raw.aws.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(
@@ -502,6 +622,7 @@ impl Config {
                 distribution_id: c.distribution_id,
                 paths,
                 max_paths: c.max_paths,
+                dry_run: c.dry_run,
             },
             state: State {
                 database: raw.state.database,
@@ -512,6 +633,8 @@ impl Config {
                 region: raw.aws.region,
                 endpoint_url: raw.aws.endpoint_url,
             },
+            metrics,
+            notify,
         })
     }
 }

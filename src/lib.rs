@@ -17,6 +17,7 @@
 //! - Around them: [`config`] (TOML → typed config; errors name the file and the key), [`aws`]
 //!   (clients, regions, error classes), [`retry`] (one way to wait out a failure), [`clock`]
 //!   (time from outside), [`knobs`] (test seams, passed in), [`memory`] (a steady RSS),
+//!   [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS),
 //!   [`app`] (wiring, shutdown, the manual purge), [`commands`] and [`cli`] (the CLI's verbs).
 //!
 //! # Data flow
@@ -35,6 +36,8 @@ pub mod intake;
 pub mod knobs;
 pub mod marker;
 pub mod memory;
+pub mod metrics;
+pub mod notify;
 pub mod origin;
 pub mod paths;
 pub mod pipeline;

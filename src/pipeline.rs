@@ -82,6 +82,8 @@ pub struct Pipeline {
     pub origin: Origin,
     pub ledger: Ledger,
     pub cdn: Cdn,
+    /// The AWS clients, for the stages' neighbours (alerts through SNS).
+    pub clients: Clients,
     clock: Clock,
     token: CancellationToken,
     /// The ids gathered into the invalidation of the request verified first ([`Pipeline::gather`]).
@@ -114,7 +116,11 @@ impl Pipeline {
                 host,
                 instance,
             ),
-            cdn: Cdn::new(clients.cloudfront, cfg.cloudfront.distribution_id.clone()),
+            cdn: Cdn::new(
+                clients.cloudfront.clone(),
+                cfg.cloudfront.distribution_id.clone(),
+            ),
+            clients,
             cfg,
             store,
             clock,
