@@ -19,11 +19,22 @@ What it does, in order (every loop is bounded in count and in time; everything o
    shell peer (`inotifywait | while read; aws s3api head-object; aws cloudfront create-invalidation`).
 5. Idle: all watchers at once on tree S; voluntary context switches summed over every thread.
 6. Table of medians and ratios (stdout, bench/results/latest.md), JSON, SVG chart.
+
+`--scenario changes` (issue 13) runs instead the whole-change wait at deploy scale: per case
+(5,000 files; 200,000 with --changes-large) a fresh emulator and a bucket holding the tree, then
+per plan (`[origin] changes_check` = sweep, folders, head) a fresh daemon with
+`wait_for = "changes"`, every file rewritten locally, the marker written, every file uploaded
+with 16 parallel PUTs in random order straight to moto, the marker last. From the proxy's log:
+the daemon's S3 calls per pass and in all, against the fewest 1,000-key pages that cover the
+changed keys; last upload → CreateInvalidation; from /proc and the database: peak RSS (VmHWM),
+the database's size. bench/results/changes.{json,md} and changes-chart.svg.
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import hashlib
+from http import client as http_client  # (`http` is this file's helper below)
 import json
 import os
 import platform
@@ -38,9 +49,11 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 NOW = time.monotonic_ns  # CLOCK_MONOTONIC: the same clock in every process of the machine
@@ -544,7 +557,8 @@ class Watcher:
         return "\n".join(l for _, l in self.reader.lines[-n:])
 
 
-def start_purgewatch(ctx, tag, root, watchdog=False):
+def start_purgewatch(ctx, tag, root, watchdog=False, origin_extra="", wait_timeout="2m"):
+    """`origin_extra`: more lines for [origin] (the changes scenario's wait_for, changes_check)."""
     w = Watcher("purgewatch", tag, root, ctx.work)
     state = os.path.join(ctx.state_dir, tag)
     shutil.rmtree(state, ignore_errors=True)
@@ -558,8 +572,8 @@ settle = "0s"
 
 [origin]
 bucket = "%s"
-wait_timeout = "2m"
-
+wait_timeout = "%s"
+%s
 [quota]
 max = 1000000
 count_bucket = "%s"
@@ -573,7 +587,8 @@ database = "%s"
 [aws]
 region = "us-east-1"
 endpoint_url = "%s"
-""" % (root, ORIGIN_BUCKET, COUNT_BUCKET, ctx.emu.dist, w.db, ctx.emu.endpoint))
+""" % (root, ORIGIN_BUCKET, wait_timeout, origin_extra, COUNT_BUCKET, ctx.emu.dist, w.db,
+       ctx.emu.endpoint))
     sock_path = os.path.join(ctx.work, "notify-%s.sock" % tag)
     if os.path.exists(sock_path):
         os.unlink(sock_path)
@@ -1635,6 +1650,925 @@ def esc(s):
 
 
 # ---------------------------------------------------------------------------------------------
+# Whole-change wait at deploy scale (issue 13): `bench/run --scenario changes`
+# ---------------------------------------------------------------------------------------------
+#
+# A deploy as `wait_for = "changes"` sees it: every file of a tree rewritten locally, the
+# marker written, then every file uploaded (16 parallel PUTs straight to the emulator, random
+# order), the marker last. The daemon's S3 calls reach the emulator through the timestamping
+# proxy (the uploads do not), so the proxy's log holds only the daemon's calls: ListObjectsV2
+# (GET /bucket?list-type=2), HeadObject of a changed key, HeadObject of the marker (each look
+# starts with it), and CreateInvalidation (POST …/invalidation).
+
+# case: (sections, folders per section, files per folder). Keys sit under sec*/ prefixes as a
+# site's sections do; each deploy rewrites and uploads every file of the tree.
+CHANGE_CASES = {
+    "5k": (10, 100, 5),       # 1,000 folders × 5 files under sec0/ … sec9/: the issue's deploy
+    "200k": (100, 200, 10),   # 20,000 folders × 10 files under sec00/ … sec99/
+}
+CHANGE_PLANS = ("sweep", "folders", "head")
+PLAN_LABEL = {"sweep": "sweep (new)", "folders": "folders (before)", "head": "head (naive)",
+              "default": "the daemon's default"}
+PLAN_COLORS = {"sweep": "#1f6fb4", "folders": "#e07b16", "head": "#2b9a3a",
+               "default": "#1f6fb4"}
+LIST_PAGE = 1000       # keys in one ListObjectsV2 page (S3's maximum and default)
+PASS_GAP_NS = 150_000_000  # no call outstanding for this long: the next call starts a new pass
+DEPLOY_MARKER = ".purge"   # at the root: the request owns every change under it
+VERIFIED_RE = re.compile(r"S3 holds (\d+) marker\(s\)(?: and (\d+) change\(s\))? "
+                         r"after (\d+) check\(s\)")
+
+
+class ChangeTree:
+    """sections × folders × files, every file a page of its own bytes per deploy generation."""
+
+    def __init__(self, case, base):
+        self.case = case
+        self.sections, self.per_section, self.per_folder = CHANGE_CASES[case]
+        self.root = os.path.join(base, "changes-" + case, "root")
+        sw, fw = len(str(self.sections - 1)), len(str(self.per_section - 1))
+        self.folders = ["sec%0*d/d%0*d" % (sw, s, fw, d)
+                        for s in range(self.sections) for d in range(self.per_section)]
+        self.rels = ["%s/f%d.html" % (f, j) for f in self.folders for j in range(self.per_folder)]
+        # The bucket's keys (origin prefix ""): every file and the marker, in S3's order
+        # (UTF-8 bytes; these names are ASCII, so Python's order is the same).
+        self.keys_sorted = sorted(self.rels + [DEPLOY_MARKER])
+        self.index = {k: i for i, k in enumerate(self.keys_sorted)}
+
+    @staticmethod
+    def content(rel, gen):
+        return (b"<!doctype html><title>%s</title><p>deploy %d</p>\n" % (rel.encode(), gen)
+                + b"x" * 40 + b"\n")
+
+    def build(self, gen):
+        base = os.path.dirname(self.root)
+        if os.path.exists(base):
+            shutil.rmtree(base)
+        t = time.monotonic()
+        for f in self.folders:
+            os.makedirs(os.path.join(self.root, f))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        for rel in self.rels:
+            fd = os.open(os.path.join(self.root, rel), flags, 0o644)
+            os.write(fd, self.content(rel, gen))
+            os.close(fd)
+        return time.monotonic() - t
+
+    def rewrite(self, gen, rate):
+        """Every file rewritten in place (new bytes), folder by folder as a build or rsync
+        writes them, paced at `rate` files/s so the kernel's event queue (16,384) is not the
+        thing measured. Returns seconds."""
+        flags = os.O_WRONLY | os.O_TRUNC
+        step = max(1, rate // 200)
+        t0 = time.monotonic()
+        due = t0
+        for i in range(0, len(self.rels), step):
+            for rel in self.rels[i:i + step]:
+                fd = os.open(os.path.join(self.root, rel), flags)
+                os.write(fd, self.content(rel, gen))
+                os.close(fd)
+            due += step / rate
+            d = due - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+        return time.monotonic() - t0
+
+    def marker_content(self, gen):
+        return b"deploy %d of %s\n" % (gen, self.case.encode())
+
+    def page_bound(self, changed):
+        """The fewest 1,000-key ListObjectsV2 pages that cover every key of `changed`: greedy,
+        a page starts at the first changed key not covered yet and covers it and the next 999
+        keys of the bucket in key order (StartAfter the key before it)."""
+        pos = sorted(self.index[k] for k in changed)
+        n = j = 0
+        while j < len(pos):
+            end = pos[j] + LIST_PAGE
+            n += 1
+            while j < len(pos) and pos[j] < end:
+                j += 1
+        return n
+
+    def describe(self):
+        return {"files": len(self.rels), "folders": len(self.folders),
+                "prefixes": self.sections, "folders_per_prefix": self.per_section,
+                "files_per_folder": self.per_folder,
+                "layout": "sec*/d*/f*.html, %d prefixes × %d folders × %d files" % (
+                    self.sections, self.per_section, self.per_folder),
+                "page_bound_whole_set": self.page_bound(self.rels)}
+
+
+def s3_put(port, key, body, tries=4):
+    """PUT straight to moto (not through the proxy); the time the answer was read, ns."""
+    path = "/%s/%s" % (ORIGIN_BUCKET, urllib.parse.quote(key))
+    for attempt in range(tries):
+        c = http_client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            c.request("PUT", path, body=body, headers={"Authorization": FAKE_AUTH,
+                                                       "Content-Type": "text/html"})
+            r = c.getresponse()
+            data = r.read()
+            if r.status == 200:
+                return NOW()
+            err = "%s %s" % (r.status, data[:200])
+        except OSError as e:
+            err = str(e)
+        finally:
+            c.close()
+        time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError("PUT %s failed %d times: %s" % (key, tries, err))
+
+
+def s3_upload(port, items, parallel):
+    """items: [(key, body)], uploaded with `parallel` PUTs in flight, each on its own
+    connection (moto closes every one). Returns ({key: ns the PUT completed}, seconds)."""
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(parallel) as ex:
+        times = list(ex.map(lambda kb: s3_put(port, kb[0], kb[1]), items))
+    return {k: t for (k, _), t in zip(items, times)}, time.monotonic() - t0
+
+
+def status_kb(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def supports_changes_check(pw):
+    """Whether this daemon knows `[origin] changes_check` (its config rejects unknown keys with
+    exit status 78 before anything starts)."""
+    d = tempfile.mkdtemp(prefix="pw-bench-cfg.")
+    try:
+        cfg = os.path.join(d, "c.toml")
+        with open(cfg, "w") as f:
+            f.write('[watch]\nroot = "%s"\n[origin]\nbucket = "b"\nwait_for = "changes"\n'
+                    'changes_check = "sweep"\n[quota]\nmax = 1\n[cloudfront]\n'
+                    'distribution_id = "E1"\n[state]\ndatabase = "%s/pw.db"\n' % (d, d))
+        r = subprocess.run([pw, "--config", cfg, "history", "--limit", "1"], env=aws_env(),
+                           capture_output=True, text=True, timeout=30)
+        return not (r.returncode == 78 and "changes_check" in r.stderr)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def call_kind(meth, path):
+    base, _, query = path.partition("?")
+    b = "/" + ORIGIN_BUCKET
+    if meth == "GET" and base in (b, b + "/") and "list-type=2" in query:
+        return "list", None
+    if meth == "HEAD" and base.startswith(b + "/"):
+        key = urllib.parse.unquote(base[len(b) + 1:])
+        return ("marker" if key == DEPLOY_MARKER else "head"), key
+    if meth == "POST" and base.endswith("/invalidation"):
+        return "invalidation", None
+    return "other", None
+
+
+def analyze_calls(lines, tree, t_from, t_last, t_inv, done):
+    """The daemon's calls from the marker's local write to CreateInvalidation, from the proxy's
+    log: totals, passes, the page bound of each pass, the emulator's busy time after the last
+    upload. A pass starts at the first check call (ListObjectsV2 or HeadObject of a change)
+    after the marker's HeadObject, or after no call was outstanding for 150 ms."""
+    lines = sorted(lines)
+    calls = []       # [t_req, t_resp, kind]
+    open_ = {}       # connection → indexes of calls waiting for their answer
+    for t, cid, meth, path in lines:
+        if meth == "RESP":
+            q = open_.get(cid)
+            if q:
+                calls[q.pop(0)][1] = t
+            continue
+        if t < t_from or (t_inv is not None and t > t_inv):
+            continue
+        kind, _ = call_kind(meth, path)
+        open_.setdefault(cid, []).append(len(calls))
+        calls.append([t, None, kind])
+    totals = {}
+    for c in calls:
+        totals[c[2]] = totals.get(c[2], 0) + 1
+    passes = []
+    cur = None
+    busy_until = None
+    for t, tr, kind in calls:
+        if kind == "marker":
+            cur = None
+            continue
+        if kind not in ("list", "head"):
+            continue
+        if cur is None or (busy_until is not None and t - busy_until >= PASS_GAP_NS):
+            cur = {"start": t, "end": t, "list": 0, "head": 0}
+            passes.append(cur)
+        cur[kind] += 1
+        cur["end"] = max(cur["end"], tr or t)
+        busy_until = max(busy_until or 0, tr or t)
+    # Per pass, the changes that may still be unverified: all of them for the first pass;
+    # for a later one, those whose upload completed after the previous pass began (a pass
+    # cannot have proven a key uploaded after it started). Generous to the daemon: a larger set
+    # has a larger bound.
+    rels = tree.rels
+    prev = None
+    for p in passes:
+        if prev is None:
+            p["bound"] = tree.page_bound(rels)
+        else:
+            p["bound"] = tree.page_bound([r for r in rels if done.get(r, 0) > prev])
+        prev = p["start"]
+    # The emulator's share after the last upload: when at least one call was being answered.
+    iv = sorted((max(a, t_last), min(b, t_inv)) for a, b, _ in calls
+                if b is not None and t_inv is not None and b > t_last and a < t_inv)
+    busy = 0
+    cs = ce = None
+    for a, b in iv:
+        if cs is None or a > ce:
+            if cs is not None:
+                busy += ce - cs
+            cs, ce = a, b
+        else:
+            ce = max(ce, b)
+    if cs is not None:
+        busy += ce - cs
+    checks = [c for c in calls if c[2] in ("list", "head")]
+    after = [c for c in checks if c[0] >= t_last]
+    return {
+        "lists": totals.get("list", 0), "heads": totals.get("head", 0),
+        "marker_heads": totals.get("marker", 0), "other_calls": totals.get("other", 0),
+        "check_calls": len(checks), "check_calls_after_last_upload": len(after),
+        "first_check_after_last_upload_s": ((after[0][0] - t_last) / 1e9) if after else None,
+        "passes": [{"start_s": round((p["start"] - t_last) / 1e9, 3),
+                    "duration_s": round((p["end"] - p["start"]) / 1e9, 3),
+                    "list": p["list"], "head": p["head"], "bound": p["bound"]} for p in passes],
+        "page_bound_passes": sum(p["bound"] for p in passes),
+        "emulator_busy_after_last_upload_s": busy / 1e9 if t_inv is not None else None,
+    }
+
+
+def read_request(db):
+    """The deploy's request as the daemon recorded it (read-only, while it runs)."""
+    for _ in range(50):
+        try:
+            c = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
+            try:
+                rows = c.execute("SELECT id, status, paths, invalidation_id, changes_unknown "
+                                 "FROM requests ORDER BY id").fetchall()
+                out = {"requests": len(rows)}
+                if not rows:
+                    return out
+                rid, status, paths, inv, unknown = rows[-1]
+                ev = c.execute("SELECT to_status, detail FROM events WHERE request_id = ? "
+                               "ORDER BY id", (rid,)).fetchall()
+                n = c.execute("SELECT count(DISTINCT rel) FROM changes WHERE request_id = ?",
+                              (rid,)).fetchone()[0]
+            finally:
+                c.close()
+            out.update(status=status, paths=json.loads(paths) if paths else [],
+                       invalidation_id=inv, changes_unknown=unknown, changes_recorded=n,
+                       waiting_notes=sum(1 for _, d in ev if d and d.startswith("waiting:")))
+            for _, d in ev:
+                m = VERIFIED_RE.search(d or "")
+                if m:
+                    out["verified_detail"] = d
+                    out["verified_markers"] = int(m.group(1))
+                    out["verified_changes"] = int(m.group(2) or 0)
+                    out["checks"] = int(m.group(3))
+            return out
+        except sqlite3.Error:
+            time.sleep(0.1)
+    return {"error": "database unreadable"}
+
+
+def db_sizes(db):
+    out = {}
+    for sfx in ("", "-wal", "-shm"):
+        try:
+            out["db" + sfx.replace("-", "_")] = os.path.getsize(db + sfx)
+        except OSError:
+            out["db" + sfx.replace("-", "_")] = 0
+    return out
+
+
+def changes_run(ctx, tree, plan, gen, a):
+    """One deploy of the whole tree with one plan; a fresh daemon and database."""
+    tag = "chg-%s-%s" % (tree.case, plan)
+    extra = 'wait_for = "changes"\n'
+    if plan != "default" and ctx.changes_check:
+        extra += 'changes_check = "%s"\n' % plan
+    res = {"case": tree.case, "plan": plan, "config": extra.strip().split("\n"),
+           "changes_expected": len(tree.rels), "load_before": loadavg()}
+    plog = ProxyLog(ctx.emu.proxy_log)
+    plog.new()
+    w = start_purgewatch(ctx, tag, tree.root, origin_extra=extra, wait_timeout=a.changes_timeout)
+    try:
+        time.sleep(0.5)  # its last start-up writes
+        res["setup_s"] = w.setup_s()
+        res["rss_ready_kb"] = rss_kb(w.pid)
+        res["hwm_ready_kb"] = status_kb(w.pid, "VmHWM")
+        c0 = cpu_ns(w.pid)
+        res["rewrite_s"] = tree.rewrite(gen, a.changes_write_rate)
+        write_marker(os.path.join(tree.root, DEPLOY_MARKER), tree.marker_content(gen), False)
+        t_marker = NOW()
+        items = [(rel, tree.content(rel, gen)) for rel in tree.rels]
+        random.Random("%s-%d" % (tree.case, gen)).shuffle(items)
+        res["marker_uploaded"] = a.changes_marker
+        t_m = None
+        if a.changes_marker == "first":  # the order the issue did not measure: see --help
+            t_m = s3_put(ctx.emu.moto_port, DEPLOY_MARKER, tree.marker_content(gen))
+        done, up_s = s3_upload(ctx.emu.moto_port, items, a.changes_parallel)
+        if t_m is None:
+            t_m = s3_put(ctx.emu.moto_port, DEPLOY_MARKER, tree.marker_content(gen))
+        done[DEPLOY_MARKER] = t_m
+        t_last = max(done.values())
+        res["upload_s"] = (t_last - t_marker) / 1e9
+        res["puts_per_s"] = (len(items) + 1) / res["upload_s"]
+        log("  %s %s: rewrote %d files in %.1f s, uploaded them in %.1f s (%.0f PUT/s), "
+            "marker %s; waiting for CreateInvalidation" % (
+                tree.case, plan, len(items), res["rewrite_s"], res["upload_s"],
+                res["puts_per_s"], a.changes_marker))
+        lines = []
+        t_inv = None
+        deadline = time.monotonic() + a.changes_cap
+        while t_inv is None and time.monotonic() < deadline and w.alive():
+            for ln in plog.new():
+                lines.append(ln)
+                if (t_inv is None and ln[2] == "POST"
+                        and call_kind(ln[2], ln[3])[0] == "invalidation" and ln[0] >= t_marker):
+                    t_inv = ln[0]
+            if t_inv is None:
+                time.sleep(0.05)
+        res["invalidation"] = t_inv is not None
+        res["last_upload_to_invalidation_s"] = (t_inv - t_last) / 1e9 if t_inv else None
+        if t_inv is None:
+            res["cap_s"] = a.changes_cap
+        # The request's end as recorded (completed once CloudFront says so), bounded.
+        rq = {}
+        end = time.monotonic() + (15 if t_inv else 1)
+        while time.monotonic() < end:
+            rq = read_request(w.db)
+            if rq.get("status") in ("completed", "failed", "origin_timeout") or not t_inv:
+                break
+            time.sleep(0.2)
+        for ln in plog.new():
+            lines.append(ln)
+        res.update(rq)
+        res["cpu_s"] = (cpu_ns(w.pid) - c0) / 1e9
+        res["rss_end_kb"] = rss_kb(w.pid)
+        res["hwm_kb"] = status_kb(w.pid, "VmHWM")
+        res.update(db_sizes(w.db))
+        res.update(analyze_calls(lines, tree, t_marker, t_last, t_inv, done))
+        res["alive"] = w.alive()
+        errs = w.reader.lines
+        res["warnings"] = sum(1 for _, l in errs if " WARN " in l or " ERROR " in l)
+        res["overflows"] = sum(1 for _, l in errs if "queue overflow" in l)
+        res["log_tail"] = [l for _, l in errs[-8:]]
+        res["covered"] = bool(t_inv and "/*" in (rq.get("paths") or [])
+                              and rq.get("verified_changes", -1) >= len(tree.rels)
+                              and not rq.get("changes_unknown"))
+    finally:
+        w.stop()
+        res["db_after_stop_bytes"] = sum(db_sizes(w.db).values())
+        p = os.path.join(tree.root, DEPLOY_MARKER)
+        if os.path.exists(p):
+            os.unlink(p)
+    log("  %s %s: %s; %d check call(s) (%d List, %d Head) in %d pass(es), page bound %d; "
+        "RSS %.1f → peak %.1f MB; DB %.1f MB" % (
+            tree.case, plan,
+            ("last upload → CreateInvalidation %.2f s" % res["last_upload_to_invalidation_s"])
+            if res["invalidation"] else "NO invalidation within %.0f s" % a.changes_cap,
+            res["check_calls"], res["lists"], res["heads"], len(res["passes"]),
+            tree.page_bound(tree.rels), mb(res["rss_ready_kb"]), mb(res["hwm_kb"]),
+            (res["db"] + res["db_wal"]) / 1e6))
+    return res
+
+
+def fmt_int(v):
+    return "–" if v is None else "{:,}".format(int(v))
+
+
+def per_pass_text(r):
+    ps = r.get("passes") or []
+    if not ps:
+        return "–"
+
+    def one(p):
+        parts = []
+        if p["list"]:
+            parts.append("%s List" % fmt_int(p["list"]))
+        if p["head"]:
+            parts.append("%s Head" % fmt_int(p["head"]))
+        return " + ".join(parts)
+    if len(ps) <= 4:
+        return " · ".join(one(p) for p in ps)
+    n = sorted(p["list"] + p["head"] for p in ps)
+    return "%d passes: first %s, median %s, last %s" % (
+        len(ps), one(ps[0]), fmt_int(statistics.median(n)), one(ps[-1]))
+
+
+def changes_shown(R):
+    """Per case and plan, the run with the median last upload → CreateInvalidation time (none
+    within the cap counts as the longest), with every run's time in `times_s`; skipped and
+    failed plans as they are."""
+    out = []
+    for case in R["cases"]:
+        plans = []
+        for r in R["runs"]:
+            if r["case"] == case and r["plan"] not in plans:
+                plans.append(r["plan"])
+        for plan in plans:
+            rs = [r for r in R["runs"] if r["case"] == case and r["plan"] == plan]
+            ok = [r for r in rs if "check_calls" in r]
+            if not ok:
+                out.append(rs[0])
+                continue
+
+            def t(r):
+                v = r.get("last_upload_to_invalidation_s")
+                return float("inf") if v is None else v
+            ok.sort(key=t)
+            pick = dict(ok[(len(ok) - 1) // 2])
+            pick["times_s"] = [t(r) for r in ok]
+            out.append(pick)
+    return out
+
+
+def changes_table(R):
+    """Three tables: S3 calls; time and resources; the deploy itself."""
+    L = []
+
+    shown = changes_shown(R)
+
+    def rows():
+        for case, info in R["cases"].items():
+            runs = [r for r in shown if r["case"] == case]
+            base = next((r for r in runs if r["plan"] == "folders" and "check_calls" in r), None)
+            for r in runs:
+                yield case, info, r, base
+
+    def spread(r):
+        ts = r.get("times_s") or []
+        if len(ts) < 2:
+            return ""
+        return " (%s over %d)" % ("–".join("%.2f" % x if x != float("inf") else "none"
+                                           for x in (min(ts), max(ts))), len(ts))
+
+    def cap_text(r):
+        t = r.get("last_upload_to_invalidation_s")
+        if t is not None:
+            return "%.2f%s" % (t, spread(r))
+        done = r.get("check_calls_after_last_upload", 0)
+        return "none in %.0f s" % r.get("cap_s", 0) + (
+            " (%s calls made)" % fmt_int(done) if done else "")
+
+    L.append("| case | plan | check passes (looks) | S3 calls per pass | S3 calls in total "
+             "| page bound: whole set · summed over the passes | calls ÷ bound | calls vs folders |")
+    L.append("|---|---|---:|---|---:|---:|---:|---:|")
+    for case, info, r, base in rows():
+        plan = PLAN_LABEL.get(r["plan"], r["plan"])
+        if "skipped" in r:
+            L.append("| %s | %s | TBD | TBD | TBD | %s · TBD | TBD | TBD |" % (
+                case, plan, fmt_int(info["page_bound_whole_set"])))
+            continue
+        if "error" in r:
+            L.append("| %s | %s | failed: %s | | | | | |" % (case, plan, esc(r["error"][:100])))
+            continue
+        ck = "%s List" % fmt_int(r["lists"]) if r["lists"] else ""
+        if r["heads"]:
+            ck = (ck + " + " if ck else "") + "%s Head" % fmt_int(r["heads"])
+        if not r.get("invalidation"):
+            ck += " (unfinished)"
+        L.append("| %s | %s | %d (%s) | %s | %s | %s · %s | %s | %s |" % (
+            case, plan, len(r["passes"]), fmt_int(r.get("checks")), per_pass_text(r), ck or "0",
+            fmt_int(info["page_bound_whole_set"]), fmt_int(r["page_bound_passes"]),
+            fmt_x(ratio(r["check_calls"], r["page_bound_passes"] or None), 1),
+            fmt_x(ratio(r["check_calls"], base["check_calls"]), 3)
+            if base and r is not base else ""))
+    L.append("")
+    L.append("| case | plan | last upload → CreateInvalidation (s) | … until the first check "
+             "call (s) | … from it (s) | … the emulator answering (s) | from it, vs folders | RSS at "
+             "READY → peak (MB) | RSS growth | DB + WAL at the end (MB; after stop) | daemon CPU "
+             "(s) |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for case, info, r, base in rows():
+        plan = PLAN_LABEL.get(r["plan"], r["plan"])
+        if "skipped" in r:
+            L.append("| %s | %s | TBD | TBD | TBD | TBD | TBD | TBD | TBD | TBD | TBD |" % (
+                case, plan))
+            continue
+        if "error" in r:
+            continue
+        fc = r.get("first_check_after_last_upload_s")
+        eb = r.get("emulator_busy_after_last_upload_s")
+        t = r.get("last_upload_to_invalidation_s")
+        own = t - fc if t is not None and fc is not None else None
+        bt = base_own = None
+        if base and base.get("last_upload_to_invalidation_s") is not None and base.get(
+                "first_check_after_last_upload_s") is not None:
+            bt = base["last_upload_to_invalidation_s"]
+            base_own = bt - base["first_check_after_last_upload_s"]
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %.1f → %.1f | %+.0f%% | %.2f (%.2f) | "
+                 "%.2f |" % (
+            case, plan, cap_text(r), "–" if fc is None else "%.2f" % fc,
+            "–" if own is None else "%.2f" % own, "–" if eb is None else "%.2f" % eb,
+            fmt_x(ratio(own, base_own), 3) if r is not base and own is not None and base_own
+            else "",
+            mb(r["rss_ready_kb"]), mb(r["hwm_kb"]),
+            (r["hwm_kb"] - r["rss_ready_kb"]) / r["rss_ready_kb"] * 100,
+            (r["db"] + r["db_wal"]) / 1e6, r["db_after_stop_bytes"] / 1e6, r["cpu_s"]))
+    L.append("")
+    L.append("| case | plan | deploy | PUTs (16 in flight), s, PUT/s | local rewrite (s) | "
+             "last upload → CreateInvalidation (s) | check calls | changes verified / recorded / "
+             "written | invalidated `/*`, every change verified |")
+    L.append("|---|---|---:|---|---:|---:|---:|---|---|")
+    for r in R["runs"]:
+        if "check_calls" not in r:
+            continue
+        info = R["cases"][r["case"]]
+        t = r.get("last_upload_to_invalidation_s")
+        L.append("| %s | %s | %d | %s, %.1f, %.0f | %.1f | %s | %s | %s / %s / %s | %s |" % (
+            r["case"], PLAN_LABEL.get(r["plan"], r["plan"]), r.get("rep", 0) + 1,
+            fmt_int(info["files"] + 1),
+            r["upload_s"], r["puts_per_s"], r["rewrite_s"],
+            "%.2f" % t if t is not None else "none in %.0f s" % r.get("cap_s", 0),
+            fmt_int(r["check_calls"]), fmt_int(r.get("verified_changes")),
+            fmt_int(r.get("changes_recorded")), fmt_int(r["changes_expected"]),
+            "yes" if r["covered"] else "**no**"))
+    L.append("")
+    for case, info in R["cases"].items():
+        L.append("Case %s: %s (%s files, %s folders); populated before the daemon in %.0f s "
+                 "(%.0f PUT/s); %d deploy(s) per plan, the median one shown above; %.0f s for "
+                 "the case in all." % (
+                     case, info["layout"], fmt_int(info["files"]), fmt_int(info["folders"]),
+                     info["populate_s"], info["files"] / info["populate_s"], info.get("runs", 1),
+                     info.get("wall_s", 0)))
+    return "\n".join(L)
+
+
+def changes_chart(R, path):
+    """Two panels, log scale: S3 check calls per deploy (the page bound dashed) and last upload
+    → CreateInvalidation; per case, one bar per plan (TBD when not measured)."""
+    import math
+    cases = list(R["cases"])
+    shown = changes_shown(R)
+    plans = []
+    for r in R["runs"]:
+        if r["plan"] not in plans:
+            plans.append(r["plan"])
+    W, H = 900, 470
+    pw_, ph = 380, 280
+    m = R["machine"]
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+           'font-family="sans-serif" font-size="12">' % (W, H),
+           '<rect width="100%" height="100%" fill="white"/>',
+           '<text x="%d" y="22" font-size="16" text-anchor="middle">wait_for = "changes": a whole '
+           'deploy, uploaded in random order, marker %s</text>' % (
+               W // 2, R["settings"].get("marker_uploaded", "last")),
+           '<text x="%d" y="40" fill="#555" text-anchor="middle">%s</text>' % (W // 2, esc(
+               "%d cores, Linux %s; moto %s behind a timestamping proxy; %d parallel PUTs" % (
+                   m["nproc"], m["kernel"], R["settings"].get("moto", "?"),
+                   R["settings"]["parallel_puts"])))]
+
+    def val(case, plan, key):
+        """(value, unfinished): a run with no invalidation within the cap shows what it did
+        by then (its calls, the cap) as an open bar."""
+        r = next((r for r in shown if r["case"] == case and r["plan"] == plan), None)
+        if r is None or "check_calls" not in r:
+            return None, False
+        if not r.get("invalidation"):
+            if key == "last_upload_to_invalidation_s":
+                return r.get("cap_s"), True
+            return r.get(key), True
+        return r.get(key), False
+
+    def own(case, plan):
+        r = next((r for r in shown if r["case"] == case and r["plan"] == plan), None)
+        if not r or r.get("last_upload_to_invalidation_s") is None or r.get(
+                "first_check_after_last_upload_s") is None:
+            return None
+        return r["last_upload_to_invalidation_s"] - r["first_check_after_last_upload_s"]
+
+    def panel(x0, title, key, bound_key, target, fmt, inner=None):
+        y0 = 90
+        vals = [val(c, p, key)[0] for c in cases for p in plans]
+        if inner:
+            vals += [inner(c, p) for c in cases for p in plans]
+        vals = [v for v in vals if v]
+        vals += [R["cases"][c]["page_bound_whole_set"] for c in cases] if bound_key else []
+        if target:
+            vals += list(target.values())
+        if not vals:
+            return
+        lo = 10 ** math.floor(math.log10(min(vals)))
+        hi = 10 ** math.ceil(math.log10(max(vals) * 1.01))
+
+        def y(v):
+            return y0 + ph - ph * (math.log10(max(v, lo)) - math.log10(lo)) / (
+                math.log10(hi) - math.log10(lo))
+        out.append('<text x="%d" y="%d" font-size="14" text-anchor="middle">%s</text>' % (
+            x0 + pw_ // 2, y0 - 12, esc(title)))
+        t = lo
+        while t <= hi * 1.0001:
+            out.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>' % (
+                x0, x0 + pw_, y(t), y(t)))
+            out.append('<text x="%d" y="%.1f" text-anchor="end" fill="#555">%s</text>' % (
+                x0 - 4, y(t) + 4, "{:,}".format(int(round(t))) if t >= 1 else "%g" % t))
+            t *= 10
+        out.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#333"/>' % (
+            x0, x0 + pw_, y0 + ph, y0 + ph))
+        gw = pw_ / max(1, len(cases))
+        bw = gw / (len(plans) + 1.5)
+        for i, c in enumerate(cases):
+            gx = x0 + i * gw + bw * 0.75
+            for j, p in enumerate(plans):
+                v, unfinished = val(c, p, key)
+                bx = gx + j * bw
+                if not v:
+                    out.append('<text x="%.1f" y="%.1f" text-anchor="middle" font-size="11" '
+                               'fill="%s">%s</text>' % (bx + bw * 0.45, y0 + ph - 4,
+                                                       PLAN_COLORS.get(p, "#777"),
+                                                       "TBD" if v is None else "0"))
+                    continue
+                by = y(v)
+                col = PLAN_COLORS.get(p, "#777")
+                out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" %s/>' % (
+                    bx, by, bw * 0.9, y0 + ph - by,
+                    ('fill="white" stroke="%s" stroke-width="2" stroke-dasharray="5,3"' % col)
+                    if unfinished else 'fill="%s"' % col))
+                out.append('<text x="%.1f" y="%.1f" text-anchor="middle" font-size="11">%s'
+                           '</text>' % (bx + bw * 0.45, by - 3,
+                                        ("&gt; " if unfinished else "") + fmt(v)))
+                if inner and not unfinished:
+                    # The part after the first check call, solid over the whole (pale): what
+                    # the plan itself took, apart from the wait before the look.
+                    iv = inner(c, p)
+                    if iv:
+                        out[-2] = out[-2].replace('fill="%s"' % col,
+                                                  'fill="%s" fill-opacity="0.35"' % col)
+                        iy = y(iv)
+                        out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" '
+                                   'fill="%s"/>' % (bx + bw * 0.15, iy, bw * 0.6, y0 + ph - iy,
+                                                    col))
+                        if y0 + ph - iy >= 16:  # the part's value inside its bar
+                            out.append('<text x="%.1f" y="%.1f" text-anchor="middle" '
+                                       'font-size="10" fill="white">%s</text>' % (
+                                           bx + bw * 0.45, max(iy, by + 4) + 12, fmt(iv)))
+                        else:
+                            out.append('<text x="%.1f" y="%.1f" text-anchor="middle" '
+                                       'font-size="10" fill="%s">%s</text>' % (
+                                           bx + bw * 0.45, iy - 3, col, fmt(iv)))
+            lx0, lx1 = gx - bw * 0.2, gx + len(plans) * bw
+            if bound_key:
+                b = R["cases"][c]["page_bound_whole_set"]
+                out.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#c00" '
+                           'stroke-width="2" stroke-dasharray="4,3"/>' % (lx0, lx1, y(b), y(b)))
+            if target and c in target:
+                out.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#c00" '
+                           'stroke-width="2" stroke-dasharray="4,3"/>' % (
+                               lx0, lx1, y(target[c]), y(target[c])))
+            info = R["cases"][c]
+            out.append('<text x="%.1f" y="%d" text-anchor="middle">%s files (%s folders)</text>'
+                       % (x0 + i * gw + gw / 2, y0 + ph + 18, "{:,}".format(info["files"]),
+                          "{:,}".format(info["folders"])))
+
+    panel(80, "S3 check calls per deploy (log scale)", "check_calls", True, None,
+          lambda v: "{:,}".format(int(v)))
+    panel(510, "Last upload → CreateInvalidation (s, log)", "last_upload_to_invalidation_s",
+          False, {"5k": 2.0}, lambda v: "%.0f" % v if v >= 100 else "%.1f" % v if v >= 1
+          else "%.2f" % v, inner=own)
+    out.append('<text x="%d" y="%d" fill="#555" text-anchor="middle">pale: the whole wait · '
+               'solid: from the first check call after it</text>' % (700, 406))
+    lx = 60
+    for p in plans:
+        out.append('<rect x="%d" y="%d" width="12" height="12" fill="%s"/>' % (
+            lx, H - 30, PLAN_COLORS.get(p, "#777")))
+        out.append('<text x="%d" y="%d">%s</text>' % (lx + 16, H - 20, esc(PLAN_LABEL.get(p, p))))
+        lx += 150
+    out.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#c00" stroke-width="2" '
+               'stroke-dasharray="4,3"/>' % (lx, lx + 22, H - 24, H - 24))
+    out.append('<text x="%d" y="%d">page bound · 2 s target (5k)</text>' % (lx + 28, H - 20))
+    if any(not r.get("invalidation") for r in R["runs"] if "check_calls" in r):
+        out.append('<text x="%d" y="%d" fill="#555">open bar: no invalidation within the cap '
+                   '(calls made by then)</text>' % (W // 2, H - 4))
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def changes_write(R, base, chart=True):
+    """BASE.json, BASE.md (a header line, the tables, the notes) and BASE-chart.svg."""
+    m = R["machine"]
+    head = ("%s · %d cores, %.0f GB, Linux %s, trees on %s · purgewatch %s · load %.2f at start, "
+            "%.2f at end · %.0f s" % (m["cpu"], m["nproc"], m["mem_gb"], m["kernel"],
+                                     m["tree_fs"], R.get("purgewatch_label", "?"),
+                                     R["load_at_start"][0], R["load_at_end"][0], R["elapsed_s"]))
+    tbl = changes_table(R)
+    R["table_md"] = tbl
+    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+    with open(base + ".json", "w") as f:
+        json.dump(R, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(head + "\n\n" + tbl + "\n" + "".join("\nnote: " + n for n in R["notes"]) + "\n")
+    if chart:
+        changes_chart(R, base + "-chart.svg")
+    return head, tbl
+
+
+def changes_merge(base, paths):
+    Rs = []
+    for p in paths:
+        with open(p) as f:
+            Rs.append(json.load(f))
+    R = dict(Rs[0])
+    R["cases"], R["runs"], R["notes"] = {}, [], []
+    R["purgewatch_label"] = " / ".join(sorted(set(
+        x.get("purgewatch_label") or x.get("purgewatch_binary", {}).get("path", "?") for x in Rs)))
+    R["merged_from"] = [os.path.basename(p) for p in paths]
+    for p, x in zip(paths, Rs):
+        for c, info in x["cases"].items():
+            R["cases"][c] = dict(info, results=os.path.basename(p), date=x["machine"]["date"],
+                                 load=[x["load_at_start"][0], x["load_at_end"][0]],
+                                 purgewatch=x.get("purgewatch_label")
+                                 or x.get("purgewatch_binary", {}).get("path"))
+        R["runs"] += x["runs"]
+        R["notes"] += ["%s: %s" % (os.path.basename(p), n) for n in x["notes"]]
+    R["elapsed_s"] = sum(x["elapsed_s"] for x in Rs)
+    R["load_at_end"] = Rs[-1]["load_at_end"]
+    head, tbl = changes_write(R, base)
+    print(head + "\n\n" + tbl)
+    return 0
+
+
+def moto_version(venv):
+    try:
+        r = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                            "import moto; print(moto.__version__)"], capture_output=True,
+                           text=True, timeout=30)
+        return r.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def changes_main(a):
+    """`--scenario changes`: per case a fresh emulator, the tree built and uploaded once (the
+    state before the deploy), then per plan a fresh daemon, a whole deploy and its numbers."""
+    cases = a.changes_cases.split(",") if a.changes_cases else (
+        ["5k", "200k"] if a.changes_large else ["5k"])
+    for c in cases:
+        if c not in CHANGE_CASES:
+            sys.exit("unknown case %s (known: %s)" % (c, ", ".join(CHANGE_CASES)))
+    plans = (a.plans or ("default" if a.profile == "smoke" else ",".join(CHANGE_PLANS))).split(",")
+    for p in plans:
+        if p not in CHANGE_PLANS + ("default",):
+            sys.exit("unknown plan %s (known: sweep, folders, head, default)" % p)
+    if not a.name:
+        a.name = "changes" if a.profile == "full" else "changes-" + a.profile
+    ctx = Ctx()
+    ctx.pw = os.path.abspath(a.purgewatch)
+    ctx.venv = os.path.abspath(a.venv)
+    ctx.ready_timeout = 120
+    if not os.access(ctx.pw, os.X_OK):
+        sys.exit("no purgewatch binary at %s (cargo build --release)" % ctx.pw)
+    ctx.changes_check = supports_changes_check(ctx.pw)
+    l1, waited = wait_for_quiet_machine(a.wait_load, a.wait_max)
+    t_begin = time.monotonic()
+    work = os.path.abspath(a.work)
+    if os.path.ismount(work):
+        subprocess.run(["umount", work], check=False)
+    shutil.rmtree(work, ignore_errors=True)
+    fs, mounted = prepare_work(work, not a.no_tmpfs)
+    ctx.work = work
+    ctx.state_dir = os.path.abspath(a.state)
+    shutil.rmtree(ctx.state_dir, ignore_errors=True)
+    os.makedirs(ctx.state_dir)
+    st = os.stat(ctx.pw)
+    R = {"scenario": "changes", "profile": a.profile, "machine": machine(fs),
+         "purgewatch_binary": {"path": ctx.pw, "bytes": st.st_size, "mtime": datetime.datetime.fromtimestamp(
+             st.st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
+         "load_at_start": loadavg(), "waited_for_load_s": round(waited, 1),
+         "settings": {"parallel_puts": a.changes_parallel,
+                      "local_rewrite_rate": a.changes_write_rate,
+                      "cap_after_last_upload_s": a.changes_cap,
+                      "marker_uploaded": a.changes_marker,
+                      "wait_timeout": a.changes_timeout, "moto": moto_version(ctx.venv),
+                      "daemon_knows_changes_check": ctx.changes_check,
+                      "purgewatch": "settle 0s, wait_for \"changes\", paths default [\"/*\"], "
+                                    "database on %s" % fs_type(ctx.state_dir),
+                      "order": "per case: populate (every file and an old marker, before the "
+                               "daemon starts); per plan: start (READY), rewrite every file "
+                               "locally, write the marker, upload every file in random order, "
+                               "the marker %s" % a.changes_marker},
+         "cases": {}, "runs": [], "notes": []}
+    if not ctx.changes_check and set(plans) & set(CHANGE_PLANS):
+        R["notes"].append("this daemon has no [origin] changes_check: 'folders' runs without it "
+                          "(the only plan it has); 'sweep' and 'head' are TBD")
+        log(R["notes"][-1])
+    rc = 0
+    emu = None
+    restore_watches = None
+    try:
+        need = max(len(ChangeTree(c, work).folders) for c in cases) * 2 + 50_000
+        mw = R["machine"]["max_user_watches"] or 0
+        if mw < need and os.geteuid() == 0:
+            with open("/proc/sys/fs/inotify/max_user_watches", "w") as f:
+                f.write(str(need))
+            restore_watches = mw
+            R["notes"].append("raised fs.inotify.max_user_watches from %d to %d for the run" % (
+                mw, need))
+        for case in cases:
+            t_case = time.monotonic()
+            tree = ChangeTree(case, work)
+            dt = tree.build(0)
+            info = tree.describe()
+            info["build_s"] = round(dt, 1)
+            R["cases"][case] = info
+            log("changes %s: %s, built in %.1f s; page bound of the whole set: %d" % (
+                case, info["layout"], dt, info["page_bound_whole_set"]))
+            cdir = os.path.join(work, "emu-" + case)
+            os.makedirs(cdir)
+            emu = Emulator(ctx.venv, cdir)
+            emu.start()
+            ctx.emu = emu
+            items = [(rel, tree.content(rel, 0)) for rel in tree.rels]
+            _, up = s3_upload(emu.moto_port, items, a.changes_parallel)
+            s3_put(emu.moto_port, DEPLOY_MARKER, b"an older deploy's marker\n")
+            info["populate_s"] = up
+            log("changes %s: the bucket holds the tree (%d PUTs in %.1f s: %.0f/s)" % (
+                case, len(items), up, len(items) / up))
+            reps = a.changes_runs or (1 if a.profile == "smoke" or case != "5k" else 3)
+            info["runs"] = reps
+            gen = 0
+            for rep in range(reps):
+                order = plans[rep % len(plans):] + plans[:rep % len(plans)]
+                for plan in order:
+                    if plan in ("sweep", "head") and not ctx.changes_check:
+                        if rep == 0:
+                            R["runs"].append({"case": case, "plan": plan, "rep": rep,
+                                              "skipped": "no changes_check in this daemon"})
+                        continue
+                    gen += 1
+                    try:
+                        r = changes_run(ctx, tree, plan, gen, a)
+                    except Exception as e:
+                        log("  %s %s FAILED: %s" % (case, plan, e))
+                        r = {"case": case, "plan": plan, "error": str(e)}
+                        rc = 1
+                    r["rep"] = rep
+                    R["runs"].append(r)
+            emu.stop()
+            emu = None
+            shutil.rmtree(os.path.dirname(tree.root), ignore_errors=True)
+            info["wall_s"] = round(time.monotonic() - t_case, 1)
+            log("changes %s: %.0f s in all" % (case, info["wall_s"]))
+    finally:
+        if emu:
+            emu.stop()
+        R["elapsed_s"] = round(time.monotonic() - t_begin, 1)
+        R["load_at_end"] = loadavg()
+        if mounted:
+            r = subprocess.run(["umount", work], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", work], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ctx.state_dir, ignore_errors=True)
+        if restore_watches is not None:
+            time.sleep(1)
+            try:
+                with open("/proc/sys/fs/inotify/max_user_watches", "w") as f:
+                    f.write(str(restore_watches))
+            except OSError:
+                pass
+    m = R["machine"]
+    own = ctx.pw == os.path.join(REPO, "target", "release", "purgewatch")
+    R["purgewatch_label"] = a.purgewatch_label or (("%s%s" % (
+        m["purgewatch_commit"], " (src modified)" if m["purgewatch_src_modified"] else ""))
+        if own else ctx.pw)
+    head, tbl = changes_write(R, os.path.join(a.out, a.name), chart=not a.no_chart)
+    print()
+    print(head)
+    print()
+    print(tbl)
+    print()
+    for n in R["notes"]:
+        print("note: " + n)
+    print("results: %s" % os.path.join(a.out, a.name + ".json"))
+    if a.assert_covered:
+        ran = [r for r in R["runs"] if "skipped" not in r]
+        bad = [r for r in ran if not r.get("covered")]
+        if bad or not ran:
+            for r in bad or [{}]:
+                print("FAIL: %s %s: %s" % (r.get("case"), r.get("plan"), r.get("error") or (
+                    "invalidation %s, paths %s, verified %s of %s change(s)%s" % (
+                        "sent" if r.get("invalidation") else "NOT sent", r.get("paths"),
+                        r.get("verified_changes"), r.get("changes_expected"),
+                        ", changes unknown: %s" % r["changes_unknown"]
+                        if r.get("changes_unknown") else ""))))
+                for l in r.get("log_tail", []):
+                    print("  | " + l)
+            return 1
+        print("OK: every deploy was invalidated (/*) once all its changes were verified (%s)" % (
+            ", ".join("%s %s: %d" % (r["case"], r["plan"], r["verified_changes"]) for r in ran)))
+    return rc
+
+
+# ---------------------------------------------------------------------------------------------
 # Machine, work dir
 # ---------------------------------------------------------------------------------------------
 
@@ -1749,6 +2683,10 @@ def main():
             S_FOLDERS[n] = "{:,}".format(t["folders"])
         chart(R["summary"], sys.argv[3], chart_subtitle(R))
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "changes-merge":
+        # bench.py changes-merge OUT_BASE A.json B.json …: the cases of several changes runs in
+        # one table and chart (each case's plans still ran side by side in one run).
+        return changes_merge(sys.argv[2], sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
     ap.add_argument("--purgewatch", default=os.path.join(REPO, "target", "release", "purgewatch"))
@@ -1780,7 +2718,34 @@ def main():
     ap.add_argument("--assert-no-missed", action="store_true",
                     help="exit 1 if purgewatch missed a marker (the CI smoke's only assertion)")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: latency,idle,baseline")
+    ap.add_argument("--scenario", choices=("watchers", "changes"), default="watchers",
+                    help="watchers: the side-by-side of issue 6 (the default); changes: the "
+                    "whole-change wait at deploy scale of issue 13 (results changes.{json,md})")
+    ap.add_argument("--changes-large", action="store_true",
+                    help="changes: also the 200,000-file case (opt-in: over an hour on 2 cores)")
+    ap.add_argument("--changes-cases", help="changes: comma list of cases (5k,200k)")
+    ap.add_argument("--plans", help="changes: comma list of sweep,folders,head (the default: "
+                    "all three; the smoke profile: default = no changes_check key)")
+    ap.add_argument("--purgewatch-label", help="changes: what the binary is (a commit), when "
+                    "it is not this checkout's target/release/purgewatch")
+    ap.add_argument("--changes-runs", type=int, help="changes: deploys per plan (default 3 for "
+                    "the 5k case, 1 for 200k and in the smoke); the table shows the median one")
+    ap.add_argument("--changes-parallel", type=int, default=16, help="changes: PUTs in flight")
+    ap.add_argument("--changes-marker", choices=("last", "first"), default="last",
+                    help="changes: the marker uploaded after every file (the issue's deploy) or "
+                    "before them (then the changes are checked while the upload runs: passes "
+                    "that prove part of them)")
+    ap.add_argument("--changes-write-rate", type=int, default=10000,
+                    help="changes: local rewrites per second")
+    ap.add_argument("--changes-cap", type=float, default=900,
+                    help="changes: seconds after the last upload to wait for CreateInvalidation")
+    ap.add_argument("--changes-timeout", default="30m", help="changes: the daemon's wait_timeout")
+    ap.add_argument("--assert-covered", action="store_true",
+                    help="changes: exit 1 unless every deploy was invalidated (/*) with all its "
+                    "changes verified (the CI smoke's only assertion)")
     a = ap.parse_args()
+    if a.scenario == "changes":
+        return changes_main(a)
     P = PROFILES[a.profile]
     if not a.name:
         a.name = "latest" if a.profile == "full" else a.profile
