@@ -136,6 +136,13 @@ impl Daemon {
             .map_err(|e| AppError::Other(format!("daemon task: {e}")))?
     }
 
+    /// [`Daemon::wait`] without giving the daemon up (to wait beside a signal).
+    pub async fn wait_ref(&mut self) -> Result<(), AppError> {
+        (&mut self.main)
+            .await
+            .map_err(|e| AppError::Other(format!("daemon task: {e}")))?
+    }
+
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
     }

@@ -21,22 +21,65 @@ macro_rules! out {
     };
 }
 
+/// The daemon: runs until SIGTERM/SIGINT; SIGHUP reloads the config ([`reload`]).
 pub async fn run(cfg: Config, knobs: crate::knobs::Knobs) -> anyhow::Result<bool> {
-    let daemon = Daemon::start_with(cfg, knobs).await?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    let mut daemon = Daemon::start_with(cfg.clone(), knobs.clone()).await?;
+    let mut cfg = cfg;
     // Every watch is set and the catch-up scan is done: tell systemd (Type=notify) we are up.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
-    let token = daemon.token();
-    let stop = tokio::spawn(async move {
-        app::shutdown_signal().await;
-        tracing::info!("stopping");
-        token.cancel();
-    });
-    let r = daemon.wait().await;
-    stop.abort();
-    r?;
-    Ok(true)
+    loop {
+        let token = daemon.token();
+        tokio::select! {
+            _ = app::shutdown_signal() => {
+                tracing::info!("stopping");
+                token.cancel();
+                daemon.wait().await?;
+                return Ok(true);
+            }
+            _ = hup.recv() => {
+                let Some(new) = reload(&cfg) else { continue };
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                daemon.shutdown().await?;
+                daemon = Daemon::start_with(new.clone(), knobs.clone()).await?;
+                cfg = new;
+                tracing::info!(config = %cfg.file.display(), "reloaded");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            // The daemon ended by itself (a fatal error): say why.
+            r = daemon.wait_ref() => {
+                r?;
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// SIGHUP: the config file read again. Valid → the new config, applied by restarting the
+/// daemon's tasks in this process (requests in hand park and resume, as at a restart; the tree
+/// is walked again). Invalid → `None`: one log line naming the file and the key, and the daemon
+/// goes on with the old config. `state.database` cannot change while running: the old one stays.
+pub fn reload(old: &Config) -> Option<Config> {
+    match Config::load(&old.file) {
+        Err(e) => {
+            tracing::warn!("reload refused, keeping the running config: {e}");
+            None
+        }
+        Ok(mut new) => {
+            if new.state.database != old.state.database {
+                tracing::warn!(
+                    old = %old.state.database.display(),
+                    new = %new.state.database.display(),
+                    "state.database cannot change while running: keeping the old one until a restart"
+                );
+                new.state.database = old.state.database.clone();
+            }
+            Some(new)
+        }
+    }
 }
 
 fn open_store(cfg: &Config) -> anyhow::Result<Store> {

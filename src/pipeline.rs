@@ -149,6 +149,9 @@ impl Pipeline {
     /// Verified requests (one sync's, or the deferred ones of a passed period) to the end.
     pub async fn proceed(&self, verified: Verified) -> Result<(), Halt> {
         self.decide_paths(&verified.request_ids).await?;
+        if self.cfg.cloudfront.dry_run {
+            return self.dry_run(&verified.request_ids).await;
+        }
         let granted = self.take_slot(verified).await?;
         let invalidated = self.invalidate(granted).await?;
         self.complete(&invalidated).await
@@ -156,6 +159,9 @@ impl Pipeline {
 
     /// `purgewatch purge`: no origin to wait for, the configured paths, the same quota.
     pub async fn run_manual(&self, id: i64, wait_completed: bool) -> Result<(), Halt> {
+        if self.cfg.cloudfront.dry_run {
+            return self.dry_run(&[id]).await;
+        }
         let granted = self
             .take_slot(Verified {
                 request_ids: vec![id],
@@ -350,6 +356,42 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Shadow mode (`[cloudfront] dry_run`): what the grant and the invalidation would have
+    /// been, recorded; the count object is read, never written, and nothing is sent.
+    async fn dry_run(&self, ids: &[i64]) -> Result<(), Halt> {
+        let first = ids[0];
+        let paths = self
+            .store
+            .quick(move |c| requests::paths_of(c, first))
+            .await?;
+        let mut retry = Retry::new(retry::aws_delay);
+        let (period, used, max) = loop {
+            match self.ledger.peek().await {
+                Ok(seen) => break seen,
+                Err(GrantError::Store(e)) => return Err(Halt::Store(e)),
+                Err(GrantError::Mirror(e)) => {
+                    let msg = format!("dry run: count bucket: {e}; retrying");
+                    self.wait_out(ids, &mut retry, msg).await?;
+                }
+            }
+        };
+        let slot = if used < max {
+            format!("slot {} of {max} in {period}", used + 1)
+        } else {
+            format!("none: quota exhausted, {used} of {max} used in {period}")
+        };
+        let detail = format!(
+            "dry run: would invalidate {} with {slot}; nothing sent, no slot taken",
+            paths.join(" ")
+        );
+        info!(requests = ?ids, %detail, "dry run");
+        let ids = ids.to_vec();
+        self.store
+            .quick(move |c| requests::advance_all(c, &ids, Status::DryRun, &detail))
+            .await?;
+        Ok(())
+    }
+
     /// A quota slot for the requests, or they end as exhausted / deferred. Fails closed: while
     /// the count bucket cannot confirm a slot, the requests wait and retry.
     async fn take_slot(&self, verified: Verified) -> Result<Granted, Halt> {
@@ -364,7 +406,9 @@ impl Pipeline {
                 Ok(None) => return Err(Halt::Ended),
                 Err(GrantError::Store(e)) => return Err(Halt::Store(e)),
                 Err(GrantError::Mirror(e)) => {
-                    warn!(requests = ?ids, error = %e, "cannot confirm a quota slot");
+                    if retry.log(&e.to_string()) {
+                        warn!(requests = ?ids, error = %e, "cannot confirm a quota slot");
+                    }
                     let msg = format!("count bucket: {e}; no slot without it, retrying");
                     self.wait_out(&ids, &mut retry, msg).await?;
                 }
@@ -422,14 +466,18 @@ impl Pipeline {
                         waiting.len(),
                         shown.join(", ")
                     );
-                    warn!(requests = ?g.request_ids, %msg, "invalidation waits");
+                    if retry.log(&msg) {
+                        warn!(requests = ?g.request_ids, %msg, "invalidation waits");
+                    }
                     if retry.failed(&msg) {
                         self.note(&g.request_ids, msg).await?;
                     }
                     self.until_one_completes(&waiting).await?;
                 }
                 Err(e) if e.is_transient() => {
-                    warn!(requests = ?g.request_ids, error = %e, "invalidation not accepted yet");
+                    if retry.log(&e.to_string()) {
+                        warn!(requests = ?g.request_ids, error = %e, "invalidation not accepted yet");
+                    }
                     self.wait_out(&g.request_ids, &mut retry, format!("CloudFront: {e}"))
                         .await?;
                 }

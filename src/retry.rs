@@ -30,7 +30,12 @@ pub struct Retry {
     /// Attempts since the last progress: what the delay grows with.
     streak: u32,
     noted: String,
+    /// The last warning logged, and when: a repeated one goes to the log once a minute at most.
+    logged: Option<(String, std::time::Instant)>,
 }
+
+/// How often the same warning may reach the log.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Retry {
     pub fn new(schedule: fn(u32) -> Duration) -> Retry {
@@ -39,6 +44,7 @@ impl Retry {
             attempt: 0,
             streak: 0,
             noted: String::new(),
+            logged: None,
         }
     }
 
@@ -57,6 +63,20 @@ impl Retry {
         self.attempt += 1;
         self.streak += 1;
         note
+    }
+
+    /// Whether a warning about `why` should be logged now: a new one at once, the same one
+    /// again at most once a minute (the same AWS error on every retry would flood the journal).
+    pub fn log(&mut self, why: &str) -> bool {
+        let now = std::time::Instant::now();
+        let due = match &self.logged {
+            Some((last, at)) => last != why || now.duration_since(*at) >= LOG_EVERY,
+            None => true,
+        };
+        if due {
+            self.logged = Some((why.to_owned(), now));
+        }
+        due
     }
 
     /// The last attempt moved something (changes got verified): the next comes after the
@@ -111,6 +131,20 @@ mod tests {
         );
         r.failed("x");
         assert_eq!(r.delay(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_same_warning_is_logged_once_a_minute() {
+        let mut r = Retry::new(aws_delay);
+        assert!(r.log("throttled"));
+        assert!(!r.log("throttled"), "the same error again, at once");
+        assert!(r.log("denied"), "another error");
+        assert!(
+            r.log("throttled"),
+            "then the first again: it differs from the last"
+        );
+        r.logged = Some(("x".into(), std::time::Instant::now() - LOG_EVERY));
+        assert!(r.log("x"), "a minute later");
     }
 
     #[test]

@@ -95,6 +95,20 @@ impl Ledger {
         self.mirror.as_ref()
     }
 
+    /// What a grant would decide now, without taking anything (shadow mode): the period, the
+    /// slots used (the larger of the local count and the count object, read) and the max.
+    pub async fn peek(&self) -> Result<(String, u32, u32), GrantError> {
+        let q = &self.quota;
+        let period = super::period_key(self.clock.now(), q.timezone, q.period);
+        let p = period.clone();
+        let local = self.store.quick(move |c| counters::get(c, &p)).await?;
+        let remote = match &self.mirror {
+            Some(m) => m.read(&period).await?.count,
+            None => 0,
+        };
+        Ok((period, local.count.max(remote), q.max))
+    }
+
     /// One attempt to take a slot for `ids`. `Ok(None)`: no slot (the requests ended or were
     /// deferred, recorded) or nothing left to grant. `Err(Mirror)`: try again later.
     pub async fn take_slot(&self, ids: &[i64]) -> Result<Option<Granted>, GrantError> {

@@ -31,9 +31,11 @@ pub enum Status {
     Invalidated,
     Completed,
     Failed,
+    /// Shadow mode (`[cloudfront] dry_run`): every step ran, nothing was sent, no slot taken.
+    DryRun,
 }
 
-const ALL: [Status; 9] = [
+const ALL: [Status; 10] = [
     Status::WaitingForOrigin,
     Status::WaitingForQuota,
     Status::OriginTimeout,
@@ -43,6 +45,7 @@ const ALL: [Status; 9] = [
     Status::Invalidated,
     Status::Completed,
     Status::Failed,
+    Status::DryRun,
 ];
 
 impl Status {
@@ -57,6 +60,7 @@ impl Status {
             Status::Invalidated => "invalidated",
             Status::Completed => "completed",
             Status::Failed => "failed",
+            Status::DryRun => "dry_run",
         }
     }
 
@@ -68,7 +72,11 @@ impl Status {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Status::OriginTimeout | Status::QuotaExhausted | Status::Completed | Status::Failed
+            Status::OriginTimeout
+                | Status::QuotaExhausted
+                | Status::Completed
+                | Status::Failed
+                | Status::DryRun
         )
     }
 
@@ -79,12 +87,14 @@ impl Status {
             WaitingForOrigin => matches!(to, WaitingForQuota | OriginTimeout | Failed),
             // A grant decides: a slot, none (skip or defer), or paths CloudFront would refuse.
             WaitingForQuota | Deferred => {
-                matches!(to, Invalidating | QuotaExhausted | Deferred | Failed)
-                    && !(self == Deferred && to == Deferred)
+                matches!(
+                    to,
+                    Invalidating | QuotaExhausted | Deferred | Failed | DryRun
+                ) && !(self == Deferred && to == Deferred)
             }
             Invalidating => matches!(to, Invalidated | Failed),
             Invalidated => to == Completed,
-            OriginTimeout | QuotaExhausted | Completed | Failed => false,
+            OriginTimeout | QuotaExhausted | Completed | Failed | DryRun => false,
         }
     }
 }

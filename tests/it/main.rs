@@ -11,6 +11,8 @@ mod detect;
 mod faults;
 mod fidelity;
 mod iam;
+mod notify;
+mod ops;
 mod quota;
 mod strict_emulator;
 mod tls;
