@@ -200,14 +200,19 @@ impl Clients {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
-        let mut s3 = aws_sdk_s3::config::Builder::from(&shared);
+        // Every attempt timed by operation for `[metrics]` (src/metrics.rs); the per-bucket
+        // clients are built from this config and keep the interceptor.
+        let mut s3 =
+            aws_sdk_s3::config::Builder::from(&shared).interceptor(crate::metrics::AwsCalls);
         if cfg.endpoint_url.is_some() {
             // Emulators and S3-compatible stores answer on one host: bucket in the path.
             s3 = s3.force_path_style(true);
         }
+        let cloudfront = aws_sdk_cloudfront::config::Builder::from(&shared)
+            .interceptor(crate::metrics::AwsCalls);
         Clients {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
-            cloudfront: aws_sdk_cloudfront::Client::new(&shared),
+            cloudfront: aws_sdk_cloudfront::Client::from_conf(cloudfront.build()),
             shared,
         }
     }

@@ -773,6 +773,18 @@ distribution_id = "E2EXAMPLE"
             .to_string();
         assert!(s.contains("origin.wait_timeout"), "{s}");
     }
+
+    #[test]
+    fn a_metrics_listen_that_is_not_an_address_is_named() {
+        let e = parse(&format!("{GOOD}[metrics]\nlisten = \"nonsense\"\n")).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            matches!(e, ConfigError::Invalid { .. }) && s.contains("key `metrics.listen`"),
+            "{s}"
+        );
+        let c = parse(&format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9465\"\n")).expect("valid");
+        assert_eq!(c.metrics.listen, Some(([127, 0, 0, 1], 9465).into()));
+    }
 }
 
 #[cfg(test)]

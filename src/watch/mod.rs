@@ -36,7 +36,7 @@
 use std::ffi::OsStr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -85,6 +85,10 @@ pub struct Lost {
     pub wake: Notify,
     /// Some folders have no watch (fs.inotify.max_user_watches reached): scan periodically.
     pub degraded: AtomicBool,
+    /// Folders with a watch now (`purgewatch_watched_folders`).
+    pub watched: AtomicUsize,
+    /// Folders refused a watch since the limit was reached, at least (`purgewatch_unwatched_folders`).
+    pub unwatched: AtomicUsize,
 }
 
 impl Lost {

@@ -120,6 +120,7 @@ pub fn start(
     let t0 = Instant::now();
     let (found, added) = w.add_whole_tree();
     w.folders.compact();
+    w.lost.watched.store(w.folders.len(), Ordering::Relaxed);
     // SAFETY: no preconditions; returns the walk threads' freed buffers to the kernel.
     unsafe { libc::malloc_trim(0) };
     info!(
@@ -368,6 +369,9 @@ impl Watcher {
                 warn!(root = %self.root.display(), "the watch root was removed; waiting for it to come back");
                 self.root_gone = true;
             }
+            self.lost
+                .watched
+                .store(self.folders.len(), Ordering::Relaxed);
             return;
         }
         let Some(name) = name else { return };
@@ -418,6 +422,9 @@ impl Watcher {
             Err(AddError::Limit(at)) => self.out_of_watches(&at),
             Err(AddError::Io(at, e)) => warn!(folder = %at.display(), error = %e, "cannot watch"),
         }
+        self.lost
+            .watched
+            .store(self.folders.len(), Ordering::Relaxed);
         if whole_tree {
             self.lost.raise();
         } else if !found.markers.is_empty() || !found.files.is_empty() {
@@ -434,10 +441,14 @@ impl Watcher {
         self.lost.degraded.store(true, Ordering::SeqCst);
         self.lost.wake.notify_one();
         if self.warned_limit {
+            // One more folder (and what is below it) refused: counted as one, not walked.
+            self.lost.unwatched.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.warned_limit = true;
         let folders = count_folders(&self.root);
+        let unwatched = folders.saturating_sub(self.folders.len());
+        self.lost.unwatched.store(unwatched, Ordering::Relaxed);
         error!(
             folder = %at.display(),
             watched = self.folders.len(),

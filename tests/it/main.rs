@@ -11,6 +11,7 @@ mod detect;
 mod faults;
 mod fidelity;
 mod iam;
+mod metrics;
 mod notify;
 mod ops;
 mod quota;
