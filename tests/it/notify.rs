@@ -376,3 +376,48 @@ async fn an_alert_is_published_to_the_sns_topic_in_the_topics_region() {
         "{a}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_neither_loses_nor_repeats_an_alert() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let site = Site::new().await;
+    let toml = site.toml("", "", "")
+        + &format!(
+            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
+            url(port)
+        );
+    // The daemon stops while the webhook is down and the alert is waiting for its retry.
+    let daemon = site.start_with(&toml).await;
+    purge(&site, "a").await;
+    site.settled(1, ENDED).await;
+    let first = site.noted("retrying in 5s").await;
+    daemon.shutdown().await.expect("shutdown");
+
+    // The next start sends it.
+    let hook = Hook::on(TcpListener::bind(("127.0.0.1", port)).expect("bind the port again"));
+    let daemon = site.start_with(&toml).await;
+    site.noted("alert on completed to webhook: delivered (HTTP 200)")
+        .await;
+    purge(&site, "b").await;
+    site.settled(2, ENDED).await;
+    let second = site
+        .noted("alert on completed to webhook: delivered (HTTP 200)")
+        .await;
+    assert_ne!(first, second);
+    daemon.shutdown().await.expect("shutdown");
+
+    // A start after both were delivered sends neither again.
+    let daemon = site.start_with(&toml).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    daemon.shutdown().await.expect("shutdown");
+    let ids: Vec<i64> = hook
+        .bodies()
+        .iter()
+        .map(|a| a["request"]["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, [first, second]);
+}
