@@ -169,6 +169,13 @@ impl App {
         let mut pruning = tokio::spawn(prune_loop(self.pipeline.clone(), token.clone()));
         // Neighbours of the pipeline, joined at shutdown like the rest.
         let mut neighbours = JoinSet::new();
+        neighbours.spawn(crate::status::beat(
+            self.cfg.clone(),
+            self.store.clone(),
+            lost.clone(),
+            self.pipeline.clock().clone(),
+            token.clone(),
+        ));
         if let Some(listener) = metrics {
             let source = crate::metrics::Source {
                 cfg: self.cfg.clone(),

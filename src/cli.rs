@@ -55,6 +55,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Is the daemon running and healthy? Exit 0 running, 1 not running, 2 degraded
+    Status {
+        /// JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask for a purge by hand: no origin wait, same quota, same invalidation
     Purge {
         /// Also wait until CloudFront reports the invalidation completed

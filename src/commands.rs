@@ -206,6 +206,72 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
     Ok(report.mirror_error.is_none())
 }
 
+/// `purgewatch status`: the daemon's heartbeat, requests in progress, the quota, the last
+/// completed and failed requests. Returns the exit code: 0 running and healthy, 1 not running,
+/// 2 degraded.
+pub async fn status(cfg: Config, json: bool) -> anyhow::Result<u8> {
+    let store = open_store(&cfg)?;
+    let c2 = cfg.clone();
+    let r = store
+        .call(move |c| crate::status::report(c, &c2, Utc::now()))
+        .await?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(r.exit_code());
+    }
+    let state = match r.exit_code() {
+        0 => "running",
+        1 => "not running",
+        _ => "running, degraded",
+    };
+    out!(
+        "purgewatch {state}{}",
+        r.since
+            .as_deref()
+            .filter(|_| r.running)
+            .map(|s| format!(" since {s}"))
+            .unwrap_or_default()
+    );
+    for p in &r.problems {
+        out!("  ! {p}");
+    }
+    out!(
+        "folders:  {} watched, {} without a watch; events lost {} time(s)",
+        r.watched_folders,
+        r.unwatched_folders,
+        r.events_lost
+    );
+    out!(
+        "requests: {} waiting for the origin, {} for a quota slot, {} at CloudFront",
+        r.in_progress.origin,
+        r.in_progress.quota,
+        r.in_progress.cloudfront
+    );
+    out!(
+        "quota:    {} of {} in {}",
+        r.quota.count,
+        r.quota.max,
+        r.quota.period
+    );
+    for (what, row) in [("completed", &r.last_completed), ("failed", &r.last_failed)] {
+        match row {
+            Some(h) => out!(
+                "last {what}: request {} {} at {}: {}",
+                h.id,
+                if h.marker.is_empty() {
+                    "manual"
+                } else {
+                    &h.marker
+                },
+                h.finished_at.as_deref().unwrap_or("-"),
+                h.detail.as_deref().unwrap_or("")
+            ),
+            None => out!("last {what}: none"),
+        }
+    }
+    Ok(r.exit_code())
+}
+
 pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
     let row = app::purge_now(cfg, wait).await?;
     out!(

@@ -17,7 +17,8 @@
 //! - Around them: [`config`] (TOML → typed config; errors name the file and the key), [`aws`]
 //!   (clients, regions, error classes), [`retry`] (one way to wait out a failure), [`clock`]
 //!   (time from outside), [`knobs`] (test seams, passed in), [`memory`] (a steady RSS),
-//!   [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS),
+//!   [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS), [`status`] (the
+//!   heartbeat and `purgewatch status`),
 //!   [`app`] (wiring, shutdown, the manual purge), [`commands`] and [`cli`] (the CLI's verbs).
 //!
 //! # Data flow
@@ -43,6 +44,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod quota;
 pub mod retry;
+pub mod status;
 pub mod store;
 pub mod verify;
 pub mod watch;

@@ -73,6 +73,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Status { json } = cli.command {
+        return match rt.block_on(commands::status(cfg, json)) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("purgewatch: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = rt.block_on(async {
         match cli.command {
             Command::Run => commands::run(cfg, knobs()).await,
@@ -80,6 +89,7 @@ fn main() -> ExitCode {
             Command::History { limit, json } => commands::history(cfg, limit, json).await,
             Command::Quota { json } => commands::quota(cfg, json).await,
             Command::Purge { wait } => commands::purge(cfg, wait).await,
+            Command::Status { .. } => unreachable!("answered above"),
         }
     });
     match result {

@@ -193,10 +193,12 @@ impl Store {
             // Longer than one count-bucket call (60 s), which may run while the write lock is held.
             conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.set_prepared_statement_cache_capacity(64);
+            // Before WAL: switching to WAL writes the header, after which a new database's
+            // auto_vacuum can no longer be set without a VACUUM.
+            incremental_vacuum(&conn)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
-            incremental_vacuum(&conn)?;
             migrate(&mut conn, MIGRATIONS, new_instance)?;
             // A read-only file or file system shows here, with the path, not at the first purge.
             cached(
@@ -391,6 +393,32 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(v, MIGRATIONS.len());
+    }
+
+    // Pruning handed no page back when auto_vacuum was set after the switch to WAL (a new
+    // database stayed at NONE), and its vacuum loop spun: the mode must hold for new and old
+    // databases alike.
+    #[test]
+    fn new_and_old_databases_vacuum_incrementally() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| -> i64 {
+            Connection::open(p)
+                .expect("open")
+                .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .expect("pragma")
+        };
+        let new = dir.path().join("new.db");
+        drop(Store::open(&new).expect("open"));
+        assert_eq!(mode(&new), 2);
+        let old = dir.path().join("old.db");
+        {
+            let c = Connection::open(&old).expect("create");
+            c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+                .expect("an old database");
+        }
+        assert_eq!(mode(&old), 0);
+        drop(Store::open(&old).expect("open"));
+        assert_eq!(mode(&old), 2);
     }
 
     /// `Store::quick` with SQLite's write lock held by another process (the CLI, `sqlite3`):

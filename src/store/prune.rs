@@ -85,7 +85,8 @@ pub async fn prune(
     out.periods = store
         .call(move |c| Ok(c.execute("DELETE FROM quota WHERE updated_at < ?1", [cutoff])?))
         .await?;
-    // Hand the freed pages back, a slice at a time.
+    // Hand the freed pages back, a slice at a time, while that shrinks the free list.
+    let mut free = i64::MAX;
     for _ in 0..100_000 {
         let left: i64 = store
             .call(|c| {
@@ -93,9 +94,10 @@ pub async fn prune(
                 Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
             })
             .await?;
-        if left == 0 {
+        if left == 0 || left >= free {
             break;
         }
+        free = left;
     }
     Ok(out)
 }

@@ -93,3 +93,72 @@ async fn sighup_applies_a_new_max_and_refuses_a_broken_file() {
     )
     .await;
 }
+
+/// `purgewatch status`: 1 when no daemon runs, 0 when it runs and is healthy, 2 when it runs
+/// degraded (here: a request failed in the last day), 1 again once it stopped cleanly; the
+/// JSON has the keys dashboards read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_running_healthy_degraded_and_stopped() {
+    let site = Site::new().await;
+    let file = site.config_file(&site.toml("", "", ""));
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+            .args(["--config", &file.display().to_string(), "status", "--json"])
+            .output()
+            .expect("status");
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+        (out.status.code(), json)
+    };
+    assert_eq!(status().0, Some(1), "no daemon yet");
+    std::fs::create_dir_all(site.root.join("bad")).expect("mkdir");
+
+    let mut daemon = spawn_watching(daemon_command(&file));
+    let (code, json) = poll("status 0", Duration::from_secs(20), || async {
+        let (code, json) = status();
+        (code == Some(0)).then_some((code, json))
+    })
+    .await;
+    assert_eq!(code, Some(0));
+    for key in [
+        "running",
+        "since",
+        "version",
+        "watched_folders",
+        "unwatched_folders",
+        "events_lost",
+        "in_progress",
+        "quota",
+        "last_completed",
+        "last_failed",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    assert_eq!(json["running"], true);
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["quota"]["max"], 10);
+    for stage in ["origin", "quota", "cloudfront"] {
+        assert!(json["in_progress"][stage].is_u64(), "{json}");
+    }
+
+    site.write(".purge", b"deploy 1\n");
+    site.upload(".purge").await;
+    site.settled(1, &["completed"]).await;
+    // A marker that is a symlink cannot be used: a failed request, recorded.
+    std::os::unix::fs::symlink("/etc/hostname", site.root.join("x.purge.tmp")).expect("symlink");
+    std::fs::rename(site.root.join("x.purge.tmp"), site.root.join("bad/.purge")).expect("rename");
+    site.settled(2, ENDED).await;
+    let (code, json) = poll("status 2", Duration::from_secs(30), || async {
+        let (code, json) = status();
+        (code == Some(2)).then_some((code, json))
+    })
+    .await;
+    assert_eq!(code, Some(2));
+    assert_eq!(json["last_completed"]["status"], "completed");
+    assert_eq!(json["last_failed"]["status"], "failed");
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    daemon.child.wait().expect("wait");
+    assert_eq!(status().0, Some(1), "stopped cleanly");
+}

@@ -247,14 +247,16 @@ async fn a_malformed_count_object_is_an_error_not_a_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_period() {
-    // The daemon's clock is the test's: a day passes when the test says so.
-    let day = |d: u32, h: u32| {
-        chrono::NaiveDate::from_ymd_opt(2030, 5, d)
-            .and_then(|x| x.and_hms_opt(h, 0, 0))
+    // The daemon's clock is the test's: a day passes when the test says so (today at noon,
+    // then tomorrow just after midnight; the rows' own timestamps stay the real ones).
+    let today0 = Utc::now().date_naive();
+    let day = |d: u64, h: u32| {
+        (today0 + chrono::Days::new(d))
+            .and_hms_opt(h, 0, 0)
             .map(|t| t.and_utc())
             .expect("a date")
     };
-    let clock = purgewatch::clock::Clock::fixed(day(1, 12));
+    let clock = purgewatch::clock::Clock::fixed(day(0, 12));
     let knobs = purgewatch::knobs::Knobs {
         clock: clock.clone(),
         ..Default::default()
@@ -274,11 +276,12 @@ async fn deferred_requests_of_a_period_coalesce_into_one_invalidation_next_perio
     statuses.sort();
     assert_eq!(statuses, vec!["completed", "deferred", "deferred"]);
     assert_eq!(site.invalidations().await.len(), 1);
-    assert_eq!(site.count_object("2030-05-01").await.as_deref(), Some("1"));
+    let first_day = day(0, 12).format("%Y-%m-%d").to_string();
+    assert_eq!(site.count_object(&first_day).await.as_deref(), Some("1"));
 
     // The next day: the deferred requests run at start, in one invalidation.
-    clock.set(day(2, 0));
-    let today = "2030-05-02".to_owned();
+    clock.set(day(1, 0));
+    let today = day(1, 0).format("%Y-%m-%d").to_string();
     let daemon = Daemon::start_with(site.config_from(&toml), knobs)
         .await
         .expect("restart");

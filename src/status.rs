@@ -1,0 +1,302 @@
+//! Status at a glance: a heartbeat the daemon writes to the database (readable by the
+//! unprivileged user who runs `purgewatch status`), the one-line `STATUS=` that
+//! `systemctl status` shows, and the report `purgewatch status` prints.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::quota;
+use crate::store::{counters, requests, ts, HistoryRow, Status, Store, StoreError};
+use crate::watch::Lost;
+
+/// How often the heartbeat is written; three missed beats mean the daemon is not running.
+pub const BEAT: Duration = Duration::from_secs(10);
+
+/// The daemon's own account of itself, kept in `meta` under `daemon`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Beat {
+    pub pid: u32,
+    pub version: String,
+    /// When this run started (RFC 3339).
+    pub since: String,
+    /// The last beat (RFC 3339).
+    pub at: String,
+    pub watched_folders: u64,
+    pub unwatched_folders: u64,
+    pub events_lost: u64,
+    /// Stopped cleanly (set by the last beat of a run).
+    pub stopped: bool,
+}
+
+fn write(conn: &Connection, beat: &Beat) -> Result<(), StoreError> {
+    let json = serde_json::to_string(beat).unwrap_or_default();
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('daemon', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![json],
+    )?;
+    Ok(())
+}
+
+fn read(conn: &Connection) -> Result<Option<Beat>, StoreError> {
+    let json: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'daemon'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+/// Writes the heartbeat and `STATUS=` every [`BEAT`] until `token` is cancelled, then a last
+/// beat that says the daemon stopped cleanly.
+pub async fn beat(
+    cfg: Arc<Config>,
+    store: Store,
+    lost: Arc<Lost>,
+    clock: Clock,
+    token: CancellationToken,
+) {
+    let since = ts(Utc::now());
+    let make = |stopped: bool| Beat {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        since: since.clone(),
+        at: ts(Utc::now()),
+        watched_folders: lost.watched.load(Ordering::Relaxed) as u64,
+        unwatched_folders: lost.unwatched.load(Ordering::Relaxed) as u64,
+        events_lost: lost.count.load(Ordering::Relaxed),
+        stopped,
+    };
+    loop {
+        let b = make(false);
+        let (c2, now) = (cfg.clone(), clock.now());
+        match store
+            .call(move |c| {
+                write(c, &b)?;
+                line(c, &c2, &b, now)
+            })
+            .await
+        {
+            Ok(status) => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BEAT) => {}
+            _ = token.cancelled() => break,
+        }
+    }
+    let b = make(true);
+    let _ = store.call(move |c| write(c, &b)).await;
+}
+
+/// `watching 21,021 folders · 3 of 10 purges today · last: completed 12:03Z blog/.purge`
+fn line(
+    conn: &Connection,
+    cfg: &Config,
+    b: &Beat,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let q = &cfg.quota;
+    let period = quota::period_key(now, q.timezone, q.period);
+    let used = counters::get(conn, &period)?.count;
+    let when = match q.period {
+        crate::config::Period::Day => "today",
+        crate::config::Period::Month => "this month",
+    };
+    let last = requests::history(conn, 1)?
+        .into_iter()
+        .next()
+        .map(|r| {
+            let at = r.finished_at.as_deref().unwrap_or(&r.detected_at);
+            let hm = at.get(11..16).unwrap_or(at);
+            let marker = if r.marker.is_empty() {
+                "manual"
+            } else {
+                &r.marker
+            };
+            format!(" · last: {} {hm}Z {marker}", r.status)
+        })
+        .unwrap_or_default();
+    let mut s = format!(
+        "watching {} folders · {used} of {} purges {when}{last}",
+        thousands(b.watched_folders),
+        q.max
+    );
+    if b.unwatched_folders > 0 {
+        s.push_str(&format!(
+            " · {} folders without a watch",
+            b.unwatched_folders
+        ));
+    }
+    Ok(s)
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Requests in progress, by the stage that holds them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct InProgress {
+    pub origin: u64,
+    pub quota: u64,
+    pub cloudfront: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaNow {
+    pub period: String,
+    pub count: u32,
+    pub max: u32,
+}
+
+/// What `purgewatch status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub running: bool,
+    pub since: Option<String>,
+    pub version: Option<String>,
+    pub watched_folders: u64,
+    pub unwatched_folders: u64,
+    pub events_lost: u64,
+    pub in_progress: InProgress,
+    pub quota: QuotaNow,
+    pub last_completed: Option<HistoryRow>,
+    pub last_failed: Option<HistoryRow>,
+    /// Why the daemon is degraded, if it is (empty: healthy).
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// 0: running and healthy; 1: not running; 2: running but degraded.
+    pub fn exit_code(&self) -> u8 {
+        match (self.running, self.problems.is_empty()) {
+            (false, _) => 1,
+            (true, true) => 0,
+            (true, false) => 2,
+        }
+    }
+}
+
+/// Reads the report from the database.
+pub fn report(conn: &Connection, cfg: &Config, now: DateTime<Utc>) -> Result<Report, StoreError> {
+    let beat = read(conn)?;
+    let fresh = |b: &Beat| {
+        DateTime::parse_from_rfc3339(&b.at)
+            .map(|t| {
+                now.signed_duration_since(t)
+                    < chrono::Duration::from_std(BEAT * 3).unwrap_or_default()
+            })
+            .unwrap_or(false)
+    };
+    let running = beat.as_ref().is_some_and(|b| !b.stopped && fresh(b));
+    let count = |statuses: &[Status]| -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for s in statuses {
+            n += conn.query_row(
+                "SELECT count(*) FROM requests WHERE status = ?1",
+                params![s],
+                |r| r.get::<_, i64>(0),
+            )? as u64;
+        }
+        Ok(n)
+    };
+    let in_progress = InProgress {
+        origin: count(&[Status::WaitingForOrigin])?,
+        quota: count(&[Status::WaitingForQuota])?,
+        cloudfront: count(&[Status::Invalidating, Status::Invalidated])?,
+    };
+    let q = &cfg.quota;
+    let period = quota::period_key(now, q.timezone, q.period);
+    let quota = QuotaNow {
+        count: counters::get(conn, &period)?.count,
+        max: q.max,
+        period,
+    };
+    let last_of = |s: Status| -> Result<Option<HistoryRow>, StoreError> {
+        let id: Option<i64> = conn
+            .query_row(
+                "SELECT max(id) FROM requests WHERE status = ?1",
+                params![s],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(match id {
+            Some(id) => requests::history(conn, u32::MAX)?
+                .into_iter()
+                .find(|r| r.id == id),
+            None => None,
+        })
+    };
+    let last_completed = last_of(Status::Completed)?;
+    let last_failed = last_of(Status::Failed)?;
+    let b = beat.clone();
+    let (watched, unwatched, lost) = b.as_ref().map_or((0, 0, 0), |b| {
+        (b.watched_folders, b.unwatched_folders, b.events_lost)
+    });
+    let mut problems = Vec::new();
+    if running {
+        if unwatched > 0 {
+            problems.push(format!(
+                "{unwatched} folders without a watch (fs.inotify.max_user_watches)"
+            ));
+        }
+        if lost > 0 {
+            problems.push(format!(
+                "events lost {lost} time(s) since start (rescanned)"
+            ));
+        }
+        let day_ago = ts(now - chrono::Duration::days(1));
+        if let Some(f) = last_failed
+            .as_ref()
+            .filter(|f| f.finished_at.as_deref() >= Some(day_ago.as_str()))
+        {
+            problems.push(format!("request {} failed in the last day", f.id));
+        }
+    }
+    Ok(Report {
+        running,
+        since: b.as_ref().map(|b| b.since.clone()),
+        version: b.as_ref().map(|b| b.version.clone()),
+        watched_folders: watched,
+        unwatched_folders: unwatched,
+        events_lost: lost,
+        in_progress,
+        quota,
+        last_completed,
+        last_failed,
+        problems,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(21_021), "21,021");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}
