@@ -220,6 +220,11 @@ impl Waiter<'_> {
         changes: &mut Option<ChangeSet>,
     ) -> Result<(Result<Proof, NotYet>, bool), Stop> {
         let mut proof = Proof::default();
+        let changes_too = self.config.wait_for == WaitFor::Changes;
+        // With `wait_for = "changes"` the changes are checked even while a marker is missing
+        // (lsyncd may upload it last): the upload shows its progress, the interval stays short,
+        // and the look that finds the marker has little left to check.
+        let mut marker_missing = None;
         for m in markers {
             let url = format!("s3://{}/{}", self.origin.bucket(), self.origin.key(&m.rel));
             let seen = match early.take() {
@@ -243,9 +248,13 @@ impl Waiter<'_> {
                 Ok(Check::Differs(why)) => NotYet::Differs { url, why },
                 Err(e) => NotYet::Aws(e),
             };
+            if changes_too && !matches!(not_yet, NotYet::Aws(_)) {
+                marker_missing = Some(not_yet);
+                break;
+            }
             return Ok((Err(not_yet), false));
         }
-        if self.config.wait_for != WaitFor::Changes {
+        if !changes_too {
             return Ok((Ok(proof), false));
         }
         let set = match changes {
@@ -271,6 +280,9 @@ impl Waiter<'_> {
             Err(e) => return Ok((Err(NotYet::Aws(e)), false)),
         };
         let progressed = pass.verified > 0;
+        if let Some(not_yet) = marker_missing {
+            return Ok((Err(not_yet), progressed));
+        }
         if pass.open > 0 {
             let not_yet = NotYet::Changes {
                 differ: pass.open,
