@@ -564,7 +564,7 @@ def start_purgewatch(ctx, tag, root, watchdog=False, origin_extra="", wait_timeo
     shutil.rmtree(state, ignore_errors=True)
     os.makedirs(state)
     w.db = os.path.join(state, "purgewatch.db")
-    cfg = os.path.join(state, "purgewatch.toml")
+    cfg = os.path.join(state, "config.toml")
     with open(cfg, "w") as f:
         f.write("""[watch]
 root = "%s"
@@ -2427,6 +2427,9 @@ def changes_main(a):
     if not os.access(ctx.pw, os.X_OK):
         sys.exit("no purgewatch binary at %s (cargo build --release)" % ctx.pw)
     ctx.changes_check = supports_changes_check(ctx.pw)
+    # SIGTERM unwinds like an exception: the emulator stopped, the tmpfs unmounted (what was
+    # measured so far is in NAME.partial.json).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     l1, waited = wait_for_quiet_machine(a.wait_load, a.wait_max)
     t_begin = time.monotonic()
     work = os.path.abspath(a.work)
@@ -2512,6 +2515,10 @@ def changes_main(a):
                         rc = 1
                     r["rep"] = rep
                     R["runs"].append(r)
+                    # Kept as it goes: a long run stopped midway still has what it measured.
+                    os.makedirs(a.out, exist_ok=True)
+                    with open(os.path.join(a.out, a.name + ".partial.json"), "w") as f:
+                        json.dump(R, f, indent=1)
             emu.stop()
             emu = None
             shutil.rmtree(os.path.dirname(tree.root), ignore_errors=True)
@@ -2541,6 +2548,10 @@ def changes_main(a):
         m["purgewatch_commit"], " (src modified)" if m["purgewatch_src_modified"] else ""))
         if own else ctx.pw)
     head, tbl = changes_write(R, os.path.join(a.out, a.name), chart=not a.no_chart)
+    try:
+        os.unlink(os.path.join(a.out, a.name + ".partial.json"))
+    except OSError:
+        pass
     print()
     print(head)
     print()
