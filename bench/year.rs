@@ -74,9 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     ])?;
                 }
             }
-            let mut q = counters::get(&tx, &store::ts(today)[..10])?;
+            let mut q = counters::get(&tx, "default", &store::ts(today)[..10])?;
             q.count = deploys as u32;
-            counters::set(&tx, &store::ts(today)[..10], &q)?;
+            counters::set(&tx, "default", &store::ts(today)[..10], &q)?;
             tx.commit()?;
             Ok(())
         })
@@ -113,11 +113,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         best
     };
     let history_ms = time(&|c| {
-        requests::history(c, 20).expect("history");
+        requests::history(c, None, 20).expect("history");
     });
     let month = store::ts(start + Duration::days(days as i64 - 1));
     let quota_ms = time(&|c| {
-        counters::get(c, &month[..10]).expect("counter");
+        counters::get(c, "default", &month[..10]).expect("counter");
         requests::paths_since(c, &month[..7]).expect("paths");
     });
     // Without pruning every change row would stay: estimate its size from the rows' average.

@@ -11,14 +11,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::aws::Clients;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Running, Sites};
 use crate::intake::{configured_paths, Intake, NewRequest, FLUSH_AT, FLUSH_EVERY};
 use crate::knobs::Knobs;
 use crate::pipeline::{self, Halt, Pipeline};
 use crate::quota;
 use crate::store::{self, requests, HistoryRow, Source, Status, Store, StoreError};
-use crate::watch::{self, Lost, WatchError, WatchEvent};
+use crate::watch::{self, Lost, WatchError, WatchEvent, Watchers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -33,13 +34,18 @@ pub enum AppError {
 /// Events buffered between the watcher thread and the pipeline before a rescan takes over.
 const CHANNEL: usize = 4096;
 
-/// A running daemon. [`Daemon::start`] returns once every watch is set.
+/// A running daemon: one [`SiteRun`] per site of the config, and the neighbours they share
+/// (the heartbeat, metrics, alerts, pruning). [`Daemon::start`] returns once every watch is set.
 pub struct Daemon {
     token: CancellationToken,
     main: tokio::task::JoinHandle<Result<(), AppError>>,
-    /// Times the watcher lost events and a rescan ran instead.
+    /// Times the (first) site's watcher lost events and a rescan ran instead.
     pub lost: Arc<Lost>,
+    reload: mpsc::Sender<(Sites, tokio::sync::oneshot::Sender<Vec<String>>)>,
 }
+
+/// How long a site whose root is missing waits before the next try.
+const ROOT_RETRY: Duration = Duration::from_secs(30);
 
 impl Daemon {
     pub async fn start(cfg: Config) -> Result<Daemon, AppError> {
@@ -48,79 +54,88 @@ impl Daemon {
 
     /// [`Daemon::start`] with test knobs turned (see [`Knobs`]).
     pub async fn start_with(cfg: Config, knobs: Knobs) -> Result<Daemon, AppError> {
-        let clock = knobs.clock.clone();
-        let cfg = Arc::new(cfg);
+        Daemon::start_sites(Sites::one(cfg), knobs).await
+    }
+
+    /// Every site of the file. A site whose root is missing is reported and tried again every
+    /// 30 s; the others run. Any other failure to start a site stops the start.
+    pub async fn start_sites(sites: Sites, knobs: Knobs) -> Result<Daemon, AppError> {
+        let shared = Arc::new(sites.shared().clone());
         let token = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(knobs.channel.unwrap_or(CHANNEL));
-        let lost = Arc::new(Lost::default());
-        // The walk that sets the watches is most of the start-up: it runs on its own thread
-        // while the database opens and the AWS clients are built.
-        let walking = {
-            let (root, marker, lost) = (
-                cfg.watch.root.clone(),
-                cfg.watch.marker.clone(),
-                lost.clone(),
-            );
-            let track = cfg.tracks_changes();
-            tokio::task::spawn_blocking(move || {
-                watch::start(&root, &marker, track, tx, lost, &knobs)
-            })
-        };
-        let store = open_store(&cfg).await?;
-        let pipeline = Pipeline::new(cfg.clone(), store.clone(), token.clone(), clock).await?;
-        // One HeadBucket per bucket while the walk runs: a wrong bucket, endpoint or permission
-        // is in the log at start, each bucket's region is learned (a count bucket made for the
-        // old Lambda may live elsewhere), and what the first call loads (TLS roots,
-        // credentials) is loaded before READY, not on the first marker's way. It holds READY
-        // for at most a second.
-        let reachable = {
-            let origin = pipeline.origin.clone();
-            let mirror = pipeline.ledger.mirror().cloned();
-            tokio::spawn(async move {
-                let count = async {
-                    match &mirror {
-                        Some(m) => Some((m.bucket().to_owned(), m.handle().locate().await)),
-                        None => None,
-                    }
-                };
-                let (o, c) = tokio::join!(origin.reachable(), count);
-                for (bucket, r) in std::iter::once((origin.bucket().to_owned(), o)).chain(c) {
-                    match r {
-                        Ok(region) => debug!(%bucket, %region, "the bucket answers"),
-                        Err(e) => {
-                            warn!(%bucket, error = %e, "the bucket does not answer (yet); requests wait for it")
-                        }
-                    }
-                }
-            })
-        };
-        let started = walking
-            .await
-            .map_err(|e| AppError::Other(e.to_string()))??;
-        let watch = started.watch;
-        let mut app = App {
-            intake: Intake::new(cfg.clone(), store.clone(), pipeline.origin.clone()),
-            cfg,
-            pipeline,
+        let store = open_store(&shared).await?;
+        let clients = Clients::new(&shared.aws).await;
+        let env = SiteEnv {
             store,
-            tasks: JoinSet::new(),
+            clients,
+            knobs,
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), reachable).await;
-        app.resume().await?;
-        let found = app.intake.catch_up(started.markers).await?;
-        app.spawn(found);
-        info!(root = %app.cfg.watch.root.display(), "watching");
-        let metrics = match app.cfg.metrics.listen {
+        let mut runs = Vec::new();
+        let mut waiting = Vec::new();
+        let started = futures_join_all(
+            sites
+                .sites
+                .iter()
+                .map(|cfg| SiteRun::start(cfg.clone(), &env, token.child_token())),
+        )
+        .await;
+        for (cfg, r) in sites.sites.iter().zip(started) {
+            match r {
+                Ok(run) => runs.push(run),
+                Err(AppError::Watch(e)) if !cfg.watch.root.is_dir() => {
+                    warn!(site = %cfg.site, error = %e, "the site's root is missing; trying again every 30 s, the other sites run");
+                    waiting.push(cfg.clone());
+                }
+                Err(e) => {
+                    token.cancel();
+                    for run in runs {
+                        let _ = run.handle.await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let lost = runs
+            .first()
+            .map_or_else(|| Arc::new(Lost::default()), |r| r.lost.clone());
+        let metrics = match shared.metrics.listen {
             None => None,
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 AppError::Other(format!(
                     "{}: metrics.listen {addr}: cannot listen: {e}",
-                    app.cfg.file.display()
+                    shared.file.display()
                 ))
             })?),
         };
-        let main = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch, metrics));
-        Ok(Daemon { token, main, lost })
+        let (reload, reloads) = mpsc::channel(1);
+        let main = tokio::spawn(supervise(
+            Supervisor {
+                shared,
+                env,
+                runs,
+                waiting,
+                token: token.clone(),
+            },
+            metrics,
+            reloads,
+        ));
+        Ok(Daemon {
+            token,
+            main,
+            lost,
+            reload,
+        })
+    }
+
+    /// Applies a new config: sites added start, sites removed stop, sites whose tables changed
+    /// restart; the others are not touched. Returns what changed, one line per site.
+    pub async fn reload(&self, sites: Sites) -> Result<Vec<String>, AppError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reload
+            .send((sites, tx))
+            .await
+            .map_err(|_| AppError::Other("the daemon has stopped".into()))?;
+        rx.await
+            .map_err(|_| AppError::Other("the daemon has stopped".into()))
     }
 
     /// Stops watching, parks requests in hand, and waits for every task to end.
@@ -148,6 +163,332 @@ impl Daemon {
     }
 }
 
+/// Awaits every future, in order (the sites' start-ups, concurrently).
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(
+            h.await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        );
+    }
+    out
+}
+
+/// What every site of the process shares.
+#[derive(Clone)]
+struct SiteEnv {
+    store: Store,
+    clients: Clients,
+    knobs: Knobs,
+}
+
+/// One site, running: its watcher, intake, pipeline and requests (an [`App`]).
+struct SiteRun {
+    cfg: Arc<Config>,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), AppError>>,
+    lost: Arc<Lost>,
+}
+
+impl SiteRun {
+    /// Walks the site's root (setting every watch), resumes its requests, catches up on markers
+    /// written while it was down, and runs it.
+    fn start(
+        cfg: Arc<Config>,
+        env: &SiteEnv,
+        token: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<SiteRun, AppError>> + Send + 'static {
+        let env = env.clone();
+        async move {
+            let knobs = env.knobs.clone();
+            let clock = knobs.clock.clone();
+            let (tx, rx) = mpsc::channel(knobs.channel.unwrap_or(CHANNEL));
+            let lost = Arc::new(Lost::default());
+            // The walk that sets the watches is most of the start-up: it runs on its own thread
+            // while the pipeline is built and the buckets are reached.
+            let walking = {
+                let (root, marker, lost) = (
+                    cfg.watch.root.clone(),
+                    cfg.watch.marker.clone(),
+                    lost.clone(),
+                );
+                let track = cfg.tracks_changes();
+                tokio::task::spawn_blocking(move || {
+                    watch::start(&root, &marker, track, tx, lost, &knobs)
+                })
+            };
+            let pipeline = Pipeline::with_clients(
+                cfg.clone(),
+                env.store.clone(),
+                token.clone(),
+                clock,
+                env.clients.clone(),
+            )
+            .await?;
+            let reachable = tokio::spawn(reach_buckets(cfg.site.clone(), pipeline.clone()));
+            let started = walking
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))??;
+            let watch = started.watch;
+            let mut app = App {
+                intake: Intake::new(cfg.clone(), env.store.clone(), pipeline.origin.clone()),
+                cfg: cfg.clone(),
+                pipeline,
+                store: env.store.clone(),
+                tasks: JoinSet::new(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), reachable).await;
+            app.resume().await?;
+            let found = app.intake.catch_up(started.markers).await?;
+            app.spawn(found);
+            info!(site = %cfg.site, root = %cfg.watch.root.display(), "watching");
+            let handle = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch));
+            Ok(SiteRun {
+                cfg,
+                token,
+                handle,
+                lost,
+            })
+        }
+    }
+
+    async fn stop(self) -> Result<(), AppError> {
+        self.token.cancel();
+        self.handle
+            .await
+            .map_err(|e| AppError::Other(format!("site {} task: {e}", self.cfg.site)))?
+    }
+}
+
+/// One HeadBucket per bucket while the walk runs: a wrong bucket, endpoint or permission is in
+/// the log at start, each bucket's region is learned (a count bucket made for the old Lambda may
+/// live elsewhere), and what the first call loads (TLS roots, credentials) is loaded before
+/// READY, not on the first marker's way. It holds READY for at most a second.
+async fn reach_buckets(site: String, pipeline: Pipeline) {
+    let origin = pipeline.origin.clone();
+    let mirror = pipeline.ledger.mirror().cloned();
+    let count = async {
+        match &mirror {
+            Some(m) => Some((m.bucket().to_owned(), m.handle().locate().await)),
+            None => None,
+        }
+    };
+    let (o, c) = tokio::join!(origin.reachable(), count);
+    for (bucket, r) in std::iter::once((origin.bucket().to_owned(), o)).chain(c) {
+        match r {
+            Ok(region) => debug!(%site, %bucket, %region, "the bucket answers"),
+            Err(e) => {
+                warn!(%site, %bucket, error = %e, "the bucket does not answer (yet); requests wait for it")
+            }
+        }
+    }
+}
+
+/// The process: the sites' runs, the ones waiting for their root, and the shared neighbours.
+struct Supervisor {
+    shared: Arc<Config>,
+    env: SiteEnv,
+    runs: Vec<SiteRun>,
+    waiting: Vec<Arc<Config>>,
+    token: CancellationToken,
+}
+
+async fn supervise(
+    mut sv: Supervisor,
+    metrics: Option<tokio::net::TcpListener>,
+    mut reloads: mpsc::Receiver<(Sites, tokio::sync::oneshot::Sender<Vec<String>>)>,
+) -> Result<(), AppError> {
+    let token = sv.token.clone();
+    // Neighbours of the pipelines, joined at shutdown like the rest.
+    let mut neighbours = JoinSet::new();
+    let watchers = Watchers::of(sv.runs.iter().map(|r| r.lost.clone()).collect());
+    let running = Running::new(sv.listed());
+    let clock = sv.env.knobs.clock.clone();
+    neighbours.spawn(prune_loop(
+        sv.shared.clone(),
+        sv.env.store.clone(),
+        clock.clone(),
+        token.clone(),
+    ));
+    neighbours.spawn(crate::status::beat(
+        running.clone(),
+        sv.env.store.clone(),
+        watchers.clone(),
+        clock.clone(),
+        token.clone(),
+    ));
+    if let Some(listener) = metrics {
+        let source = crate::metrics::Source {
+            sites: running.clone(),
+            store: sv.env.store.clone(),
+            watchers: watchers.clone(),
+            clock: clock.clone(),
+        };
+        neighbours.spawn(crate::metrics::serve(listener, source, token.clone()));
+    }
+    if sv.shared.notify.is_on() {
+        neighbours.spawn(crate::notify::run(
+            running.clone(),
+            sv.env.store.clone(),
+            sv.env.clients.clone(),
+            token.clone(),
+        ));
+    }
+    let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + ROOT_RETRY, ROOT_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            _ = token.cancelled() => break Ok(()),
+            _ = retry.tick(), if !sv.waiting.is_empty() => {
+                if let Err(e) = sv.start_waiting().await { break Err(e) }
+                watchers.set(sv.runs.iter().map(|r| r.lost.clone()).collect());
+                running.set(sv.listed());
+            }
+            Some((sites, done)) = reloads.recv() => {
+                match sv.reload(sites).await {
+                    Ok(lines) => { let _ = done.send(lines); }
+                    Err(e) => break Err(e),
+                }
+                watchers.set(sv.runs.iter().map(|r| r.lost.clone()).collect());
+                running.set(sv.listed());
+            }
+            // A site ended by itself: a fatal error (the database, the watcher), the process's.
+            (i, r) = first_ended(&mut sv.runs), if !sv.runs.is_empty() => {
+                let run = sv.runs.swap_remove(i);
+                let r = r.map_err(|e| AppError::Other(format!("site {} task: {e}", run.cfg.site)));
+                match r.and_then(|r| r) {
+                    Ok(()) => break Ok(()),
+                    Err(e) => {
+                        warn!(site = %run.cfg.site, error = %e, "the site stopped");
+                        break Err(e);
+                    }
+                }
+            }
+        }
+    };
+    token.cancel();
+    for run in sv.runs.drain(..) {
+        let site = run.cfg.site.clone();
+        if let Err(e) = run.stop().await {
+            warn!(%site, error = %e, "stopping the site");
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while neighbours.join_next().await.is_some() {}
+    })
+    .await;
+    neighbours.abort_all();
+    result
+}
+
+/// The index of the first site whose task ended, and how it ended.
+async fn first_ended(
+    runs: &mut [SiteRun],
+) -> (usize, Result<Result<(), AppError>, tokio::task::JoinError>) {
+    std::future::poll_fn(|cx| {
+        for (i, run) in runs.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(r) =
+                std::future::Future::poll(std::pin::Pin::new(&mut run.handle), cx)
+            {
+                return std::task::Poll::Ready((i, r));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+impl Supervisor {
+    /// The sites to report on: running or waiting for their root; at least the shared tables.
+    fn listed(&self) -> Vec<Arc<Config>> {
+        let mut list: Vec<Arc<Config>> = self.runs.iter().map(|r| r.cfg.clone()).collect();
+        list.extend(self.waiting.iter().cloned());
+        if list.is_empty() {
+            list.push(self.shared.clone());
+        }
+        list
+    }
+
+    /// Tries again the sites whose root was missing.
+    async fn start_waiting(&mut self) -> Result<(), AppError> {
+        for cfg in std::mem::take(&mut self.waiting) {
+            if !cfg.watch.root.is_dir() {
+                self.waiting.push(cfg);
+                continue;
+            }
+            match SiteRun::start(cfg.clone(), &self.env, self.token.child_token()).await {
+                Ok(run) => {
+                    info!(site = %cfg.site, "the site's root is back");
+                    self.runs.push(run);
+                }
+                Err(AppError::Watch(e)) => {
+                    warn!(site = %cfg.site, error = %e, "the site's root is still not usable");
+                    self.waiting.push(cfg);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: the sites of `new` against the running ones, by name.
+    async fn reload(&mut self, new: Sites) -> Result<Vec<String>, AppError> {
+        let mut lines = Vec::new();
+        let mut keep = Vec::new();
+        let mut changed = Vec::new();
+        for run in std::mem::take(&mut self.runs) {
+            match new.get(&run.cfg.site) {
+                Some(cfg) if **cfg == *run.cfg => keep.push(run),
+                other => {
+                    let site = run.cfg.site.clone();
+                    run.stop().await?;
+                    if other.is_none() {
+                        lines.push(format!("site {site}: removed"));
+                    } else {
+                        changed.push(site);
+                    }
+                }
+            }
+        }
+        self.waiting
+            .retain(|w| new.get(&w.site).is_some_and(|c| **c == **w));
+        for cfg in &new.sites {
+            let running = keep.iter().any(|r| r.cfg.site == cfg.site)
+                || self.waiting.iter().any(|w| w.site == cfg.site);
+            if running {
+                continue;
+            }
+            match SiteRun::start(cfg.clone(), &self.env, self.token.child_token()).await {
+                Ok(run) => {
+                    let how = if changed.contains(&cfg.site) {
+                        "restarted (its tables changed)"
+                    } else {
+                        "started"
+                    };
+                    lines.push(format!("site {}: {how}", cfg.site));
+                    keep.push(run);
+                }
+                Err(AppError::Watch(e)) if !cfg.watch.root.is_dir() => {
+                    warn!(site = %cfg.site, error = %e, "the site's root is missing; trying again every 30 s");
+                    lines.push(format!("site {}: waiting for its root", cfg.site));
+                    self.waiting.push(cfg.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.runs = keep;
+        Ok(lines)
+    }
+}
+
 struct App {
     cfg: Arc<Config>,
     pipeline: Pipeline,
@@ -163,36 +504,8 @@ impl App {
         lost: Arc<Lost>,
         token: CancellationToken,
         watch: watch::Watch,
-        metrics: Option<tokio::net::TcpListener>,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
-        let mut pruning = tokio::spawn(prune_loop(self.pipeline.clone(), token.clone()));
-        // Neighbours of the pipeline, joined at shutdown like the rest.
-        let mut neighbours = JoinSet::new();
-        neighbours.spawn(crate::status::beat(
-            self.cfg.clone(),
-            self.store.clone(),
-            lost.clone(),
-            self.pipeline.clock().clone(),
-            token.clone(),
-        ));
-        if let Some(listener) = metrics {
-            let source = crate::metrics::Source {
-                cfg: self.cfg.clone(),
-                store: self.store.clone(),
-                lost: lost.clone(),
-                clock: self.pipeline.clock().clone(),
-            };
-            neighbours.spawn(crate::metrics::serve(listener, source, token.clone()));
-        }
-        if self.cfg.notify.is_on() {
-            neighbours.spawn(crate::notify::run(
-                self.cfg.clone(),
-                self.store.clone(),
-                self.pipeline.clients.clone(),
-                token.clone(),
-            ));
-        }
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
         let watchdog = sd_notify::watchdog_enabled();
@@ -278,13 +591,6 @@ impl App {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut deferred).await;
         deferred.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut pruning).await;
-        pruning.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while neighbours.join_next().await.is_some() {}
-        })
-        .await;
-        neighbours.abort_all();
         result
     }
 
@@ -318,7 +624,11 @@ impl App {
 
     /// Requests in flight when the daemon last stopped carry on from their stored state.
     async fn resume(&mut self) -> Result<(), AppError> {
-        let pending = self.store.call(|c| requests::pending(c)).await?;
+        let site = self.cfg.site.clone();
+        let pending = self
+            .store
+            .call(move |c| requests::pending(c, &site))
+            .await?;
         for p in pending {
             if p.status == Status::Deferred {
                 continue;
@@ -366,9 +676,9 @@ async fn deferred_loop(p: Pipeline, token: CancellationToken) {
 }
 
 /// Prunes the database at start and then once a day ([`crate::store::prune`]).
-async fn prune_loop(p: Pipeline, token: CancellationToken) {
+async fn prune_loop(cfg: Arc<Config>, store: Store, clock: Clock, token: CancellationToken) {
     loop {
-        let now = p.clock().now();
+        let now = clock.now();
         let ago = |d: Duration| {
             let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
             store::ts(
@@ -376,9 +686,9 @@ async fn prune_loop(p: Pipeline, token: CancellationToken) {
                     .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
             )
         };
-        let s = &p.cfg.state;
+        let s = &cfg.state;
         let (before, changes_before) = (ago(s.keep), ago(s.keep_changes));
-        match crate::store::prune::prune(&p.store, &before, &changes_before).await {
+        match crate::store::prune::prune(&store, &before, &changes_before).await {
             Ok(n) if n != Default::default() => info!(
                 requests = n.requests,
                 changes = n.changes,
@@ -403,7 +713,7 @@ pub async fn purge_now(cfg: Config, wait_completed: bool) -> Result<HistoryRow, 
     let token = CancellationToken::new();
     let pipeline =
         Pipeline::new(cfg.clone(), store.clone(), token.clone(), Clock::system()).await?;
-    let id = pipeline::store_manual(&store, configured_paths(&cfg)).await?;
+    let id = pipeline::store_manual(&store, &cfg.site, configured_paths(&cfg)).await?;
     let run = pipeline
         .run_manual(id, wait_completed)
         .instrument(info_span!("request", id, marker = "manual"));
@@ -418,7 +728,7 @@ pub async fn purge_now(cfg: Config, wait_completed: bool) -> Result<HistoryRow, 
     }
     let row = store
         .call(move |c| {
-            Ok(requests::history(c, u32::MAX)?
+            Ok(requests::history(c, None, u32::MAX)?
                 .into_iter()
                 .find(|r| r.id == id))
         })

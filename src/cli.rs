@@ -38,10 +38,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground (under systemd, next to lsyncd)
     Run,
-    /// Validate the config, then reach each bucket and the distribution; non-zero if anything fails
-    Check,
+    /// Validate the config, then reach each site's buckets and distribution; non-zero if anything fails
+    Check {
+        /// Only this site
+        #[arg(long)]
+        site: Option<String>,
+    },
     /// Show purge requests, newest first
     History {
+        /// Only this site (a name of a [[site]] table); all sites when omitted
+        #[arg(long)]
+        site: Option<String>,
         /// How many requests to show
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -51,18 +58,27 @@ pub enum Command {
     },
     /// Show the current period's count against the maximum
     Quota {
+        /// Only this site (a name of a [[site]] table); all sites when omitted
+        #[arg(long)]
+        site: Option<String>,
         /// JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Is the daemon running and healthy? Exit 0 running, 1 not running, 2 degraded
     Status {
+        /// Only this site (a name of a [[site]] table); all sites when omitted
+        #[arg(long)]
+        site: Option<String>,
         /// JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Ask for a purge by hand: no origin wait, same quota, same invalidation
     Purge {
+        /// The site to purge (needed when the config has several)
+        #[arg(long)]
+        site: Option<String>,
         /// Also wait until CloudFront reports the invalidation completed
         #[arg(long)]
         wait: bool,

@@ -9,7 +9,7 @@ use std::io::Write;
 use crate::app::{self, Daemon};
 use crate::aws::{self, Clients};
 use crate::cloudfront::Cdn;
-use crate::config::Config;
+use crate::config::{Config, Sites};
 use crate::quota::{self, mirror::Mirror};
 use crate::store::{self, counters, requests, Store};
 
@@ -22,11 +22,11 @@ macro_rules! out {
 }
 
 /// The daemon: runs until SIGTERM/SIGINT; SIGHUP reloads the config ([`reload`]).
-pub async fn run(cfg: Config, knobs: crate::knobs::Knobs) -> anyhow::Result<bool> {
+pub async fn run(sites: Sites, knobs: crate::knobs::Knobs) -> anyhow::Result<bool> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-    let mut daemon = Daemon::start_with(cfg.clone(), knobs.clone()).await?;
-    let mut cfg = cfg;
+    let mut daemon = Daemon::start_sites(sites.clone(), knobs.clone()).await?;
+    let mut sites = sites;
     // Every watch is set and the catch-up scan is done: tell systemd (Type=notify) we are up.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd");
@@ -41,12 +41,19 @@ pub async fn run(cfg: Config, knobs: crate::knobs::Knobs) -> anyhow::Result<bool
                 return Ok(true);
             }
             _ = hup.recv() => {
-                let Some(new) = reload(&cfg) else { continue };
+                let Some(new) = reload(&sites) else { continue };
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                daemon.shutdown().await?;
-                daemon = Daemon::start_with(new.clone(), knobs.clone()).await?;
-                cfg = new;
-                tracing::info!(config = %cfg.file.display(), "reloaded");
+                if shared_tables(&new) == shared_tables(&sites) {
+                    // Only sites changed: the others are not touched.
+                    for line in daemon.reload(new.clone()).await? {
+                        tracing::info!("{line}");
+                    }
+                } else {
+                    daemon.shutdown().await?;
+                    daemon = Daemon::start_sites(new.clone(), knobs.clone()).await?;
+                }
+                sites = new;
+                tracing::info!(config = %sites.file.display(), "reloaded");
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
             // The daemon ended by itself (a fatal error): say why.
@@ -58,44 +65,89 @@ pub async fn run(cfg: Config, knobs: crate::knobs::Knobs) -> anyhow::Result<bool
     }
 }
 
-/// SIGHUP: the config file read again. Valid → the new config, applied by restarting the
-/// daemon's tasks in this process (requests in hand park and resume, as at a restart; the tree
-/// is walked again). Invalid → `None`: one log line naming the file and the key, and the daemon
-/// goes on with the old config. `state.database` cannot change while running: the old one stays.
-pub fn reload(old: &Config) -> Option<Config> {
-    match Config::load(&old.file) {
+/// The process's own tables: a change restarts everything, not only the sites.
+fn shared_tables(s: &Sites) -> impl PartialEq + '_ {
+    let c = s.shared();
+    (&c.state, &c.aws, &c.metrics, &c.notify)
+}
+
+/// SIGHUP: the config file read again. Valid → the new config, applied by restarting the sites
+/// whose tables changed (requests in hand park and resume, as at a restart; the tree is walked
+/// again), or everything when `[state]`, `[aws]`, `[metrics]` or `[notify]` changed. Invalid →
+/// `None`: one log line naming the file and the key, and the daemon goes on with the old
+/// config. `state.database` cannot change while running: the old one stays.
+pub fn reload(old: &Sites) -> Option<Sites> {
+    match Sites::load(&old.file) {
         Err(e) => {
             tracing::warn!("reload refused, keeping the running config: {e}");
             None
         }
         Ok(mut new) => {
-            if new.state.database != old.state.database {
+            let (was, now) = (&old.shared().state.database, &new.shared().state.database);
+            if was != now {
                 tracing::warn!(
-                    old = %old.state.database.display(),
-                    new = %new.state.database.display(),
+                    old = %was.display(),
+                    new = %now.display(),
                     "state.database cannot change while running: keeping the old one until a restart"
                 );
-                new.state.database = old.state.database.clone();
+                let was = was.clone();
+                for s in &mut new.sites {
+                    std::sync::Arc::make_mut(s).state.database = was.clone();
+                }
             }
             Some(new)
         }
     }
 }
 
+/// The sites `--site` names (all when omitted), or an error listing the names.
+fn selected(sites: &Sites, site: Option<&str>) -> anyhow::Result<Vec<std::sync::Arc<Config>>> {
+    sites.select(site).map_err(anyhow::Error::msg)
+}
+
 fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Store::open(&cfg.state.database).context("opening the state database")
 }
 
-pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool> {
-    let store = open_store(&cfg)?;
-    let rows = store.call(move |c| requests::history(c, limit)).await?;
+pub async fn history(
+    sites: Sites,
+    site: Option<String>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<bool> {
+    selected(&sites, site.as_deref())?;
+    let store = open_store(sites.shared())?;
+    let rows = store
+        .call(move |c| requests::history(c, site.as_deref(), limit))
+        .await?;
     if json {
         out!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(true);
     }
+    // The site column only where there is more than one site to tell apart.
+    let width = if sites.is_single() {
+        0
+    } else {
+        sites
+            .sites
+            .iter()
+            .map(|s| s.site.len())
+            .max()
+            .unwrap_or(4)
+            .max(4)
+            + 2
+    };
+    let site_cell = |s: &str| {
+        if width == 0 {
+            String::new()
+        } else {
+            format!("{s:<w$}", w = width)
+        }
+    };
     out!(
-        "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  DETAIL",
+        "{:>5}  {}{:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  DETAIL",
         "ID",
+        site_cell("SITE"),
         "STATUS",
         "ORIGIN",
         "MARKER",
@@ -106,8 +158,9 @@ pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool
     );
     for r in rows {
         out!(
-            "{:>5}  {:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  {}",
+            "{:>5}  {}{:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  {}",
             r.id,
+            site_cell(&r.site),
             r.status,
             r.origin,
             if r.marker.is_empty() { "-" } else { &r.marker },
@@ -123,6 +176,9 @@ pub async fn history(cfg: Config, limit: u32, json: bool) -> anyhow::Result<bool
 
 #[derive(Serialize)]
 struct QuotaReport {
+    /// The quota's name (`default`, or NAME of `[quotas.NAME]`) and the sites that use it.
+    quota: String,
+    sites: Vec<String>,
     period: String,
     count: u32,
     max: u32,
@@ -141,49 +197,47 @@ struct QuotaReport {
 const FREE_PATHS: u64 = 1000;
 const USD_PER_PATH: f64 = 0.005;
 
-pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
-    let store = open_store(&cfg)?;
-    let q = &cfg.quota;
-    let now = Utc::now();
-    let period = quota::period_key(now, q.timezone, q.period);
-    let p2 = period.clone();
-    let month_start = now.format("%Y-%m-01").to_string();
-    let (local, paths_this_month) = store
-        .call(move |c| {
-            Ok((
-                counters::get(c, &p2)?,
-                requests::paths_since(c, &month_start)?,
-            ))
-        })
-        .await?;
-    let mut report = QuotaReport {
-        period: period.clone(),
-        count: local.count,
-        max: q.max,
-        timezone: q.timezone.name().to_owned(),
-        count_object: None,
-        mirrored_count: None,
-        mirror_error: None,
-        resets_at: store::ts(quota::next_period_start(now, q.timezone, q.period)),
-        paths_this_month,
-        free_paths_per_month: FREE_PATHS,
-        estimated_charge_usd: paths_this_month.saturating_sub(FREE_PATHS) as f64 * USD_PER_PATH,
-    };
-    if let Some(bucket) = &q.count_bucket {
-        let clients = Clients::new(&cfg.aws).await;
-        let mirror = Mirror::new(clients.bucket(bucket, q.count_bucket_region.as_deref()));
-        report.count_object = Some(format!("s3://{bucket}/{}", quota::object_key(&period)));
-        match mirror.read(&period).await {
-            Ok(r) => {
-                report.mirrored_count = Some(r.count);
-                report.count = report.count.max(r.count);
-            }
-            Err(e) => report.mirror_error = Some(e.to_string()),
+/// `purgewatch quota`: each quota of the selected sites once (sites may share one). JSON: one
+/// object for a single-site config (as before several sites), else an array.
+pub async fn quota(sites: Sites, site: Option<String>, json: bool) -> anyhow::Result<bool> {
+    let chosen = selected(&sites, site.as_deref())?;
+    let store = open_store(sites.shared())?;
+    let clients = Clients::new(&sites.shared().aws).await;
+    let mut reports = Vec::new();
+    for cfg in &chosen {
+        if reports
+            .iter()
+            .any(|r: &QuotaReport| r.quota == cfg.quota.name)
+        {
+            continue;
         }
+        let users = chosen
+            .iter()
+            .filter(|s| s.quota.name == cfg.quota.name)
+            .map(|s| s.site.clone())
+            .collect();
+        reports.push(quota_report(&store, &clients, cfg, users).await?);
     }
+    let ok = reports.iter().all(|r| r.mirror_error.is_none());
     if json {
-        out!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+        if sites.is_single() {
+            out!("{}", serde_json::to_string_pretty(&reports[0])?);
+        } else {
+            out!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+        return Ok(ok);
+    }
+    for (i, report) in reports.iter().enumerate() {
+        if !sites.is_single() {
+            if i > 0 {
+                out!("");
+            }
+            out!(
+                "quota:    {} (sites: {})",
+                report.quota,
+                report.sites.join(", ")
+            );
+        }
         out!("period:   {} ({})", report.period, report.timezone);
         out!("count:    {} of {}", report.count, report.max);
         match (
@@ -203,17 +257,68 @@ pub async fn quota(cfg: Config, json: bool) -> anyhow::Result<bool> {
             report.estimated_charge_usd
         );
     }
-    Ok(report.mirror_error.is_none())
+    Ok(ok)
+}
+
+async fn quota_report(
+    store: &Store,
+    clients: &Clients,
+    cfg: &Config,
+    sites: Vec<String>,
+) -> anyhow::Result<QuotaReport> {
+    let q = &cfg.quota;
+    let now = Utc::now();
+    let period = quota::period_key(now, q.timezone, q.period);
+    let (name, p2) = (q.name.clone(), period.clone());
+    let month_start = now.format("%Y-%m-01").to_string();
+    let (local, paths_this_month) = store
+        .call(move |c| {
+            Ok((
+                counters::get(c, &name, &p2)?,
+                requests::paths_since(c, &month_start)?,
+            ))
+        })
+        .await?;
+    let mut report = QuotaReport {
+        quota: q.name.clone(),
+        sites,
+        period: period.clone(),
+        count: local.count,
+        max: q.max,
+        timezone: q.timezone.name().to_owned(),
+        count_object: None,
+        mirrored_count: None,
+        mirror_error: None,
+        resets_at: store::ts(quota::next_period_start(now, q.timezone, q.period)),
+        paths_this_month,
+        free_paths_per_month: FREE_PATHS,
+        estimated_charge_usd: paths_this_month.saturating_sub(FREE_PATHS) as f64 * USD_PER_PATH,
+    };
+    if let Some(bucket) = &q.count_bucket {
+        let mirror = Mirror::new(
+            clients.bucket(bucket, q.count_bucket_region.as_deref()),
+            &q.key_prefix,
+        );
+        report.count_object = Some(format!("s3://{bucket}/{}", mirror.key(&period)));
+        match mirror.read(&period).await {
+            Ok(r) => {
+                report.mirrored_count = Some(r.count);
+                report.count = report.count.max(r.count);
+            }
+            Err(e) => report.mirror_error = Some(e.to_string()),
+        }
+    }
+    Ok(report)
 }
 
 /// `purgewatch status`: the daemon's heartbeat, requests in progress, the quota, the last
 /// completed and failed requests. Returns the exit code: 0 running and healthy, 1 not running,
 /// 2 degraded.
-pub async fn status(cfg: Config, json: bool) -> anyhow::Result<u8> {
-    let store = open_store(&cfg)?;
-    let c2 = cfg.clone();
+pub async fn status(sites: Sites, site: Option<String>, json: bool) -> anyhow::Result<u8> {
+    let chosen = selected(&sites, site.as_deref())?;
+    let store = open_store(sites.shared())?;
     let r = store
-        .call(move |c| crate::status::report(c, &c2, Utc::now()))
+        .call(move |c| crate::status::report(c, &chosen, Utc::now()))
         .await?;
     if json {
         out!("{}", serde_json::to_string_pretty(&r)?);
@@ -247,12 +352,26 @@ pub async fn status(cfg: Config, json: bool) -> anyhow::Result<u8> {
         r.in_progress.quota,
         r.in_progress.cloudfront
     );
-    out!(
-        "quota:    {} of {} in {}",
-        r.quota.count,
-        r.quota.max,
-        r.quota.period
-    );
+    if sites.is_single() {
+        out!(
+            "quota:    {} of {} in {}",
+            r.quota.count,
+            r.quota.max,
+            r.quota.period
+        );
+    } else {
+        for s in &r.sites {
+            out!(
+                "site {}: {} waiting, quota {} {} of {} in {}",
+                s.site,
+                s.waiting,
+                s.quota_name,
+                s.quota.count,
+                s.quota.max,
+                s.quota.period
+            );
+        }
+    }
     for (what, row) in [("completed", &r.last_completed), ("failed", &r.last_failed)] {
         match row {
             Some(h) => out!(
@@ -272,11 +391,26 @@ pub async fn status(cfg: Config, json: bool) -> anyhow::Result<u8> {
     Ok(r.exit_code())
 }
 
-pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
-    let row = app::purge_now(cfg, wait).await?;
+pub async fn purge(sites: Sites, site: Option<String>, wait: bool) -> anyhow::Result<bool> {
+    if site.is_none() && sites.sites.len() > 1 {
+        let names: Vec<&str> = sites.sites.iter().map(|s| s.site.as_str()).collect();
+        anyhow::bail!(
+            "{} has {} sites: say which with --site ({})",
+            sites.file.display(),
+            names.len(),
+            names.join(", ")
+        );
+    }
+    let cfg = selected(&sites, site.as_deref())?.remove(0);
+    let row = app::purge_now((*cfg).clone(), wait).await?;
     out!(
-        "request {}: {}{}{}",
+        "request {}{}: {}{}{}",
         row.id,
+        if sites.is_single() {
+            String::new()
+        } else {
+            format!(" (site {})", row.site)
+        },
         row.status,
         row.invalidation_id
             .as_deref()
@@ -293,8 +427,21 @@ pub async fn purge(cfg: Config, wait: bool) -> anyhow::Result<bool> {
     ))
 }
 
-pub async fn check(cfg: Config) -> anyhow::Result<bool> {
-    out!("OK    config {}", cfg.file.display());
+pub async fn check(sites: Sites, site: Option<String>) -> anyhow::Result<bool> {
+    out!("OK    config {}", sites.file.display());
+    let chosen = selected(&sites, site.as_deref())?;
+    let mut ok = true;
+    for cfg in chosen {
+        if !sites.is_single() {
+            out!("site {}:", cfg.site);
+        }
+        ok &= check_site(&cfg).await?;
+    }
+    Ok(ok)
+}
+
+/// The checks of one site: its tree, the database, its buckets and distribution.
+async fn check_site(cfg: &Config) -> anyhow::Result<bool> {
     let mut ok = true;
     let mut report = |good: bool, what: String| {
         // A closed stdout must not stop the checks (nor panic): the exit status still says.
@@ -374,14 +521,17 @@ pub async fn check(cfg: Config) -> anyhow::Result<bool> {
     if let Some(bucket) = &cfg.quota.count_bucket {
         let q = &cfg.quota;
         let period = quota::period_key(Utc::now(), q.timezone, q.period);
-        let mirror = Mirror::new(clients.bucket(bucket, q.count_bucket_region.as_deref()));
+        let mirror = Mirror::new(
+            clients.bucket(bucket, q.count_bucket_region.as_deref()),
+            &q.key_prefix,
+        );
         let located = mirror.handle().locate().await;
         match mirror.read(&period).await {
             Ok(r) => report(
                 true,
                 format!(
                     "quota.count_bucket s3://{bucket}/{} = {} in {}",
-                    quota::object_key(&period),
+                    mirror.key(&period),
                     r.count,
                     located.unwrap_or_else(|_| mirror.handle().region())
                 ),

@@ -115,6 +115,7 @@ impl Intake {
         // One trip to the blocking pool (or none): hash the marker, then merge it into the open
         // request or store a new one. On an idle daemon each hand-off between threads is a wake-up.
         let paths = configured_paths(&self.cfg);
+        let site = self.cfg.site.clone();
         let detail = match source {
             Source::Scan => "marker found changed by a scan",
             _ => "marker written",
@@ -125,7 +126,7 @@ impl Intake {
                     return Ok(Stored::Merged(id));
                 }
             }
-            let id = requests::insert(c, source, Some(&seen), &paths, detail)?;
+            let id = requests::insert(c, &site, source, Some(&seen), &paths, detail)?;
             // Stored: from here no error may send the write round again (a busy fallback would
             // store it twice). Without this read the request reads its markers itself.
             Ok(Stored::New(id, markers::of_request(c, id).ok()))
@@ -220,8 +221,9 @@ impl Intake {
         }
         warn!(marker = %rel, %detail, "marker not usable");
         self.unusable.insert(rel.clone(), stamp);
+        let site = self.cfg.site.clone();
         self.store
-            .call(move |c| requests::insert_failed(c, source, &rel, &detail))
+            .call(move |c| requests::insert_failed(c, &site, source, &rel, &detail))
             .await?;
         Ok(())
     }
@@ -260,7 +262,8 @@ impl Intake {
         if found.is_empty() {
             return Ok(new);
         }
-        let known = self.store.call(|c| markers::known(c)).await?;
+        let site = self.cfg.site.clone();
+        let known = self.store.call(move |c| markers::known(c, &site)).await?;
         for path in found {
             let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
                 continue;
@@ -279,7 +282,11 @@ impl Intake {
     /// start they are only remembered: installing purgewatch must not purge for every old
     /// `.purge` in the tree.
     pub async fn catch_up(&mut self, found: Vec<PathBuf>) -> Result<Vec<NewRequest>, StoreError> {
-        let first_start = self.store.call(|c| store::first_start(c)).await?;
+        let site = self.cfg.site.clone();
+        let first_start = self
+            .store
+            .call(move |c| store::first_start(c, &site))
+            .await?;
         if first_start {
             let root = self.cfg.watch.root.clone();
             let seen: Vec<MarkerSeen> = tokio::task::spawn_blocking(move || {
@@ -294,10 +301,11 @@ impl Intake {
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let n = seen.len();
+            let site = self.cfg.site.clone();
             self.store
                 .call(move |c| {
                     for s in &seen {
-                        markers::remember(c, s)?;
+                        markers::remember(c, &site, s)?;
                     }
                     Ok(())
                 })
@@ -345,7 +353,10 @@ impl Intake {
         }
         let batch: Vec<ChangeSeen> = self.changes.drain().map(|(_, c)| c).collect();
         debug!(changes = batch.len(), "recording changes");
-        self.store.call(move |c| changes::record(c, &batch)).await?;
+        let site = self.cfg.site.clone();
+        self.store
+            .call(move |c| changes::record(c, &site, &batch))
+            .await?;
         Ok(())
     }
 
@@ -353,7 +364,10 @@ impl Intake {
     pub async fn changes_unknown(&mut self, why: String) -> Result<(), StoreError> {
         self.flush_changes().await?;
         warn!(reason = %why, "the change set is incomplete; the next purge falls back to /*");
-        self.store.call(move |c| changes::unknown(c, &why)).await?;
+        let site = self.cfg.site.clone();
+        self.store
+            .call(move |c| changes::unknown(c, &site, &why))
+            .await?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use purgewatch::cli::{Cli, Command};
 use purgewatch::commands;
-use purgewatch::config::Config;
+use purgewatch::config::Sites;
 use purgewatch::memory;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         tracing::warn!(filter = %spec, error = %e, "bad log filter; logging at info");
     }
 
-    let cfg = match Config::load(&cli.config) {
+    let cfg = match Sites::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("purgewatch: config error: {e}");
@@ -73,8 +73,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::Status { json } = cli.command {
-        return match rt.block_on(commands::status(cfg, json)) {
+    if let Command::Status { json, site } = cli.command {
+        return match rt.block_on(commands::status(cfg, site, json)) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("purgewatch: {e:#}");
@@ -85,10 +85,12 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run => commands::run(cfg, knobs()).await,
-            Command::Check => commands::check(cfg).await,
-            Command::History { limit, json } => commands::history(cfg, limit, json).await,
-            Command::Quota { json } => commands::quota(cfg, json).await,
-            Command::Purge { wait } => commands::purge(cfg, wait).await,
+            Command::Check { site } => commands::check(cfg, site).await,
+            Command::History { limit, json, site } => {
+                commands::history(cfg, site, limit, json).await
+            }
+            Command::Quota { json, site } => commands::quota(cfg, site, json).await,
+            Command::Purge { wait, site } => commands::purge(cfg, site, wait).await,
             Command::Status { .. } => unreachable!("answered above"),
         }
     });

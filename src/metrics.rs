@@ -14,7 +14,7 @@
 //! - **The AWS SDK**: an interceptor ([`AwsCalls`], added to every client in `aws::Clients::new`)
 //!   times each attempt by operation and counts failed attempts by kind. It records into a
 //!   process-global registry, so the counts survive a daemon started again in the same process.
-//! - **The watcher**: [`Lost`] (folders watched and not, events lost).
+//! - **The watchers**: [`Watchers`] (folders watched and not, events lost, over the sites).
 //! - **`/proc/self`**: the standard `process_*` metrics ([`Process`]; prometheus-client has no
 //!   process collector).
 //!
@@ -28,7 +28,7 @@
 //! for it in `Accept` (Prometheus does); both are prometheus-client's own encoders.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -57,17 +57,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::Running;
 use crate::quota;
 use crate::store::{counters, Store, StoreError};
-use crate::watch::Lost;
+use crate::watch::Watchers;
 
 /// What the metrics are read from.
 #[derive(Clone)]
 pub struct Source {
-    pub cfg: Arc<Config>,
+    /// The running sites; the quota gauges are the first site's quota.
+    pub sites: Running,
     pub store: Store,
-    pub lost: Arc<Lost>,
+    pub watchers: Watchers,
     pub clock: Clock,
 }
 
@@ -222,9 +223,9 @@ struct Page {
 struct Live {
     requests: Family<StatusLabel, Counter>,
     in_progress: Family<StageLabel, Gauge>,
-    quota_used: Gauge,
-    quota_max: Gauge,
-    period_end: Gauge<f64, AtomicU64>,
+    quota_used: Family<QuotaLabel, Gauge>,
+    quota_max: Family<QuotaLabel, Gauge>,
+    period_end: Family<QuotaLabel, Gauge<f64, AtomicU64>>,
     invalidations: Counter,
     paths: Counter,
     marker_to_invalidation: Histogram,
@@ -238,11 +239,19 @@ struct Live {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
+    site: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabel {
     stage: &'static str,
+    site: String,
+}
+
+/// A quota by name (`default`, or NAME of `[quotas.NAME]`); sites may share one.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabel {
+    quota: String,
 }
 
 /// The statuses `requests_total` counts, each shown from 0 so `increase()` sees the first.
@@ -280,12 +289,15 @@ struct Reading {
     upto: i64,
     /// Status changes since the last scrape, oldest first.
     moves: Vec<Move>,
-    in_progress: Vec<(String, i64)>,
-    quota_used: u32,
+    /// (site, status, requests).
+    in_progress: Vec<(String, String, i64)>,
+    /// (quota, slots used in its current period).
+    quota_used: Vec<(String, u32)>,
     last_completed: Option<String>,
 }
 
 struct Move {
+    site: String,
     to: String,
     at: String,
     detected_at: Option<String>,
@@ -298,9 +310,9 @@ impl Page {
         let live = Live {
             requests: Family::default(),
             in_progress: Family::default(),
-            quota_used: Gauge::default(),
-            quota_max: Gauge::default(),
-            period_end: Gauge::default(),
+            quota_used: Family::default(),
+            quota_max: Family::default(),
+            period_end: Family::default(),
             invalidations: Counter::default(),
             paths: Counter::default(),
             // A second to a day: the origin wait is minutes, a deferred request a period.
@@ -313,10 +325,13 @@ impl Page {
             lost: Counter::default(),
             last_completed: Family::default(),
         };
-        for s in COUNTED {
-            let _ = live
-                .requests
-                .get_or_create(&StatusLabel { status: s.into() });
+        for site in source.sites.get() {
+            for s in COUNTED {
+                let _ = live.requests.get_or_create(&StatusLabel {
+                    status: s.into(),
+                    site: site.site.clone(),
+                });
+            }
         }
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Process));
@@ -413,13 +428,21 @@ impl Page {
     async fn render(self: &Arc<Page>, openmetrics: bool) -> Result<String, String> {
         let mut tally = self.tally.lock().await;
         let after = tally.after;
-        let cfg = &self.source.cfg;
         let now = self.source.clock.now();
-        let period = quota::period_key(now, cfg.quota.timezone, cfg.quota.period);
+        let quotas: Vec<(String, String)> = self
+            .source
+            .sites
+            .get()
+            .iter()
+            .map(|c| {
+                let q = &c.quota;
+                (q.name.clone(), quota::period_key(now, q.timezone, q.period))
+            })
+            .collect();
         let reading = self
             .source
             .store
-            .call(move |c| read(c, after, &period))
+            .call(move |c| read(c, after, &quotas))
             .await
             .map_err(|e| e.to_string())?;
         self.apply(&mut tally, reading, now);
@@ -448,6 +471,7 @@ impl Page {
                 live.requests
                     .get_or_create(&StatusLabel {
                         status: m.to.clone(),
+                        site: m.site.clone(),
                     })
                     .inc();
             }
@@ -484,26 +508,47 @@ impl Page {
             }
         }
         tally.after = Some(r.upto);
-        for (stage, statuses) in STAGES {
-            let n = r
-                .in_progress
+        let sites = src.sites.get();
+        // Sites removed by a reload: their series go.
+        live.in_progress.clear();
+        live.quota_used.clear();
+        live.quota_max.clear();
+        live.period_end.clear();
+        for cfg in &sites {
+            for (stage, statuses) in STAGES {
+                let n = r
+                    .in_progress
+                    .iter()
+                    .filter(|(site, s, _)| *site == cfg.site && statuses.contains(&s.as_str()))
+                    .map(|(_, _, n)| n)
+                    .sum();
+                live.in_progress
+                    .get_or_create(&StageLabel {
+                        stage,
+                        site: cfg.site.clone(),
+                    })
+                    .set(n);
+            }
+            let q = &cfg.quota;
+            let label = QuotaLabel {
+                quota: q.name.clone(),
+            };
+            let used = r
+                .quota_used
                 .iter()
-                .filter(|(s, _)| statuses.contains(&s.as_str()))
-                .map(|(_, n)| n)
-                .sum();
-            live.in_progress.get_or_create(&StageLabel { stage }).set(n);
+                .find(|(n, _)| *n == q.name)
+                .map_or(0, |u| u.1);
+            live.quota_used.get_or_create(&label).set(i64::from(used));
+            live.quota_max.get_or_create(&label).set(i64::from(q.max));
+            let end = quota::next_period_start(now, q.timezone, q.period);
+            live.period_end
+                .get_or_create(&label)
+                .set(end.timestamp() as f64);
         }
-        let cfg = &src.cfg;
-        live.quota_used.set(i64::from(r.quota_used));
-        live.quota_max.set(i64::from(cfg.quota.max));
-        let end = quota::next_period_start(now, cfg.quota.timezone, cfg.quota.period);
-        live.period_end.set(end.timestamp() as f64);
-        let watched = src.lost.watched.load(Ordering::Relaxed);
-        live.watched.set(watched as i64);
-        let unwatched = src.lost.unwatched.load(Ordering::Relaxed);
-        live.unwatched.set(unwatched as i64);
-        let lost = src.lost.count.load(Ordering::Relaxed);
-        live.lost.inc_by(lost.saturating_sub(live.lost.get()));
+        let w = src.watchers.totals();
+        live.watched.set(w.watched as i64);
+        live.unwatched.set(w.unwatched as i64);
+        live.lost.inc_by(w.lost.saturating_sub(live.lost.get()));
         match r.last_completed.as_deref().and_then(unix_seconds) {
             Some(t) => {
                 live.last_completed.get_or_create(&Vec::new()).set(t);
@@ -515,7 +560,11 @@ impl Page {
 
 /// One scrape's queries. The first finds where "since the process started" begins in
 /// `events` (walking back from the newest event, which stops at the first older one).
-fn read(c: &mut Connection, after: Option<i64>, period: &str) -> Result<Reading, StoreError> {
+fn read(
+    c: &mut Connection,
+    after: Option<i64>,
+    quotas: &[(String, String)],
+) -> Result<Reading, StoreError> {
     let after = match after {
         Some(a) => a,
         None => {
@@ -532,7 +581,7 @@ fn read(c: &mut Connection, after: Option<i64>, period: &str) -> Result<Reading,
     let upto: i64 = c.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
     let mut stmt = c.prepare_cached(
         "SELECT e.to_status, e.at, r.detected_at, r.invalidation_id,
-                coalesce(r.path_count, json_array_length(r.paths))
+                coalesce(r.path_count, json_array_length(r.paths)), r.site
          FROM events e LEFT JOIN requests r ON r.id = e.request_id
          WHERE e.id > ?1 AND e.id <= ?2
            AND (e.from_status IS NULL OR e.from_status != e.to_status)
@@ -546,16 +595,17 @@ fn read(c: &mut Connection, after: Option<i64>, period: &str) -> Result<Reading,
                 detected_at: r.get(2)?,
                 invalidation_id: r.get(3)?,
                 path_count: r.get(4)?,
+                site: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut stmt = c.prepare_cached(
-        "SELECT status, count(*) FROM requests
+        "SELECT site, status, count(*) FROM requests
          WHERE status IN ('waiting_for_origin', 'waiting_for_quota', 'invalidating', 'invalidated')
-         GROUP BY status",
+         GROUP BY site, status",
     )?;
     let in_progress = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let last_completed = c
         .query_row(
@@ -570,7 +620,10 @@ fn read(c: &mut Connection, after: Option<i64>, period: &str) -> Result<Reading,
         upto: upto.max(after),
         moves,
         in_progress,
-        quota_used: counters::get(c, period)?.count,
+        quota_used: quotas
+            .iter()
+            .map(|(q, p)| Ok((q.clone(), counters::get(c, q, p)?.count)))
+            .collect::<Result<_, StoreError>>()?,
         last_completed,
     })
 }

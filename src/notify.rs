@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::aws::Clients;
-use crate::config::Config;
+use crate::config::Running;
 use crate::store::{now_text, Status, Store, StoreError};
 
 /// How often the events table is read for new alerts.
@@ -67,6 +67,8 @@ pub struct Alert {
     /// The status reached.
     pub event: Status,
     pub host: String,
+    /// The request's site (`default` for a single-site config).
+    pub site: String,
     /// When the request reached it (RFC 3339 UTC).
     pub at: String,
     pub request: RequestPart,
@@ -90,6 +92,8 @@ pub struct RequestPart {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QuotaPart {
+    /// The quota's name (`default`, or NAME of `[quotas.NAME]`).
+    pub name: String,
     /// The request's quota period, or the current one when it never reached the quota.
     pub period: String,
     /// Slots used in that period when the alert was read.
@@ -111,8 +115,20 @@ impl Alert {
     }
 }
 
-fn text_of(host: &str, id: i64, marker: &str, status: Status, detail: Option<&str>) -> String {
-    let mut t = format!("purgewatch on {host}: request {id} {marker} {status}");
+fn text_of(
+    host: &str,
+    site: &str,
+    id: i64,
+    marker: &str,
+    status: Status,
+    detail: Option<&str>,
+) -> String {
+    let on = if site == "default" {
+        String::new()
+    } else {
+        format!(" site {site}")
+    };
+    let mut t = format!("purgewatch on {host}{on}: request {id} {marker} {status}");
     if let Some(d) = detail.filter(|d| !d.is_empty()) {
         t.push_str(": ");
         t.push_str(d);
@@ -280,7 +296,8 @@ struct Found {
 }
 
 /// Delivers alerts until `token` is cancelled.
-pub async fn run(cfg: Arc<Config>, store: Store, clients: Clients, token: CancellationToken) {
+pub async fn run(sites: Running, store: Store, clients: Clients, token: CancellationToken) {
+    let cfg = sites.first();
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let mut lanes = Vec::new();
     if let Some(url) = &cfg.notify.webhook {
@@ -382,12 +399,16 @@ pub async fn run(cfg: Arc<Config>, store: Store, clients: Clients, token: Cancel
                     on: cfg.notify.on.clone(),
                     targets: names.clone(),
                     host: host.clone(),
-                    max: cfg.quota.max,
-                    current_period: crate::quota::period_key(
-                        chrono::Utc::now(),
-                        cfg.quota.timezone,
-                        cfg.quota.period,
-                    ),
+                    quotas: sites
+                        .get()
+                        .iter()
+                        .map(|c| {
+                            let q = &c.quota;
+                            let now =
+                                crate::quota::period_key(chrono::Utc::now(), q.timezone, q.period);
+                            (c.site.clone(), (q.name.clone(), q.max, now))
+                        })
+                        .collect(),
                     reset_before: crate::store::ts(last_poll - chrono::Duration::seconds(2)),
                 };
                 let started = chrono::Utc::now();
@@ -499,8 +520,8 @@ struct Poll {
     on: Vec<Status>,
     targets: Vec<&'static str>,
     host: String,
-    max: u32,
-    current_period: String,
+    /// Site → (its quota's name, max, current period).
+    quotas: std::collections::HashMap<String, (String, u32, String)>,
     /// When ids went back (see [`Poll::read`]), events older than this were read already.
     reset_before: String,
 }
@@ -529,7 +550,7 @@ impl Poll {
         }
         let mut stmt = tx.prepare_cached(
             "SELECT e.id, e.request_id, e.to_status, e.detail, e.at,
-                    r.marker, r.invalidation_id, r.paths, r.period
+                    r.marker, r.invalidation_id, r.paths, r.period, r.site
              FROM events e JOIN requests r ON r.id = e.request_id
              WHERE e.id > ?1 AND e.id <= ?2
                AND (e.from_status IS NULL OR e.from_status <> e.to_status)
@@ -546,6 +567,7 @@ impl Poll {
             Option<String>,
             String,
             Option<String>,
+            String,
         )> = stmt
             .query_map(params![after, newest, self.limit as i64], |r| {
                 Ok((
@@ -558,6 +580,7 @@ impl Poll {
                     r.get(6)?,
                     r.get(7)?,
                     r.get(8)?,
+                    r.get(9)?,
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -567,16 +590,22 @@ impl Poll {
             newest
         };
         let mut found = Vec::new();
-        for (eid, rid, to, detail, at, marker, invalidation_id, paths, period) in rows {
+        for (eid, rid, to, detail, at, marker, invalidation_id, paths, period, site) in rows {
             let Some(status) = Status::parse(&to).filter(|s| self.on.contains(s)) else {
                 continue;
             };
             let paths: Vec<String> = serde_json::from_str(&paths).unwrap_or_default();
-            let period = period.unwrap_or_else(|| self.current_period.clone());
+            // The site's quota (a site removed since: the quota named like before sites).
+            let (quota, max, current) = self
+                .quotas
+                .get(&site)
+                .cloned()
+                .unwrap_or_else(|| ("default".into(), 0, String::new()));
+            let period = period.unwrap_or(current);
             let count: u32 = tx
                 .query_row(
-                    "SELECT count FROM quota WHERE period = ?1",
-                    [&period],
+                    "SELECT count FROM quota WHERE quota = ?1 AND period = ?2",
+                    [&quota, &period],
                     |r| r.get(0),
                 )
                 .optional()?
@@ -603,9 +632,10 @@ impl Poll {
                 .collect();
             found.push(Found {
                 alert: Alert {
-                    text: text_of(&self.host, rid, &marker, status, detail.as_deref()),
+                    text: text_of(&self.host, &site, rid, &marker, status, detail.as_deref()),
                     event: status,
                     host: self.host.clone(),
+                    site,
                     at,
                     request: RequestPart {
                         id: rid,
@@ -617,9 +647,10 @@ impl Poll {
                         paths: paths.into_iter().take(PATHS_MAX).collect(),
                     },
                     quota: QuotaPart {
+                        name: quota,
                         period,
                         count,
-                        max: self.max,
+                        max,
                     },
                     event_id: eid,
                 },
@@ -683,6 +714,7 @@ mod tests {
     fn the_text_is_one_line() {
         let t = text_of(
             "web1",
+            "default",
             42,
             "blog/.purge",
             Status::Failed,
@@ -692,5 +724,7 @@ mod tests {
             t,
             "purgewatch on web1: request 42 blog/.purge failed: CloudFront refused: InvalidArgument"
         );
+        let t = text_of("web1", "shop", 7, ".purge", Status::Failed, None);
+        assert_eq!(t, "purgewatch on web1 site shop: request 7 .purge failed");
     }
 }

@@ -98,14 +98,26 @@ impl Pipeline {
         clock: Clock,
     ) -> Result<Pipeline, StoreError> {
         let clients = Clients::new(&cfg.aws).await;
+        Pipeline::with_clients(cfg, store, token, clock, clients).await
+    }
+
+    /// [`Pipeline::new`] with clients shared among the sites of one process.
+    pub async fn with_clients(
+        cfg: Arc<Config>,
+        store: Store,
+        token: CancellationToken,
+        clock: Clock,
+        clients: Clients,
+    ) -> Result<Pipeline, StoreError> {
         let instance = store.call(|c| Store::instance_id(c)).await?;
         let host = gethostname::gethostname().to_string_lossy().into_owned();
         let origin = clients.bucket(&cfg.origin.bucket, cfg.origin.region.as_deref());
-        let mirror = cfg
-            .quota
-            .count_bucket
-            .as_ref()
-            .map(|b| Mirror::new(clients.bucket(b, cfg.quota.count_bucket_region.as_deref())));
+        let mirror = cfg.quota.count_bucket.as_ref().map(|b| {
+            Mirror::new(
+                clients.bucket(b, cfg.quota.count_bucket_region.as_deref()),
+                &cfg.quota.key_prefix,
+            )
+        });
         Ok(Pipeline {
             origin: Origin::new(origin, cfg.origin.prefix.clone()),
             ledger: Ledger::new(
@@ -208,9 +220,10 @@ impl Pipeline {
     pub async fn run_deferred(&self) -> Result<(), Halt> {
         let q = &self.cfg.quota;
         let current = quota::period_key(self.clock.now(), q.timezone, q.period);
+        let site = self.cfg.site.clone();
         let ids = self
             .store
-            .call(move |c| requests::deferred_before(c, &current))
+            .call(move |c| requests::deferred_before(c, &site, &current))
             .await?;
         if ids.is_empty() {
             return Ok(());
@@ -238,6 +251,7 @@ impl Pipeline {
             origin: &self.origin,
             config: &self.cfg.origin,
             root: &self.cfg.watch.root,
+            site: &self.cfg.site,
             settle: self.cfg.watch.settle,
             token: &self.token,
         };
@@ -574,8 +588,13 @@ impl Pipeline {
 }
 
 /// A request by hand: stored (no marker, the configured paths), then [`Pipeline::run_manual`].
-pub async fn store_manual(store: &Store, paths: Vec<String>) -> Result<i64, StoreError> {
+pub async fn store_manual(
+    store: &Store,
+    site: &str,
+    paths: Vec<String>,
+) -> Result<i64, StoreError> {
+    let site = site.to_owned();
     store
-        .call(move |c| requests::insert(c, Source::Manual, None, &paths, "asked by hand"))
+        .call(move |c| requests::insert(c, &site, Source::Manual, None, &paths, "asked by hand"))
         .await
 }

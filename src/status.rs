@@ -2,7 +2,6 @@
 //! unprivileged user who runs `purgewatch status`), the one-line `STATUS=` that
 //! `systemctl status` shows, and the report `purgewatch status` prints.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Running};
 use crate::quota;
 use crate::store::{counters, requests, ts, HistoryRow, Status, Store, StoreError};
-use crate::watch::Lost;
+use crate::watch::Watchers;
 
 /// How often the heartbeat is written; three missed beats mean the daemon is not running.
 pub const BEAT: Duration = Duration::from_secs(10);
@@ -58,30 +57,33 @@ fn read(conn: &Connection) -> Result<Option<Beat>, StoreError> {
 /// Writes the heartbeat and `STATUS=` every [`BEAT`] until `token` is cancelled, then a last
 /// beat that says the daemon stopped cleanly.
 pub async fn beat(
-    cfg: Arc<Config>,
+    sites: Running,
     store: Store,
-    lost: Arc<Lost>,
+    watchers: Watchers,
     clock: Clock,
     token: CancellationToken,
 ) {
     let since = ts(Utc::now());
-    let make = |stopped: bool| Beat {
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        since: since.clone(),
-        at: ts(Utc::now()),
-        watched_folders: lost.watched.load(Ordering::Relaxed) as u64,
-        unwatched_folders: lost.unwatched.load(Ordering::Relaxed) as u64,
-        events_lost: lost.count.load(Ordering::Relaxed),
-        stopped,
+    let make = |stopped: bool| {
+        let w = watchers.totals();
+        Beat {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            since: since.clone(),
+            at: ts(Utc::now()),
+            watched_folders: w.watched,
+            unwatched_folders: w.unwatched,
+            events_lost: w.lost,
+            stopped,
+        }
     };
     loop {
         let b = make(false);
-        let (c2, now) = (cfg.clone(), clock.now());
+        let (list, now) = (sites.get(), clock.now());
         match store
             .call(move |c| {
                 write(c, &b)?;
-                line(c, &c2, &b, now)
+                line(c, &list, &b, now)
             })
             .await
         {
@@ -99,21 +101,34 @@ pub async fn beat(
     let _ = store.call(move |c| write(c, &b)).await;
 }
 
-/// `watching 21,021 folders · 3 of 10 purges today · last: completed 12:03Z blog/.purge`
+/// `watching 21,021 folders · 3 of 10 purges today · last: completed 12:03Z blog/.purge`;
+/// with several quotas, `blog 3/10 today, shared 5/20 this month`.
 fn line(
     conn: &Connection,
-    cfg: &Config,
+    sites: &[Arc<Config>],
     b: &Beat,
     now: DateTime<Utc>,
 ) -> Result<String, StoreError> {
-    let q = &cfg.quota;
-    let period = quota::period_key(now, q.timezone, q.period);
-    let used = counters::get(conn, &period)?.count;
-    let when = match q.period {
-        crate::config::Period::Day => "today",
-        crate::config::Period::Month => "this month",
-    };
-    let last = requests::history(conn, 1)?
+    let mut quotas: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for cfg in sites {
+        let q = &cfg.quota;
+        if !seen.insert(q.name.clone()) {
+            continue;
+        }
+        let period = quota::period_key(now, q.timezone, q.period);
+        let used = counters::get(conn, &q.name, &period)?.count;
+        let when = match q.period {
+            crate::config::Period::Day => "today",
+            crate::config::Period::Month => "this month",
+        };
+        quotas.push(if sites.len() == 1 {
+            format!("{used} of {} purges {when}", q.max)
+        } else {
+            format!("{} {used}/{} {when}", q.name, q.max)
+        });
+    }
+    let last = requests::history(conn, None, 1)?
         .into_iter()
         .next()
         .map(|r| {
@@ -128,9 +143,9 @@ fn line(
         })
         .unwrap_or_default();
     let mut s = format!(
-        "watching {} folders · {used} of {} purges {when}{last}",
+        "watching {} folders · {}{last}",
         thousands(b.watched_folders),
-        q.max
+        quotas.join(", ")
     );
     if b.unwatched_folders > 0 {
         s.push_str(&format!(
@@ -168,6 +183,16 @@ pub struct QuotaNow {
     pub max: u32,
 }
 
+/// One site in `purgewatch status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteNow {
+    pub site: String,
+    /// Requests not ended yet.
+    pub waiting: u64,
+    pub quota_name: String,
+    pub quota: QuotaNow,
+}
+
 /// What `purgewatch status` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -178,7 +203,10 @@ pub struct Report {
     pub unwatched_folders: u64,
     pub events_lost: u64,
     pub in_progress: InProgress,
+    /// The first selected site's quota (the only one of a single-site config).
     pub quota: QuotaNow,
+    /// Each selected site: requests in progress and its quota.
+    pub sites: Vec<SiteNow>,
     pub last_completed: Option<HistoryRow>,
     pub last_failed: Option<HistoryRow>,
     /// Why the daemon is degraded, if it is (empty: healthy).
@@ -196,8 +224,12 @@ impl Report {
     }
 }
 
-/// Reads the report from the database.
-pub fn report(conn: &Connection, cfg: &Config, now: DateTime<Utc>) -> Result<Report, StoreError> {
+/// Reads the report from the database, for the selected sites (never empty).
+pub fn report(
+    conn: &Connection,
+    sites: &[Arc<Config>],
+    now: DateTime<Utc>,
+) -> Result<Report, StoreError> {
     let beat = read(conn)?;
     let fresh = |b: &Beat| {
         DateTime::parse_from_rfc3339(&b.at)
@@ -208,40 +240,65 @@ pub fn report(conn: &Connection, cfg: &Config, now: DateTime<Utc>) -> Result<Rep
             .unwrap_or(false)
     };
     let running = beat.as_ref().is_some_and(|b| !b.stopped && fresh(b));
-    let count = |statuses: &[Status]| -> Result<u64, StoreError> {
+    let names: Vec<&str> = sites.iter().map(|s| s.site.as_str()).collect();
+    let names_json = serde_json::to_string(&names).unwrap_or_default();
+    let count = |statuses: &[Status], site: &str| -> Result<u64, StoreError> {
         let mut n = 0u64;
         for s in statuses {
             n += conn.query_row(
-                "SELECT count(*) FROM requests WHERE status = ?1",
-                params![s],
+                "SELECT count(*) FROM requests WHERE status = ?1
+                 AND site IN (SELECT value FROM json_each(?2))",
+                params![s, site],
                 |r| r.get::<_, i64>(0),
             )? as u64;
         }
         Ok(n)
     };
     let in_progress = InProgress {
-        origin: count(&[Status::WaitingForOrigin])?,
-        quota: count(&[Status::WaitingForQuota])?,
-        cloudfront: count(&[Status::Invalidating, Status::Invalidated])?,
+        origin: count(&[Status::WaitingForOrigin], &names_json)?,
+        quota: count(&[Status::WaitingForQuota], &names_json)?,
+        cloudfront: count(&[Status::Invalidating, Status::Invalidated], &names_json)?,
     };
-    let q = &cfg.quota;
-    let period = quota::period_key(now, q.timezone, q.period);
-    let quota = QuotaNow {
-        count: counters::get(conn, &period)?.count,
-        max: q.max,
-        period,
+    let quota_of = |cfg: &Config| -> Result<QuotaNow, StoreError> {
+        let q = &cfg.quota;
+        let period = quota::period_key(now, q.timezone, q.period);
+        Ok(QuotaNow {
+            count: counters::get(conn, &q.name, &period)?.count,
+            max: q.max,
+            period,
+        })
     };
+    let quota = quota_of(&sites[0])?;
+    let mut per_site = Vec::with_capacity(sites.len());
+    for cfg in sites {
+        let one = serde_json::to_string(&[&cfg.site]).unwrap_or_default();
+        per_site.push(SiteNow {
+            site: cfg.site.clone(),
+            waiting: count(
+                &[
+                    Status::WaitingForOrigin,
+                    Status::WaitingForQuota,
+                    Status::Invalidating,
+                    Status::Invalidated,
+                ],
+                &one,
+            )?,
+            quota_name: cfg.quota.name.clone(),
+            quota: quota_of(cfg)?,
+        });
+    }
     let last_of = |s: Status| -> Result<Option<HistoryRow>, StoreError> {
         let id: Option<i64> = conn
             .query_row(
-                "SELECT max(id) FROM requests WHERE status = ?1",
-                params![s],
+                "SELECT max(id) FROM requests WHERE status = ?1
+                 AND site IN (SELECT value FROM json_each(?2))",
+                params![s, names_json],
                 |r| r.get(0),
             )
             .optional()?
             .flatten();
         Ok(match id {
-            Some(id) => requests::history(conn, u32::MAX)?
+            Some(id) => requests::history(conn, None, u32::MAX)?
                 .into_iter()
                 .find(|r| r.id == id),
             None => None,
@@ -282,6 +339,7 @@ pub fn report(conn: &Connection, cfg: &Config, now: DateTime<Utc>) -> Result<Rep
         events_lost: lost,
         in_progress,
         quota,
+        sites: per_site,
         last_completed,
         last_failed,
         problems,

@@ -101,6 +101,8 @@ pub struct Waiter<'a> {
     pub origin: &'a Origin,
     pub config: &'a OriginConfig,
     pub root: &'a Path,
+    /// The site the request belongs to (its open change set).
+    pub site: &'a str,
     pub settle: Duration,
     pub token: &'a CancellationToken,
 }
@@ -260,7 +262,11 @@ impl Waiter<'_> {
         let set = match changes {
             Some(set) => {
                 // Files written again since: checked again.
-                let written = self.store.quick(|c| changes::open_paths(c)).await?;
+                let site = self.site.to_owned();
+                let written = self
+                    .store
+                    .quick(move |c| changes::open_paths(c, &site))
+                    .await?;
                 set.rewritten(self.root, &written);
                 set
             }

@@ -16,7 +16,7 @@ Run as `python tests/moto_atomic.py -H HOST -p PORT` (the arguments of moto_serv
          Counters (expired_token, conflict, throttle, lose_answer) mean "the next N requests".
      GET  /_strict?bucket=NAME  (or ?distribution=ID)        the options in force
      GET  /_strict/calls?bucket=NAME  (or ?distribution=ID)  {operation: count} of requests seen
-         for that resource, refused ones included.
+         for that resource, refused ones included; HeadObject also per key, as "HeadObject KEY".
 
    S3 bucket options (requests are path-style `/{bucket}/{key}`):
    - kms (false): the bucket is SSE-KMS. AWS: the ETag of an SSE-KMS object is not the MD5 of its
@@ -517,6 +517,8 @@ def handle_s3(environ, start_response, inner, region_signed):
     query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     op = s3_operation(method, bucket, key, query, environ)
     STATE.count("bucket", bucket, op)
+    if op == "HeadObject":
+        STATE.count("bucket", bucket, "HeadObject " + key)
     head = method == "HEAD"
     if op == "CreateBucket":
         return inner(environ, start_response)

@@ -64,8 +64,15 @@ pub struct Pass {
     pub first: Vec<String>,
 }
 
-/// What a listed object is: (size, lower-case ETag).
-type Listed = (i64, String);
+/// What S3 listed (or HeadObject answered) for a key.
+#[derive(Clone)]
+struct Listed {
+    size: i64,
+    /// Lower-case, unquoted.
+    etag: String,
+    /// Whole seconds since the epoch.
+    modified: Option<i64>,
+}
 
 impl ChangeSet {
     /// `list`: (path relative to the root, deleted), one per path.
@@ -206,7 +213,11 @@ impl ChangeSet {
         for i in 0..self.entries.len() {
             let h = origin.head(&self.entries[i].rel).await?;
             pass.calls += 1;
-            let listed = h.as_ref().map(|h| (h.size, h.etag.clone()));
+            let listed = h.as_ref().map(|h| Listed {
+                size: h.size,
+                etag: h.etag.clone(),
+                modified: h.last_modified,
+            });
             self.reopen(i);
             self.settle(origin, root, i, listed, pass).await?;
         }
@@ -239,15 +250,17 @@ impl ChangeSet {
             (None, None) => Ok(None),
             (None, Some(_)) => Err("still in S3 (deleted locally)".into()),
             (Some(_), None) => Err("not in S3 yet".into()),
-            (Some((size, ..)), Some((rsize, _))) if *size as i64 != rsize => {
-                Err("size differs".into())
+            (Some((size, ..)), Some(l)) if *size as i64 != l.size => Err("size differs".into()),
+            (Some((size, mtime, sums)), Some(l)) if l.etag == sums.md5 => Ok(Some((*size, *mtime))),
+            // Other bytes, or an ETag that is no MD5 (SSE-KMS, multipart). An object older
+            // than the local write is the previous upload either way: no HeadObject for it
+            // (during an upload that is every file not uploaded yet).
+            (Some((_, mtime, _)), Some(l)) if predates(l.modified, *mtime) => {
+                Err("not uploaded yet (S3 holds an older object)".into())
             }
-            (Some((size, mtime, sums)), Some((_, etag))) if etag == sums.md5 => {
-                Ok(Some((*size, *mtime)))
-            }
-            (Some((size, mtime, sums)), Some((_, etag))) => {
+            (Some((size, mtime, sums)), Some(l)) => {
                 pass.calls += 1;
-                self.judge(origin, root, &rel, &etag, *size, *mtime, sums)
+                self.judge(origin, root, &rel, &l.etag, *size, *mtime, sums)
                     .await?
                     .map(|()| Some((*size, *mtime)))
             }
@@ -324,6 +337,12 @@ fn judge_head(h: &Head, path: &Path, size: u64, mtime: i64, sums: &Sums) -> Resu
         Ok(_) => Ok(()),
         Err(why) => Err(why),
     }
+}
+
+/// Whether an object last modified at `modified` (S3's whole seconds) was uploaded before a
+/// local write at `mtime_ns`, beyond the clock tolerance.
+fn predates(modified: Option<i64>, mtime_ns: i64) -> bool {
+    modified.is_some_and(|t| t + CLOCK_TOLERANCE_SECS < mtime_ns.div_euclid(1_000_000_000))
 }
 
 /// (size, mtime) of `root/rel` if it is a regular file now (symlinks are not followed).
@@ -412,7 +431,11 @@ fn add_listed(
         if let Some(k) = o.key() {
             out.insert(
                 k.to_owned(),
-                (o.size().unwrap_or(-1), clean_etag(o.e_tag())),
+                Listed {
+                    size: o.size().unwrap_or(-1),
+                    etag: clean_etag(o.e_tag()),
+                    modified: o.last_modified().map(|t| t.secs()),
+                },
             );
             last = Some(k.to_owned());
         }
@@ -423,6 +446,15 @@ fn add_listed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_older_than_the_write_beyond_the_tolerance_predates_it() {
+        let write = 1_000 * 1_000_000_000 + 500_000_000; // 1000.5 s
+        assert!(predates(Some(1_000 - CLOCK_TOLERANCE_SECS - 1), write));
+        assert!(!predates(Some(1_000 - CLOCK_TOLERANCE_SECS), write));
+        assert!(!predates(Some(1_001), write));
+        assert!(!predates(None, write), "unknown time: HeadObject decides");
+    }
 
     #[test]
     fn start_after_is_just_before_the_key() {

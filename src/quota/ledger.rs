@@ -20,7 +20,6 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tracing::warn;
 
 use super::mirror::{Mirror, MirrorError, Remote};
-use super::object_key;
 use crate::aws::AwsError;
 use crate::clock::Clock;
 use crate::cloudfront;
@@ -100,8 +99,11 @@ impl Ledger {
     pub async fn peek(&self) -> Result<(String, u32, u32), GrantError> {
         let q = &self.quota;
         let period = super::period_key(self.clock.now(), q.timezone, q.period);
-        let p = period.clone();
-        let local = self.store.quick(move |c| counters::get(c, &p)).await?;
+        let (quota, p) = (q.name.clone(), period.clone());
+        let local = self
+            .store
+            .quick(move |c| counters::get(c, &quota, &p))
+            .await?;
         let remote = match &self.mirror {
             Some(m) => m.read(&period).await?.count,
             None => 0,
@@ -120,12 +122,12 @@ impl Ledger {
             let remote = match &self.mirror {
                 None => None,
                 Some(m) => {
-                    let (p, max) = (period.clone(), q.max);
+                    let (quota, p, max) = (q.name.clone(), period.clone(), q.max);
                     let known = if reread {
                         None
                     } else {
                         self.store
-                            .quick(move |c| Ok(known_remote(&counters::get(c, &p)?, max)))
+                            .quick(move |c| Ok(known_remote(&counters::get(c, &quota, &p)?, max)))
                             .await?
                     };
                     Some(match known {
@@ -168,7 +170,7 @@ impl Ledger {
             self.store
                 .quick(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let mut local = counters::get(&tx, &g2.period)?;
+                    let mut local = counters::get(&tx, &this.quota.name, &g2.period)?;
                     local.remote_count = Some(slot);
                     local.remote_etag = etag.clone();
                     this.commit(tx, local, g2.clone(), slot, "")
@@ -210,7 +212,7 @@ impl Ledger {
             period: period.to_owned(),
             caller_reference,
         };
-        let mut local = counters::get(&tx, period)?;
+        let mut local = counters::get(&tx, &q.name, period)?;
         let own = reserved.filter(|(p, _)| p == period).map(|(_, slot)| slot);
         if let Some(r) = remote {
             local.remote_count = Some(r.count);
@@ -226,7 +228,7 @@ impl Ledger {
         let base = local.count.max(remote.map_or(0, |r| r.count));
         if base >= q.max {
             local.count = local.count.max(base);
-            counters::set(&tx, period, &local)?;
+            counters::set(&tx, &q.name, period, &local)?;
             let (to, detail) = match q.when_exhausted {
                 WhenExhausted::Skip => (
                     Status::QuotaExhausted,
@@ -267,9 +269,9 @@ impl Ledger {
         how: &str,
     ) -> Result<Decided, StoreError> {
         local.count = local.count.max(slot);
-        counters::set(&tx, &g.period, &local)?;
+        counters::set(&tx, &self.quota.name, &g.period, &local)?;
         let mirrored = match &self.mirror {
-            Some(m) => format!(", s3://{}/{} = {slot}", m.bucket(), object_key(&g.period)),
+            Some(m) => format!(", s3://{}/{} = {slot}", m.bucket(), m.key(&g.period)),
             None => String::new(),
         };
         let detail = format!(

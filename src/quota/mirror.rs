@@ -34,11 +34,21 @@ pub enum MirrorError {
 #[derive(Clone)]
 pub struct Mirror {
     bucket: Bucket,
+    /// Before `<period>.txt`: several quotas in one bucket (`[quotas.NAME] key_prefix`).
+    key_prefix: String,
 }
 
 impl Mirror {
-    pub fn new(bucket: Bucket) -> Mirror {
-        Mirror { bucket }
+    pub fn new(bucket: Bucket, key_prefix: &str) -> Mirror {
+        Mirror {
+            bucket,
+            key_prefix: key_prefix.to_owned(),
+        }
+    }
+
+    /// The count object's key for `period`.
+    pub fn key(&self, period: &str) -> String {
+        format!("{}{}", self.key_prefix, object_key(period))
     }
 
     pub fn bucket(&self) -> &str {
@@ -51,7 +61,7 @@ impl Mirror {
     }
 
     pub async fn read(&self, period: &str) -> Result<Remote, MirrorError> {
-        let key = object_key(period);
+        let key = self.key(period);
         let name = self.bucket.name();
         let out = self
             .bucket
@@ -102,7 +112,7 @@ impl Mirror {
         etag: Option<&str>,
         writer: &str,
     ) -> Result<Option<String>, MirrorError> {
-        let key = object_key(period);
+        let key = self.key(period);
         let name = self.bucket.name();
         let body = count.to_string();
         let sent = self

@@ -16,16 +16,17 @@ pub struct ChangeSeen {
 }
 
 /// Adds a batch to the open set in one transaction (one commit, not one per event).
-pub fn record(conn: &mut Connection, batch: &[ChangeSeen]) -> Result<(), StoreError> {
+pub fn record(conn: &mut Connection, site: &str, batch: &[ChangeSeen]) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO changes (rel, deleted, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (rel) WHERE request_id IS NULL
+            "INSERT INTO changes (site, rel, deleted, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (site, rel) WHERE request_id IS NULL
              DO UPDATE SET deleted = excluded.deleted, last_seen = excluded.last_seen",
         )?;
         for c in batch {
-            stmt.execute(params![c.rel, c.deleted, c.first_seen, c.last_seen])?;
+            stmt.execute(params![site, c.rel, c.deleted, c.first_seen, c.last_seen])?;
         }
     }
     tx.commit()?;
@@ -33,19 +34,20 @@ pub fn record(conn: &mut Connection, batch: &[ChangeSeen]) -> Result<(), StoreEr
 }
 
 /// Notes that the open set misses changes (events lost, daemon down); the next request says so.
-pub fn unknown(conn: &Connection, why: &str) -> Result<(), StoreError> {
+pub fn unknown(conn: &Connection, site: &str, why: &str) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('changes_unknown', ?1) ON CONFLICT (key) DO NOTHING",
-        [why],
+        "INSERT INTO meta (key, value) VALUES ('changes_unknown:' || ?1, ?2)
+         ON CONFLICT (key) DO NOTHING",
+        [site, why],
     )?;
     Ok(())
 }
 
 /// The open set becomes the request's, with the note of what it may miss.
-pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+pub(super) fn claim(conn: &Connection, site: &str, id: i64) -> rusqlite::Result<()> {
     let n = conn.execute(
-        "UPDATE changes SET request_id = ?1 WHERE request_id IS NULL",
-        [id],
+        "UPDATE changes SET request_id = ?1 WHERE request_id IS NULL AND site = ?2",
+        params![id, site],
     )?;
     // Kept on the request once the change rows are pruned (store::prune).
     conn.execute(
@@ -54,19 +56,23 @@ pub(super) fn claim(conn: &Connection, id: i64) -> rusqlite::Result<()> {
     )?;
     conn.execute(
         "UPDATE requests SET changes_unknown = coalesce(changes_unknown,
-             (SELECT value FROM meta WHERE key = 'changes_unknown')) WHERE id = ?1",
-        [id],
+             (SELECT value FROM meta WHERE key = 'changes_unknown:' || ?2)) WHERE id = ?1",
+        params![id, site],
     )?;
-    conn.execute("DELETE FROM meta WHERE key = 'changes_unknown'", [])?;
+    conn.execute(
+        "DELETE FROM meta WHERE key = 'changes_unknown:' || ?1",
+        [site],
+    )?;
     Ok(())
 }
 
 /// The paths written since the last request claimed the changes (the open set): for a request
 /// still waiting for its changes in S3, those of its own written again.
-pub fn open_paths(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT rel FROM changes WHERE request_id IS NULL")?;
+pub fn open_paths(conn: &Connection, site: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT rel FROM changes WHERE request_id IS NULL AND site = ?1")?;
     let rows = stmt
-        .query_map([], |r| r.get(0))?
+        .query_map([site], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(rows)
 }

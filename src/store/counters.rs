@@ -1,4 +1,4 @@
-//! The `quota` table: the local counter of each period, and the count object as this database
+//! The `quota` table: the local counter of each quota and period, and the count object as this database
 //! last read or wrote it (its count and ETag). The rules that use them live in
 //! `quota::ledger`.
 
@@ -14,11 +14,12 @@ pub struct Counter {
     pub remote_etag: Option<String>,
 }
 
-pub fn get(conn: &Connection, period: &str) -> Result<Counter, StoreError> {
+/// The counter of quota `quota` (its name) in `period`.
+pub fn get(conn: &Connection, quota: &str, period: &str) -> Result<Counter, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT count, remote_count, remote_etag FROM quota WHERE period = ?1",
-            [period],
+            "SELECT count, remote_count, remote_etag FROM quota WHERE quota = ?1 AND period = ?2",
+            [quota, period],
             |r| {
                 Ok(Counter {
                     count: r.get(0)?,
@@ -31,15 +32,22 @@ pub fn get(conn: &Connection, period: &str) -> Result<Counter, StoreError> {
         .unwrap_or_default())
 }
 
-pub fn set(conn: &Connection, period: &str, c: &Counter) -> Result<(), StoreError> {
+pub fn set(conn: &Connection, quota: &str, period: &str, c: &Counter) -> Result<(), StoreError> {
     cached(
         conn,
-        "INSERT INTO quota (period, count, remote_count, remote_etag, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (period) DO UPDATE SET count = excluded.count,
+        "INSERT INTO quota (quota, period, count, remote_count, remote_etag, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (quota, period) DO UPDATE SET count = excluded.count,
              remote_count = excluded.remote_count, remote_etag = excluded.remote_etag,
              updated_at = excluded.updated_at",
-        params![period, c.count, c.remote_count, c.remote_etag, now_text()],
+        params![
+            quota,
+            period,
+            c.count,
+            c.remote_count,
+            c.remote_etag,
+            now_text()
+        ],
     )?;
     Ok(())
 }

@@ -57,7 +57,8 @@ pub fn of_request(conn: &Connection, id: i64) -> Result<(i64, Vec<MarkerSeen>), 
     let mut stmt = conn.prepare_cached(
         "SELECT r.rel, r.md5, r.size, r.mtime_ns, r.crc32, r.crc64nvme,
                 m.verified_etag, m.verified_last_modified, m.verified_version
-         FROM request_markers r LEFT JOIN markers m ON m.rel = r.rel
+         FROM request_markers r JOIN requests q ON q.id = r.request_id
+         LEFT JOIN markers m ON m.site = q.site AND m.rel = r.rel
          WHERE r.request_id = ?1 ORDER BY r.rel",
     )?;
     let markers = stmt
@@ -92,14 +93,15 @@ pub fn of_request(conn: &Connection, id: i64) -> Result<(i64, Vec<MarkerSeen>), 
 /// transaction.
 pub(super) fn set_verified(
     conn: &Connection,
+    site: &str,
     objects: &[(String, ObjectId)],
 ) -> rusqlite::Result<()> {
     for (rel, o) in objects {
         cached(
             conn,
             "UPDATE markers SET verified_etag = ?2, verified_last_modified = ?3,
-                 verified_version = ?4 WHERE rel = ?1",
-            params![rel, o.etag, o.last_modified, o.version],
+                 verified_version = ?4 WHERE site = ?5 AND rel = ?1",
+            params![rel, o.etag, o.last_modified, o.version, site],
         )?;
     }
     Ok(())
@@ -108,10 +110,11 @@ pub(super) fn set_verified(
 /// Last state of every marker seen, for catch-up scans.
 pub fn known(
     conn: &Connection,
+    site: &str,
 ) -> Result<std::collections::HashMap<String, (u64, i64)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT rel, size, mtime_ns FROM markers")?;
+    let mut stmt = conn.prepare("SELECT rel, size, mtime_ns FROM markers WHERE site = ?1")?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map([site], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 (r.get::<_, i64>(1)? as u64, r.get(2)?),
@@ -121,13 +124,21 @@ pub fn known(
     Ok(rows)
 }
 
-pub fn remember(conn: &Connection, m: &MarkerSeen) -> Result<(), StoreError> {
+pub fn remember(conn: &Connection, site: &str, m: &MarkerSeen) -> Result<(), StoreError> {
     cached(
         conn,
-        "INSERT INTO markers (rel, md5, size, mtime_ns, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
+        "INSERT INTO markers (site, rel, md5, size, mtime_ns, seen_at)
+         VALUES (?6, ?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (site, rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
              mtime_ns = excluded.mtime_ns, seen_at = excluded.seen_at",
-        params![m.rel, m.sums.md5, m.size as i64, m.mtime_ns, now_text()],
+        params![
+            m.rel,
+            m.sums.md5,
+            m.size as i64,
+            m.mtime_ns,
+            now_text(),
+            site
+        ],
     )?;
     Ok(())
 }

@@ -172,6 +172,48 @@ CREATE INDEX requests_finished ON requests(finished_at);
 ALTER TABLE requests ADD COLUMN change_count INTEGER;
 UPDATE requests SET change_count = (SELECT count(DISTINCT rel) FROM changes WHERE request_id = requests.id);
 "#,
+    r#"
+-- Several sites ([[site]] in the config): requests, changes and markers belong to a site, the
+-- local counters to a quota (sites may share one). Rows from before are the site and the quota
+-- named `default`, which is what a single-site config is.
+ALTER TABLE requests ADD COLUMN site TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX requests_site_status ON requests(site, status);
+ALTER TABLE changes ADD COLUMN site TEXT NOT NULL DEFAULT 'default';
+DROP INDEX changes_open;
+CREATE UNIQUE INDEX changes_open ON changes(site, rel) WHERE request_id IS NULL;
+CREATE TABLE markers_by_site (
+    site     TEXT NOT NULL,
+    rel      TEXT NOT NULL,
+    md5      TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    seen_at  TEXT NOT NULL,
+    verified_etag TEXT,
+    verified_last_modified INTEGER,
+    verified_version TEXT,
+    PRIMARY KEY (site, rel)
+);
+INSERT INTO markers_by_site
+    SELECT 'default', rel, md5, size, mtime_ns, seen_at, verified_etag, verified_last_modified,
+           verified_version FROM markers;
+DROP TABLE markers;
+ALTER TABLE markers_by_site RENAME TO markers;
+CREATE TABLE quota_by_name (
+    quota        TEXT NOT NULL,              -- the quota's name: default, or [quotas.NAME]
+    period       TEXT NOT NULL,
+    count        INTEGER NOT NULL,
+    remote_count INTEGER,
+    remote_etag  TEXT,
+    updated_at   TEXT NOT NULL,
+    PRIMARY KEY (quota, period)
+);
+INSERT INTO quota_by_name
+    SELECT 'default', period, count, remote_count, remote_etag, updated_at FROM quota;
+DROP TABLE quota;
+ALTER TABLE quota_by_name RENAME TO quota;
+UPDATE meta SET key = 'changes_unknown:default' WHERE key = 'changes_unknown';
+UPDATE meta SET key = 'first_started:default' WHERE key = 'first_started';
+"#,
 ];
 
 /// One connection, shared; calls run on blocking threads (see [`Store::call`]).
@@ -358,11 +400,12 @@ fn new_instance(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// True on the very first start of a daemon on this database (and records that it started).
-pub fn first_start(conn: &Connection) -> Result<bool, StoreError> {
+pub fn first_start(conn: &Connection, site: &str) -> Result<bool, StoreError> {
     let n = cached(
         conn,
-        "INSERT INTO meta (key, value) VALUES ('first_started', ?1) ON CONFLICT (key) DO NOTHING",
-        [now_text()],
+        "INSERT INTO meta (key, value) VALUES ('first_started:' || ?2, ?1)
+         ON CONFLICT (key) DO NOTHING",
+        [now_text(), site.to_owned()],
     )?;
     Ok(n == 1)
 }
@@ -441,7 +484,7 @@ mod tests {
         let task = rt.spawn(async move {
             s.quick(move |c| {
                 a.fetch_add(1, Ordering::SeqCst);
-                requests::insert(c, Source::Watch, None, &["/*".into()], "seen")
+                requests::insert(c, "default", Source::Watch, None, &["/*".into()], "seen")
             })
             .await
         });

@@ -181,6 +181,8 @@ impl FromSql for Source {
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryRow {
     pub id: i64,
+    /// The site (`default` for a single-site config).
+    pub site: String,
     /// How many paths the invalidation carries (each wildcard counts as one, as AWS bills).
     pub path_count: Option<i64>,
     pub paths: Vec<String>,
@@ -210,6 +212,7 @@ pub struct Pending {
 /// Stores a new request with its first marker (none for a manual request) and its first event.
 pub fn insert(
     conn: &mut Connection,
+    site: &str,
     source: Source,
     marker: Option<&MarkerSeen>,
     paths: &[String],
@@ -221,15 +224,16 @@ pub fn insert(
     let paths_json = serde_json::to_string(paths).unwrap_or_else(|_| "[]".into());
     cached(
         &tx,
-        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, paths, detail)
-         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, paths, detail, site)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
         params![
             source,
             marker.map(|m| m.rel.as_str()).unwrap_or(""),
             status,
             now,
             paths_json,
-            detail
+            detail,
+            site
         ],
     )?;
     let id = tx.last_insert_rowid();
@@ -237,9 +241,9 @@ pub fn insert(
         markers::upsert_for_request(&tx, id, m)?;
         // In the same transaction: a marker remembered without its request (the disk filled
         // between the two) would look unchanged at the next start and never be purged.
-        markers::remember(&tx, m)?;
+        markers::remember(&tx, site, m)?;
     }
-    changes::claim(&tx, id)?;
+    changes::claim(&tx, site, id)?;
     event(&tx, id, None, status, detail, &now)?;
     tx.commit()?;
     Ok(id)
@@ -248,6 +252,7 @@ pub fn insert(
 /// Stores a request that cannot go anywhere (an unreadable marker), already `failed`.
 pub fn insert_failed(
     conn: &mut Connection,
+    site: &str,
     source: Source,
     rel: &str,
     detail: &str,
@@ -255,9 +260,9 @@ pub fn insert_failed(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_text();
     cached(&tx,
-        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, finished_at, paths, detail)
-         VALUES (?1, ?2, ?3, ?4, ?4, ?4, '[]', ?5)",
-        params![source, rel, Status::Failed, now, detail],
+        "INSERT INTO requests (origin, marker, status, detected_at, updated_at, finished_at, paths, detail, site)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?4, '[]', ?5, ?6)",
+        params![source, rel, Status::Failed, now, detail, site],
     )?;
     let id = tx.last_insert_rowid();
     event(&tx, id, None, Status::Failed, detail, &now)?;
@@ -280,6 +285,13 @@ fn event(
     )
 }
 
+/// The site a request belongs to.
+fn site_of(conn: &Connection, id: i64) -> rusqlite::Result<String> {
+    conn.query_row("SELECT site FROM requests WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+}
+
 fn status_of(conn: &Connection, id: i64) -> Result<Status, StoreError> {
     let s: String = conn.query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
         r.get(0)
@@ -300,9 +312,10 @@ pub fn merge_marker(conn: &mut Connection, id: i64, m: &MarkerSeen) -> Result<bo
     if n == 0 {
         return Ok(false);
     }
+    let site = site_of(&tx, id)?;
     markers::upsert_for_request(&tx, id, m)?;
-    markers::remember(&tx, m)?;
-    changes::claim(&tx, id)?;
+    markers::remember(&tx, &site, m)?;
+    changes::claim(&tx, &site, id)?;
     tx.commit()?;
     Ok(true)
 }
@@ -336,7 +349,7 @@ pub fn mark_verified(
         params![id, generation, now, by, Status::WaitingForOrigin],
     )?;
     if n == 1 {
-        markers::set_verified(&tx, objects)?;
+        markers::set_verified(&tx, &site_of(&tx, id)?, objects)?;
         advance(&tx, id, Status::WaitingForQuota, detail)?;
     }
     tx.commit()?;
@@ -451,11 +464,11 @@ pub fn set_paths(
     Ok(())
 }
 
-/// Requests that have not ended, oldest first.
-pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
+/// The site's requests that have not ended, oldest first.
+pub fn pending(conn: &Connection, site: &str) -> Result<Vec<Pending>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, status, origin, period, caller_reference, invalidation_id, marker
-         FROM requests WHERE status IN (?1, ?2, ?3, ?4, ?5)
+         FROM requests WHERE site = ?6 AND status IN (?1, ?2, ?3, ?4, ?5)
          ORDER BY id",
     )?;
     let rows = stmt
@@ -465,7 +478,8 @@ pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
                 Status::WaitingForQuota,
                 Status::Deferred,
                 Status::Invalidating,
-                Status::Invalidated
+                Status::Invalidated,
+                site
             ],
             |r| {
                 Ok(Pending {
@@ -483,25 +497,36 @@ pub fn pending(conn: &Connection) -> Result<Vec<Pending>, StoreError> {
     Ok(rows)
 }
 
-/// Deferred requests whose period has passed, oldest first.
-pub fn deferred_before(conn: &Connection, period: &str) -> Result<Vec<i64>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT id FROM requests WHERE status = ?1 AND period < ?2 ORDER BY id")?;
+/// The site's deferred requests whose period has passed, oldest first.
+pub fn deferred_before(
+    conn: &Connection,
+    site: &str,
+    period: &str,
+) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id FROM requests WHERE site = ?3 AND status = ?1 AND period < ?2 ORDER BY id",
+    )?;
     let ids = stmt
-        .query_map(params![Status::Deferred, period], |r| r.get(0))?
+        .query_map(params![Status::Deferred, period, site], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<i64>>>()?;
     Ok(ids)
 }
 
-pub fn history(conn: &Connection, limit: u32) -> Result<Vec<HistoryRow>, StoreError> {
+/// The newest `limit` requests, of one site or (`None`) of all.
+pub fn history(
+    conn: &Connection,
+    site: Option<&str>,
+    limit: u32,
+) -> Result<Vec<HistoryRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, marker, origin, status, detected_at, finished_at, invalidation_id, period,
-                caller_reference, detail, path_count, paths
-         FROM requests ORDER BY id DESC LIMIT ?1",
+                caller_reference, detail, path_count, paths, site
+         FROM requests WHERE ?2 IS NULL OR site = ?2 ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt
-        .query_map([limit], |r| {
+        .query_map(params![limit, site], |r| {
             Ok(HistoryRow {
+                site: r.get(12)?,
                 id: r.get(0)?,
                 marker: r.get(1)?,
                 origin: r.get(2)?,
@@ -637,7 +662,15 @@ mod tests {
             mtime_ns: 1,
             prior: None,
         };
-        let id = insert(&mut c, Source::Watch, Some(&m), &["/*".into()], "seen").expect("insert");
+        let id = insert(
+            &mut c,
+            "default",
+            Source::Watch,
+            Some(&m),
+            &["/*".into()],
+            "seen",
+        )
+        .expect("insert");
         assert!(merge_marker(&mut c, id, &m).expect("merge"));
         let (generation, markers) = markers::of_request(&c, id).expect("markers");
         assert_eq!((generation, markers.len()), (1, 1));

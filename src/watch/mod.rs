@@ -91,6 +91,39 @@ pub struct Lost {
     pub unwatched: AtomicUsize,
 }
 
+/// The watchers of every running site, for the heartbeat and the metrics.
+#[derive(Clone, Default)]
+pub struct Watchers(Arc<std::sync::Mutex<Vec<Arc<Lost>>>>);
+
+/// The watchers' counts, summed over the sites.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchTotals {
+    pub watched: u64,
+    pub unwatched: u64,
+    pub lost: u64,
+}
+
+impl Watchers {
+    pub fn of(list: Vec<Arc<Lost>>) -> Watchers {
+        Watchers(Arc::new(std::sync::Mutex::new(list)))
+    }
+
+    /// The running sites changed (a reload).
+    pub fn set(&self, list: Vec<Arc<Lost>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    pub fn totals(&self) -> WatchTotals {
+        let list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .fold(WatchTotals::default(), |t, l| WatchTotals {
+                watched: t.watched + l.watched.load(Ordering::Relaxed) as u64,
+                unwatched: t.unwatched + l.unwatched.load(Ordering::Relaxed) as u64,
+                lost: t.lost + l.count.load(Ordering::Relaxed),
+            })
+    }
+}
+
 impl Lost {
     fn raise(&self) {
         self.flag.store(true, Ordering::SeqCst);

@@ -500,3 +500,65 @@ async fn old_requests_and_changes_are_pruned_and_recent_ones_kept() {
     assert_eq!(count("SELECT count(*) FROM quota"), 0);
     assert_eq!(count("PRAGMA auto_vacuum"), 2, "incremental");
 }
+
+/// During an upload, a changed file that S3 still holds from before the local write costs no
+/// HeadObject: the listing's LastModified already says the object is the previous upload
+/// (bench: with the marker uploaded first, the sweep HEADed every file not uploaded yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_not_uploaded_yet_cost_no_head_object() {
+    let site = Site::new().await;
+    let files: Vec<String> = (0..20).map(|i| format!("p/{i:02}.html")).collect();
+    for f in &files {
+        site.write(f, b"<p>old</p>");
+        site.upload(f).await;
+    }
+    // S3 keeps whole seconds and the check allows 1 s of clock skew: the new bytes must be
+    // written two clock seconds after the old upload to be told apart by time.
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let uploaded = secs();
+    crate::common::poll(
+        "two clock seconds past the old upload",
+        std::time::Duration::from_secs(5),
+        || async { (secs() >= uploaded + 2).then_some(()) },
+    )
+    .await;
+    let daemon = Daemon::start(changed_config(&site, true, ""))
+        .await
+        .expect("start");
+    // Same size, other bytes: only the ETag (and the time) tells the upload apart.
+    for f in &files {
+        site.write(f, b"<p>new</p>");
+    }
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    let id = site.noted("changes not in S3 yet").await;
+    let calls = site.origin_calls();
+    let headed: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            calls
+                .get(&format!("HeadObject {f}"))
+                .is_some_and(|n| *n > 0)
+        })
+        .collect();
+    assert!(headed.is_empty(), "HeadObject for {headed:?}");
+    for f in &files {
+        site.upload(f).await;
+    }
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(rows[0].id, id);
+    assert!(
+        site.events(id).iter().any(|e| e
+            .2
+            .as_deref()
+            .is_some_and(|d| d.contains("and 20 change(s)"))),
+        "every change verified: {:?}",
+        site.events(id)
+    );
+}

@@ -318,7 +318,7 @@ async fn run_tells_systemd_ready_once_watching_and_pings_the_watchdog() {
     let conn = rusqlite::Connection::open(&site.db).expect("db");
     let started: i64 = conn
         .query_row(
-            "SELECT count(*) FROM meta WHERE key = 'first_started'",
+            "SELECT count(*) FROM meta WHERE key = 'first_started:default'",
             [],
             |r| r.get(0),
         )
@@ -370,7 +370,7 @@ async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
     let rows = loop {
         let rows = rusqlite::Connection::open(&db)
             .ok()
-            .and_then(|c| purgewatch::store::requests::history(&c, 10).ok())
+            .and_then(|c| purgewatch::store::requests::history(&c, None, 10).ok())
             .unwrap_or_default();
         if rows.len() == 1 && rows[0].status == "completed" {
             break rows;

@@ -493,7 +493,7 @@ async fn a_full_disk_is_a_clear_exit_not_corruption_and_nothing_is_lost() {
     loop {
         let rows = rusqlite::Connection::open(&db)
             .ok()
-            .and_then(|c| purgewatch::store::requests::history(&c, 10).ok())
+            .and_then(|c| purgewatch::store::requests::history(&c, None, 10).ok())
             .unwrap_or_default();
         if rows.len() == 1 && rows[0].status == "completed" {
             assert_eq!(rows[0].marker, "news/.purge");

@@ -170,7 +170,7 @@ async fn the_shipped_iam_policy_allows_a_whole_purge_and_denies_origin_writes() 
         let db = db.clone();
         async move {
             let conn = rusqlite::Connection::open(&db).ok()?;
-            let rows = purgewatch::store::requests::history(&conn, 10).ok()?;
+            let rows = purgewatch::store::requests::history(&conn, None, 10).ok()?;
             (rows.len() == 1 && rows[0].status == status).then_some(rows)
         }
     };

@@ -59,11 +59,17 @@ async fn a_scrape_shows_one_completed_one_over_quota_and_the_calls_behind_them()
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     assert_eq!(
-        must(&page, r#"purgewatch_requests_total{status="completed"}"#),
+        must(
+            &page,
+            r#"purgewatch_requests_total{status="completed",site="default"}"#
+        ),
         0.0
     );
     assert_eq!(
-        must(&page, r#"purgewatch_requests_in_progress{stage="origin"}"#),
+        must(
+            &page,
+            r#"purgewatch_requests_in_progress{stage="origin",site="default"}"#
+        ),
         0.0
     );
     assert!(
@@ -88,26 +94,36 @@ async fn a_scrape_shows_one_completed_one_over_quota_and_the_calls_behind_them()
 
     let (_, page) = get(port, "/metrics", "*/*").await;
     assert_eq!(
-        must(&page, r#"purgewatch_requests_total{status="completed"}"#),
-        1.0
-    );
-    assert_eq!(
-        must(&page, r#"purgewatch_requests_total{status="invalidated"}"#),
+        must(
+            &page,
+            r#"purgewatch_requests_total{status="completed",site="default"}"#
+        ),
         1.0
     );
     assert_eq!(
         must(
             &page,
-            r#"purgewatch_requests_total{status="quota_exhausted"}"#
+            r#"purgewatch_requests_total{status="invalidated",site="default"}"#
         ),
         1.0
     );
     assert_eq!(
-        must(&page, r#"purgewatch_requests_total{status="failed"}"#),
+        must(
+            &page,
+            r#"purgewatch_requests_total{status="quota_exhausted",site="default"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        must(
+            &page,
+            r#"purgewatch_requests_total{status="failed",site="default"}"#
+        ),
         0.0
     );
     for stage in ["origin", "quota", "cloudfront"] {
-        let series = format!(r#"purgewatch_requests_in_progress{{stage="{stage}"}}"#);
+        let series =
+            format!(r#"purgewatch_requests_in_progress{{stage="{stage}",site="default"}}"#);
         assert_eq!(must(&page, &series), 0.0, "{series}");
     }
     assert_eq!(must(&page, "purgewatch_invalidations_total"), 1.0);
@@ -125,10 +141,16 @@ async fn a_scrape_shows_one_completed_one_over_quota_and_the_calls_behind_them()
         (1.0..60.0).contains(&took),
         "the upload came 1.2 s after the write: {took}"
     );
-    assert_eq!(must(&page, "purgewatch_quota_used"), 1.0);
-    assert_eq!(must(&page, "purgewatch_quota_max"), 1.0);
+    assert_eq!(
+        must(&page, r#"purgewatch_quota_used{quota="default"}"#),
+        1.0
+    );
+    assert_eq!(must(&page, r#"purgewatch_quota_max{quota="default"}"#), 1.0);
     let now = chrono::Utc::now().timestamp() as f64;
-    let end = must(&page, "purgewatch_quota_period_end_timestamp_seconds");
+    let end = must(
+        &page,
+        r#"purgewatch_quota_period_end_timestamp_seconds{quota="default"}"#,
+    );
     assert!(
         end > now && end <= now + 86_400.0,
         "the end of today: {end}"

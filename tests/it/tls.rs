@@ -114,9 +114,12 @@ fn https_works_with_a_trusted_ca_and_is_refused_with_an_unknown_one() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "purge over HTTPS: {text}");
-    let rows =
-        purgewatch::store::requests::history(&rusqlite::Connection::open(&db).expect("db"), 10)
-            .expect("history");
+    let rows = purgewatch::store::requests::history(
+        &rusqlite::Connection::open(&db).expect("db"),
+        None,
+        10,
+    )
+    .expect("history");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].status, "completed", "{rows:?}");
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();

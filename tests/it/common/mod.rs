@@ -595,7 +595,7 @@ endpoint_url = "{url}"
             return Vec::new();
         }
         let conn = rusqlite_open(&self.db);
-        purgewatch::store::requests::history(&conn, 1000).expect("history")
+        purgewatch::store::requests::history(&conn, None, 1000).expect("history")
     }
 
     /// Event details of one request, oldest first.

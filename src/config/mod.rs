@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod sites;
+pub use sites::{Running, Sites};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
@@ -26,10 +29,15 @@ pub enum ConfigError {
     Syntax { file: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone)]
+/// One site's view of the config file: its own tables, with the file's shared ones
+/// (`[state]`, `[aws]`, `[metrics]`, `[notify]`). A file without `[[site]]` is one site named
+/// `default`; see [`Sites`] for the file with several.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this came from, for messages.
     pub file: PathBuf,
+    /// The site's name (`default` for a single-site file): in history, metrics and alerts.
+    pub site: String,
     pub watch: Watch,
     pub origin: Origin,
     pub quota: Quota,
@@ -76,7 +84,7 @@ impl Notify {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Watch {
     pub root: PathBuf,
     pub marker: String,
@@ -86,7 +94,7 @@ pub struct Watch {
     pub fallback_scan: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
     pub bucket: String,
     /// The bucket's region when it is not `[aws] region` (learned from S3 when unset).
@@ -140,8 +148,13 @@ pub enum WhenExhausted {
     Defer,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Quota {
+    /// The quota's name (`default`, or NAME of `[quotas.NAME]`): sites naming the same quota
+    /// share its count, locally and in the count bucket.
+    pub name: String,
+    /// Before the count object's name (`<key_prefix><period>.txt`): several quotas in one bucket.
+    pub key_prefix: String,
     pub max: u32,
     pub period: Period,
     pub timezone: chrono_tz::Tz,
@@ -151,7 +164,7 @@ pub struct Quota {
     pub when_exhausted: WhenExhausted,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CloudFront {
     pub distribution_id: String,
     pub paths: Paths,
@@ -161,7 +174,7 @@ pub struct CloudFront {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct State {
     pub database: PathBuf,
     /// Requests that ended longer ago than this are deleted, with their events and changes.
@@ -171,7 +184,7 @@ pub struct State {
     pub keep_changes: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Aws {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
@@ -247,6 +260,8 @@ struct RawQuota {
     timezone: String,
     count_bucket: Option<String>,
     count_bucket_region: Option<String>,
+    #[serde(default)]
+    key_prefix: String,
     #[serde(default = "default_when_exhausted")]
     when_exhausted: WhenExhausted,
 }
@@ -381,49 +396,35 @@ impl Config {
         Config::parse(file, &text)
     }
 
+    /// A single-site file (no `[[site]]`): the site `default`.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| deserialize_error(file, Some(text), e, &|k| k.to_owned()))?;
+        Config::build(file, raw, "default", "default", &|k| k.to_owned(), true)
+    }
+
+    /// Validates one site's tables. `name_key` turns a key of the single-site layout
+    /// (`origin.bucket`) into the one the operator wrote (`site[1].origin.bucket`).
+    fn build(
+        file: &Path,
+        raw: RawConfig,
+        site: &str,
+        quota_name: &str,
+        name_key: &dyn Fn(&str) -> String,
+        root_must_exist: bool,
+    ) -> Result<Config, ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             file: file.to_owned(),
-            key: key.to_owned(),
+            key: name_key(key),
             message,
         };
-        let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().to_owned();
-            // A missing field is reported at its parent: name the full key instead.
-            if let Some(field) = message
-                .strip_prefix("missing field `")
-                .and_then(|m| m.strip_suffix('`'))
-            {
-                let full = if key == "." {
-                    field.to_owned()
-                } else {
-                    format!("{key}.{field}")
-                };
-                return invalid(&full, "required key is missing".into());
-            }
-            if key == "." {
-                let at = inner
-                    .span()
-                    .map(|s| {
-                        let line = text[..s.start].matches('\n').count() + 1;
-                        format!(" (line {line})")
-                    })
-                    .unwrap_or_default();
-                ConfigError::Syntax {
-                    file: file.to_owned(),
-                    message: format!("{}{at}", message.trim()),
-                }
-            } else {
-                invalid(&key, message.trim().to_owned())
-            }
-        })?;
 
         let w = raw.watch;
         match std::fs::metadata(&w.root) {
             Ok(m) if m.is_dir() => {}
+            // One site of several: reported and tried again while the others run.
+            Err(e) if !root_must_exist && e.kind() == std::io::ErrorKind::NotFound => {}
             Ok(_) => {
                 return Err(invalid(
                     "watch.root",
@@ -594,8 +595,15 @@ impl Config {
             }
         }
 
+        if q.key_prefix.starts_with('/') {
+            return Err(invalid(
+                "quota.key_prefix",
+                "an S3 key prefix does not start with '/'".into(),
+            ));
+        }
         Ok(Config {
             file: file.to_owned(),
+            site: site.to_owned(),
             watch: Watch {
                 root: w.root,
                 marker: w.marker,
@@ -611,6 +619,8 @@ impl Config {
                 changes_check: o.changes_check,
             },
             quota: Quota {
+                name: quota_name.to_owned(),
+                key_prefix: q.key_prefix,
                 max: q.max,
                 period: q.period,
                 timezone,
@@ -636,6 +646,51 @@ impl Config {
             metrics,
             notify,
         })
+    }
+}
+
+/// A serde error as the key it is about (`quota.max`), or a syntax error with its line.
+fn deserialize_error(
+    file: &Path,
+    text: Option<&str>,
+    e: serde_path_to_error::Error<toml::de::Error>,
+    name_key: &dyn Fn(&str) -> String,
+) -> ConfigError {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        file: file.to_owned(),
+        key: name_key(key),
+        message,
+    };
+    let key = e.path().to_string();
+    let inner = e.into_inner();
+    let message = inner.message().to_owned();
+    // A missing field is reported at its parent: name the full key instead.
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        let full = if key == "." {
+            field.to_owned()
+        } else {
+            format!("{key}.{field}")
+        };
+        return invalid(&full, "required key is missing".into());
+    }
+    if key == "." {
+        let at = inner
+            .span()
+            .zip(text)
+            .map(|(s, text)| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError::Syntax {
+            file: file.to_owned(),
+            message: format!("{}{at}", message.trim()),
+        }
+    } else {
+        invalid(&key, message.trim().to_owned())
     }
 }
 
@@ -734,7 +789,7 @@ distribution_id = "E2EXAMPLE"
 
     #[test]
     fn the_packaged_config_fails_until_filled_in() {
-        let text = include_str!("../packaging/purgewatch.toml").replace("/var/www/html", "/tmp");
+        let text = include_str!("../../packaging/purgewatch.toml").replace("/var/www/html", "/tmp");
         let s = parse(&text).unwrap_err().to_string();
         assert!(
             s.contains("key `origin.bucket`") && s.contains("is empty"),
