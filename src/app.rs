@@ -68,6 +68,7 @@ impl Daemon {
             store,
             clients,
             knobs,
+            changed: Arc::new(tokio::sync::Notify::new()),
         };
         let mut runs = Vec::new();
         let mut waiting = Vec::new();
@@ -164,11 +165,9 @@ impl Daemon {
 }
 
 /// Awaits every future, in order (the sites' start-ups, concurrently).
-async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
@@ -188,6 +187,8 @@ struct SiteEnv {
     store: Store,
     clients: Clients,
     knobs: Knobs,
+    /// Signalled when a site's state moved (requests, folders): the heartbeat writes then.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// One site, running: its watcher, intake, pipeline and requests (an [`App`]).
@@ -244,6 +245,7 @@ impl SiteRun {
                 pipeline,
                 store: env.store.clone(),
                 tasks: JoinSet::new(),
+                changed: env.changed.clone(),
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), reachable).await;
             app.resume().await?;
@@ -323,6 +325,7 @@ async fn supervise(
         sv.env.store.clone(),
         watchers.clone(),
         clock.clone(),
+        sv.env.changed.clone(),
         token.clone(),
     ));
     if let Some(listener) = metrics {
@@ -342,7 +345,8 @@ async fn supervise(
             token.clone(),
         ));
     }
-    let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + ROOT_RETRY, ROOT_RETRY);
+    let every = sv.env.knobs.root_retry.unwrap_or(ROOT_RETRY);
+    let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
@@ -495,6 +499,8 @@ struct App {
     store: Store,
     intake: Intake,
     tasks: JoinSet<(i64, Result<(), Halt>)>,
+    /// See [`SiteEnv::changed`].
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -537,6 +543,7 @@ impl App {
                         }
                     }
                     Some(WatchEvent::Appeared { markers, files }) => {
+                        self.changed.notify_one();
                         match self.intake.appeared(markers, files).await {
                             Ok(new) => self.spawn(new),
                             Err(e) => break Err(e.into()),
@@ -555,6 +562,7 @@ impl App {
                     None => break Err(AppError::Other("the watcher stopped".into())),
                 },
                 _ = lost.wake.notified() => {
+                    self.changed.notify_one();
                     if lost.take() {
                         if self.cfg.tracks_changes() {
                             let why = "file events were lost (kernel queue or channel full)".into();
@@ -598,6 +606,7 @@ impl App {
         &mut self,
         done: Result<(i64, Result<(), Halt>), tokio::task::JoinError>,
     ) -> Result<(), AppError> {
+        self.changed.notify_one();
         match done {
             Ok((id, Err(Halt::Store(e)))) => {
                 warn!(request = id, error = %e, "database failed");
@@ -613,6 +622,7 @@ impl App {
     /// Runs requests just stored, each as a task of its own.
     fn spawn(&mut self, new: impl IntoIterator<Item = NewRequest>) {
         for r in new {
+            self.changed.notify_one();
             let p = self.pipeline.clone();
             let span = info_span!("request", id = r.id, marker = %r.rel);
             let id = r.id;

@@ -12,6 +12,8 @@ pub struct Knobs {
     /// Behave as if the kernel refused every inotify watch past this many (ENOSPC), so the
     /// fallback scan can be tested without lowering the machine-wide limit under other tests.
     pub max_watches: Option<usize>,
+    /// How often a site whose root is missing is tried again (30 s by default).
+    pub root_retry: Option<std::time::Duration>,
 }
 
 impl Knobs {

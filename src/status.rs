@@ -16,8 +16,8 @@ use crate::quota;
 use crate::store::{counters, requests, ts, HistoryRow, Status, Store, StoreError};
 use crate::watch::Watchers;
 
-/// How often the heartbeat is written; three missed beats mean the daemon is not running.
-pub const BEAT: Duration = Duration::from_secs(10);
+/// Changes closer together than this are written as one beat.
+const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// The daemon's own account of itself, kept in `meta` under `daemon`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,13 +54,17 @@ fn read(conn: &Connection) -> Result<Option<Beat>, StoreError> {
     Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
-/// Writes the heartbeat and `STATUS=` every [`BEAT`] until `token` is cancelled, then a last
-/// beat that says the daemon stopped cleanly.
+/// Writes the heartbeat and `STATUS=` at start, after each change the sites signal on
+/// `changed` (a request stored or ended, folders appeared, events lost; changes within a second
+/// are one write), and a last beat that says the daemon stopped cleanly once `token` is
+/// cancelled. Nothing changes, nothing is written: an idle daemon never wakes for it
+/// (BENCHMARKS.md, idle). `purgewatch status` tells a running daemon by its pid.
 pub async fn beat(
     sites: Running,
     store: Store,
     watchers: Watchers,
     clock: Clock,
+    changed: Arc<tokio::sync::Notify>,
     token: CancellationToken,
 ) {
     let since = ts(Utc::now());
@@ -93,7 +97,11 @@ pub async fn beat(
             Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(BEAT) => {}
+            _ = changed.notified() => {}
+            _ = token.cancelled() => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DEBOUNCE) => {}
             _ = token.cancelled() => break,
         }
     }
@@ -224,6 +232,22 @@ impl Report {
     }
 }
 
+/// Whether process `pid` is a purgewatch: its `comm`, or where /proc hides other users'
+/// processes (hidepid), whether it exists at all.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim_end().starts_with("purgewatch"),
+        Err(_) => {
+            let Ok(pid) = i32::try_from(pid) else {
+                return false;
+            };
+            // SAFETY: signal 0 only asks whether the process exists.
+            let r = unsafe { libc::kill(pid, 0) };
+            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        }
+    }
+}
+
 /// Reads the report from the database, for the selected sites (never empty).
 pub fn report(
     conn: &Connection,
@@ -231,15 +255,9 @@ pub fn report(
     now: DateTime<Utc>,
 ) -> Result<Report, StoreError> {
     let beat = read(conn)?;
-    let fresh = |b: &Beat| {
-        DateTime::parse_from_rfc3339(&b.at)
-            .map(|t| {
-                now.signed_duration_since(t)
-                    < chrono::Duration::from_std(BEAT * 3).unwrap_or_default()
-            })
-            .unwrap_or(false)
-    };
-    let running = beat.as_ref().is_some_and(|b| !b.stopped && fresh(b));
+    // Not stopped cleanly and its process still there: running (a killed daemon's last beat
+    // says running, its pid says otherwise).
+    let running = beat.as_ref().is_some_and(|b| !b.stopped && alive(b.pid));
     let names: Vec<&str> = sites.iter().map(|s| s.site.as_str()).collect();
     let names_json = serde_json::to_string(&names).unwrap_or_default();
     let count = |statuses: &[Status], site: &str| -> Result<u64, StoreError> {

@@ -438,6 +438,57 @@ mod tests {
         assert_eq!(v, MIGRATIONS.len());
     }
 
+    /// A database of the single-site daemon (schema 7) keeps its history, markers, count and
+    /// open changes as the site and quota `default`.
+    #[test]
+    fn a_single_site_database_becomes_the_site_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.db");
+        {
+            let mut c = Connection::open(&path).expect("open");
+            migrate(&mut c, &MIGRATIONS[..7], |_| Ok(())).expect("schema 7");
+            c.execute_batch(
+                "INSERT INTO requests (id, origin, marker, status, detected_at, updated_at, paths)
+                     VALUES (1, 'watch', '.purge', 'completed', 't', 't', '[]');
+                 INSERT INTO markers (rel, md5, size, mtime_ns, seen_at, verified_etag)
+                     VALUES ('.purge', 'm', 1, 2, 't', 'e');
+                 INSERT INTO quota (period, count, updated_at) VALUES ('2026-12-02', 7, 't');
+                 INSERT INTO changes (rel, deleted, first_seen, last_seen)
+                     VALUES ('a.html', 0, 't', 't');
+                 INSERT INTO meta (key, value) VALUES ('first_started', 't');",
+            )
+            .expect("old rows");
+        }
+        let s = Store::open(&path).expect("migrate");
+        let c = s.lock();
+        let site: String = c
+            .query_row("SELECT site FROM requests WHERE id = 1", [], |r| r.get(0))
+            .expect("request");
+        assert_eq!(site, "default");
+        assert_eq!(
+            counters::get(&c, "default", "2026-12-02")
+                .expect("count")
+                .count,
+            7
+        );
+        assert!(markers::known(&c, "default")
+            .expect("known")
+            .contains_key(".purge"));
+        assert!(markers::known(&c, "blog").expect("known").is_empty());
+        assert_eq!(
+            changes::open_paths(&c, "default").expect("open"),
+            ["a.html"]
+        );
+        assert!(
+            !first_start(&c, "default").expect("first"),
+            "started before"
+        );
+        assert!(
+            first_start(&c, "blog").expect("first"),
+            "a new site's first start"
+        );
+    }
+
     // Pruning handed no page back when auto_vacuum was set after the switch to WAL (a new
     // database stayed at NONE), and its vacuum loop spun: the mode must hold for new and old
     // databases alike.

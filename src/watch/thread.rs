@@ -103,6 +103,13 @@ pub fn start(
         path: root.display().to_string(),
         source,
     };
+    // A missing root is the caller's to handle (the site waits for it); the walk would
+    // otherwise find nothing and watch nothing.
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(io_err(std::io::Error::from_raw_os_error(ENOTDIR))),
+        Err(e) => return Err(io_err(e)),
+    }
     let inotify = Inotify::init().map_err(io_err)?;
     let mut w = Watcher {
         fd: inotify.as_raw_fd(),

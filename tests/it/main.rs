@@ -15,5 +15,6 @@ mod metrics;
 mod notify;
 mod ops;
 mod quota;
+mod sites;
 mod strict_emulator;
 mod tls;
