@@ -14,9 +14,10 @@ What it does, in order (every loop is bounded in count and in time; everything o
    paced storm (100k rewrites at 5,000/s, a `.purge` after every 20k), burst (`cp -r`), markers
    seen, stop. CPU is utime+stime from /proc/PID/stat from the storm's start until the watcher
    has been quiet (no CPU tick) for 1.5 s — backlog included.
-4. Latency: markers already in S3, written one at a time, purgewatch with settle 0:
-   close → HeadObject and close → CreateInvalidation as the proxy saw them; the same for the
-   shell peer (`inotifywait | while read; aws s3api head-object; aws cloudfront create-invalidation`).
+4. Latency: markers already in S3 (uploaded just before, within the same second), written one
+   at a time, purgewatch with settle 0: close → HeadObject and close → CreateInvalidation as
+   the proxy saw them; the same for the shell peer (`inotifywait | while read; aws s3api
+   head-object; aws cloudfront create-invalidation`).
 5. Idle: all watchers at once on tree S; voluntary context switches summed over every thread.
 6. Table of medians and ratios (stdout, bench/results/latest.md), JSON, SVG chart.
 
@@ -37,6 +38,7 @@ import hashlib
 from http import client as http_client  # (`http` is this file's helper below)
 import json
 import os
+import queue
 import platform
 import random
 import re
@@ -453,6 +455,22 @@ class Emulator:
         if st != 200:
             raise RuntimeError("cannot upload %s: %s %s" % (rel, st, body[:200]))
 
+    def uploader(self):
+        """Uploads markers on a thread of its own, after their local write, as lsyncd would:
+        a marker's object must be newer than its write (issue 12), so it cannot go up first."""
+        q = queue.Queue()
+
+        def run():
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                self.put_marker(*item)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return q, t
+
     def stop(self):
         for p in self.procs:
             stop_proc(p)
@@ -816,9 +834,10 @@ def write_marker(path, content, rename):
         os.close(fd)
 
 
-def paced_storm(files, markers, rate, sampler, limit):
+def paced_storm(files, markers, rate, sampler, limit, written=None):
     """Rewrites `files` at `rate` per second; markers[k] = (path, content, rename) is written
-    after the k-th rewrite. Returns (seconds, achieved rate)."""
+    after the k-th rewrite, then handed to `written` (the uploader). Returns (seconds, achieved
+    rate)."""
     n = len(files)
     step = max(1, rate // 200)  # a batch every 5 ms
     period = step / rate
@@ -835,6 +854,8 @@ def paced_storm(files, markers, rate, sampler, limit):
             m = markers.get(j + 1)
             if m:
                 write_marker(*m)
+                if written:
+                    written(m[0], m[1])
         i = end
         sampler.tick()
         due += period
@@ -867,11 +888,12 @@ def watcher_run(ctx, kind, tree, run):
     burst_dst = "burst-" + tag
     for rel in ctx.burst_markers:
         expected[burst_dst + "/" + rel] = "burst"
-    if kind == "purgewatch":  # the origin already holds them: requests complete, no polling
-        for path, content, _ in storm_markers.values():
-            ctx.emu.put_marker(os.path.relpath(path, tree.root), content)
-        for rel in ctx.burst_markers:
-            ctx.emu.put_marker(burst_dst + "/" + rel, ctx.burst_marker_content)
+    # purgewatch's markers are uploaded right after their write (the uploader thread), so each
+    # request runs the whole pipeline to a completed invalidation; its CPU is in the storm's.
+    uploads, uploader, written = None, None, None
+    if kind == "purgewatch":
+        uploads, uploader = ctx.emu.uploader()
+        written = lambda path, content: uploads.put((os.path.relpath(path, tree.root), content))
     w = start(ctx, kind, tag, tree.root)
     try:
         res["setup_s"] = w.setup_s()
@@ -885,7 +907,8 @@ def watcher_run(ctx, kind, tree, run):
         c0, k0 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
         th0 = thread_stats(w.pid)
         dt, rate = paced_storm(ctx.storm_files[tree.name], storm_markers, ctx.storm_rate,
-                               sampler, limit=ctx.storm_writes / ctx.storm_rate * 3 + 30)
+                               sampler, limit=ctx.storm_writes / ctx.storm_rate * 3 + 30,
+                               written=written)
         quiet = wait_quiet(w, sampler, limit=ctx.quiet_limit)
         if not w.alive():
             raise RuntimeError("%s died in the storm:\n%s" % (kind, w.stderr_tail()))
@@ -913,6 +936,9 @@ def watcher_run(ctx, kind, tree, run):
         subprocess.run(["cp", "-r", ctx.burst_src, os.path.join(tree.root, burst_dst)],
                        check=True, timeout=120)
         res["burst_cp_s"] = time.monotonic() - t
+        if uploads:
+            for rel in ctx.burst_markers:
+                uploads.put((burst_dst + "/" + rel, ctx.burst_marker_content))
         res["burst_quiet"] = wait_quiet(w, sampler, limit=ctx.quiet_limit)
         c1, k1 = cpu_ns(w.pid), cpu_ticks(w.pid)[1]
         res["burst_cpu_s"] = (c1 - c0) / 1e9
@@ -926,6 +952,9 @@ def watcher_run(ctx, kind, tree, run):
         res["missed_burst"] = sum(1 for r in missed if expected[r] == "burst")
         res["missed"] = missed
     finally:
+        if uploads:
+            uploads.put(None)
+            uploader.join(timeout=30)
         w.stop()
         for path, _, _ in storm_markers.values():
             for p in (path, os.path.join(os.path.dirname(path), ".purge.bench-tmp")):
@@ -1022,17 +1051,38 @@ def proxy_calibration(ctx, n):
     return delays
 
 
+def request_state(db, rel):
+    """The marker's request as the daemon's history has it: why a sample was lost."""
+    try:
+        c = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=2)
+        row = c.execute("SELECT r.id, r.status, (SELECT detail FROM events e WHERE "
+                        "e.request_id = r.id ORDER BY e.id DESC LIMIT 1) FROM requests r "
+                        "WHERE r.marker = ? ORDER BY r.id DESC LIMIT 1", (rel,)).fetchone()
+        c.close()
+    except sqlite3.Error as e:
+        return "%s: database unreadable (%s)" % (rel, e)
+    if row is None:
+        return "%s: no request" % rel
+    return "%s: request %d %s: %s" % (rel, row[0], row[1], row[2])
+
+
 def marker_latency(ctx, tree, samples, gap):
     """purgewatch (settle 0): marker close → HeadObject and → CreateInvalidation received."""
     w = start_purgewatch(ctx, "%s-lat" % tree.name, tree.root)
     plog = ProxyLog(ctx.emu.proxy_log)
     plog.new()
-    heads, invs, emus, timelines, lost = [], [], [], [], 0
+    heads, invs, emus, timelines, lost, why = [], [], [], [], 0, []
     leaves = tree.pick_leaves(samples, 4242)
     try:
         for i, leaf in enumerate(leaves):
             rel = leaf + "/.purge"
             content = ("bench latency %d %d\n" % (i, time.time_ns())).encode()
+            # Uploaded `gap` before the write, so the first HeadObject finds it; both within one
+            # whole second, since S3's LastModified has whole seconds and the daemon takes an
+            # object last modified over 1 s before the write for an older upload (issue 12).
+            frac = time.time() % 1
+            if frac + gap > 0.9:
+                time.sleep(1.02 - frac)
             ctx.emu.put_marker(rel, content)
             time.sleep(gap)
             path = os.path.join(tree.root, rel)
@@ -1043,13 +1093,21 @@ def marker_latency(ctx, tree, samples, gap):
             head, inv, emu, steps = wait_requests(plog, t0, rel, True, 10)
             if head is None or inv is None:
                 lost += 1
+                why.append(request_state(w.db, rel))
                 continue
             heads.append((head - t0) / 1e6)
             invs.append((inv - t0) / 1e6)
             emus.append(emu / 1e6)
             timelines.append([(m, round(t / 1e6, 3)) for m, t in steps])
         res = {"samples": len(leaves), "lost": lost, "head_ms": heads, "invalidation_ms": invs,
-               "emulator_ms": emus, "timelines": timelines, "alive": w.alive()}
+               "emulator_ms": emus, "timelines": timelines, "alive": w.alive(),
+               "lost_why": why}
+        for state in why:
+            log("  latency: lost %s" % state)
+        if why:
+            log("  latency: the daemon's last lines:\n" + w.stderr_tail(40))
+            with open("/tmp/pw-lat-stderr.log", "w") as f:
+                f.write(w.stderr_tail(100000))
     finally:
         w.stop()
         for leaf in leaves:

@@ -514,7 +514,7 @@ impl App {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
-        let watchdog = sd_notify::watchdog_enabled();
+        let watchdog = crate::systemd::watchdog();
         let every = watchdog.map_or(Duration::from_secs(86_400), |d| d / 2);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut flush_at: Option<tokio::time::Instant> = None;
@@ -532,7 +532,7 @@ impl App {
                     if let Err(e) = self.intake.flush_changes().await { break Err(e.into()) }
                 }
                 _ = ping.tick(), if watchdog.is_some() => {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    crate::systemd::hint("WATCHDOG=1\n");
                 }
                 _ = token.cancelled() => break Ok(()),
                 ev = rx.recv() => match ev {

@@ -28,9 +28,7 @@ pub async fn run(sites: Sites, knobs: crate::knobs::Knobs) -> anyhow::Result<boo
     let mut daemon = Daemon::start_sites(sites.clone(), knobs.clone()).await?;
     let mut sites = sites;
     // Every watch is set and the catch-up scan is done: tell systemd (Type=notify) we are up.
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
+    crate::systemd::tell("READY=1\n").await;
     loop {
         let token = daemon.token();
         tokio::select! {
@@ -42,7 +40,7 @@ pub async fn run(sites: Sites, knobs: crate::knobs::Knobs) -> anyhow::Result<boo
             }
             _ = hup.recv() => {
                 let Some(new) = reload(&sites) else { continue };
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                crate::systemd::tell("RELOADING=1\n").await;
                 if shared_tables(&new) == shared_tables(&sites) {
                     // Only sites changed: the others are not touched.
                     for line in daemon.reload(new.clone()).await? {
@@ -54,7 +52,7 @@ pub async fn run(sites: Sites, knobs: crate::knobs::Knobs) -> anyhow::Result<boo
                 }
                 sites = new;
                 tracing::info!(config = %sites.file.display(), "reloaded");
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                crate::systemd::tell("READY=1\n").await;
             }
             // The daemon ended by itself (a fatal error): say why.
             r = daemon.wait_ref() => {

@@ -92,7 +92,7 @@ pub async fn beat(
             .await
         {
             Ok(status) => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+                crate::systemd::hint(&format!("STATUS={status}\n"));
             }
             Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
         }

@@ -326,6 +326,39 @@ async fn run_tells_systemd_ready_once_watching_and_pings_the_watchdog() {
     assert_eq!(started, 1);
 }
 
+/// A service manager that never reads the notify socket (its queue full: 10 datagrams by
+/// default, net.unix.max_dgram_qlen) must not stall the daemon: READY, STATUS and the watchdog
+/// pings are sent without blocking. Seen failing: the daemon's one thread blocked in send(2)
+/// and no marker was ever handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_nobody_reads_never_stalls_the_daemon() {
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::new().await;
+    let file = site.config_file(&site.toml("", "", ""));
+    let socket_path = site.dir.path().join("notify.sock");
+    let _socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    // Fill its queue, as a reader that stopped reading would leave it.
+    let filler = UnixDatagram::unbound().expect("socket");
+    filler.set_nonblocking(true).expect("nonblocking");
+    let mut queued = 0;
+    while filler.send_to(b"X=1", &socket_path).is_ok() {
+        queued += 1;
+        assert!(queued < 100_000, "the queue never filled");
+    }
+    let mut cmd = daemon_command(&file);
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000"); // a ping every 0.1 s, each into the full queue
+    let _daemon = spawn_watching(cmd);
+    // Markers one after another, each uploaded after its write: every one is purged.
+    for n in 1..=3 {
+        let rel = format!("d{n}/.purge");
+        site.write(&rel, format!("deploy {n}\n").as_bytes());
+        site.upload(&rel).await;
+        site.settled(n, &["completed"]).await;
+    }
+    assert_eq!(site.invalidations().await.len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_folder_is_skipped_and_the_rest_is_served() {
     use std::os::unix::fs::PermissionsExt;
