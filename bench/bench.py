@@ -1106,8 +1106,6 @@ def marker_latency(ctx, tree, samples, gap):
             log("  latency: lost %s" % state)
         if why:
             log("  latency: the daemon's last lines:\n" + w.stderr_tail(40))
-            with open("/tmp/pw-lat-stderr.log", "w") as f:
-                f.write(w.stderr_tail(100000))
     finally:
         w.stop()
         for leaf in leaves:
