@@ -101,7 +101,8 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // pad, not write_str: `history` formats it into a column.
+        f.pad(self.as_str())
     }
 }
 
@@ -649,6 +650,12 @@ pub fn paths_since(conn: &Connection, since: &str) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `purgewatch history` pads the status to a column: the width must be honoured.
+    #[test]
+    fn a_status_fills_its_column() {
+        assert_eq!(format!("{:<12}|", Status::Completed), "completed   |");
+    }
 
     #[test]
     fn a_merge_after_verification_starts_a_new_request() {
