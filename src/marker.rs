@@ -102,6 +102,48 @@ fn stream(mut f: impl Read, mut eat: impl FnMut(&[u8])) -> std::io::Result<u64> 
 /// Hashes a marker file streaming and reads its size and mtime: the MD5, CRC32 and CRC64NVME
 /// in one read (the CRCs run at memory speed; S3 reports one of the two for most uploads).
 pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    let (size, mtime_ns, raw) = hash_raw(path)?;
+    Ok(MarkerSeen {
+        rel,
+        sums: raw.sums(),
+        size,
+        mtime_ns,
+        prior: None,
+    })
+}
+
+/// The same sums as bytes, 28 of them: what a change set keeps per file (strings would
+/// take ~100 bytes of heap per file at deploy scale).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawSums {
+    pub md5: [u8; 16],
+    pub crc32: u32,
+    pub crc64nvme: u64,
+}
+
+impl RawSums {
+    /// As S3 reports them: MD5 in hex, the CRCs base64 of their big-endian bytes.
+    pub fn sums(&self) -> Sums {
+        Sums {
+            md5: self.md5.iter().map(|b| format!("{b:02x}")).collect(),
+            crc32: b64(&self.crc32.to_be_bytes()),
+            crc64nvme: b64(&self.crc64nvme.to_be_bytes()),
+        }
+    }
+
+    /// Whether `etag` (lower-case hex, unquoted) is this MD5, without formatting it.
+    pub fn md5_is(&self, etag: &str) -> bool {
+        let e = etag.as_bytes();
+        e.len() == 32
+            && self.md5.iter().enumerate().all(|(i, b)| {
+                let hex = |n: u8| b"0123456789abcdef"[n as usize];
+                e[2 * i] == hex(b >> 4) && e[2 * i + 1] == hex(b & 15)
+            })
+    }
+}
+
+/// Hashes a file streaming: (size, mtime in ns, sums), as [`hash_file`].
+pub fn hash_raw(path: &Path) -> std::io::Result<(u64, i64, RawSums)> {
     let (f, meta) = open_regular(path)?;
     let mut md5 = Md5::new();
     let mut crc32 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
@@ -111,18 +153,12 @@ pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
         crc32.update(b);
         crc64.update(b);
     })?;
-    let digest = md5.finalize();
-    Ok(MarkerSeen {
-        rel,
-        sums: Sums {
-            md5: digest.iter().map(|b| format!("{b:02x}")).collect(),
-            crc32: b64(&(crc32.finalize() as u32).to_be_bytes()),
-            crc64nvme: b64(&crc64.finalize().to_be_bytes()),
-        },
-        size,
-        mtime_ns: mtime_ns(&meta),
-        prior: None,
-    })
+    let raw = RawSums {
+        md5: md5.finalize().into(),
+        crc32: crc32.finalize() as u32,
+        crc64nvme: crc64.finalize(),
+    };
+    Ok((size, mtime_ns(&meta), raw))
 }
 
 /// One checksum of a local file, as S3 would report it; `None` when the file cannot be read or
@@ -200,5 +236,25 @@ mod tests {
             c(Algo::Sha256),
             "FeKw08M4keuw8e9gnsQZQgwg4yDOlMZfvIwzEkSOsiU="
         );
+    }
+
+    #[test]
+    fn raw_sums_match_their_hex_md5_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a");
+        std::fs::write(&p, b"hello\n").expect("write");
+        let (size, _, raw) = hash_raw(&p).expect("hash");
+        assert_eq!(size, 6);
+        assert!(raw.md5_is("b1946ac92492d2347c6235b4d2611184"));
+        assert!(!raw.md5_is("b1946ac92492d2347c6235b4d2611185"));
+        assert!(
+            !raw.md5_is("B1946AC92492D2347C6235B4D2611184"),
+            "S3 sends lower case"
+        );
+        assert!(
+            !raw.md5_is("b1946ac92492d2347c6235b4d2611184-2"),
+            "multipart"
+        );
+        assert_eq!(raw.sums(), hash_file(&p, "a".into()).expect("hash").sums);
     }
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::aws::AwsError;
 use crate::config::{Origin as OriginConfig, WaitFor};
 use crate::knobs::crash_point;
-use crate::origin::changes::ChangeSet;
+use crate::origin::changes::{self as change_set, ChangeSet};
 use crate::origin::{Check, EarlyHead, Origin};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, MarkerSeen, ObjectId, Status, Store};
@@ -141,8 +141,10 @@ impl Waiter<'_> {
                             .await?
                     }
                 };
+                let looked = Instant::now();
                 let (checked, progressed) =
                     self.look(id, &markers, &mut early, &mut changes).await?;
+                let took = looked.elapsed();
                 if progressed {
                     // The upload is visibly moving: look again soon.
                     retry.progressed();
@@ -202,7 +204,10 @@ impl Waiter<'_> {
                         .quick(move |c| requests::note(c, &[id], &detail))
                         .await?;
                 }
-                let delay = retry.delay().min(deadline - now);
+                // At most half the time asking S3: the next look waits at least as long as this
+                // one took (a pass over 200,000 changes lists 200 pages; back to back they would
+                // keep a bucket's listing busy for the whole deploy).
+                let delay = retry.delay().max(took).min(deadline - now);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = wake.notified() => continue 'wait,
@@ -271,11 +276,15 @@ impl Waiter<'_> {
                 set
             }
             None => {
-                let (list, _) = self
+                let set = self
                     .store
-                    .quick(move |c| changes::of_request(c, id))
+                    .quick(move |c| {
+                        let mut b = change_set::Builder::new();
+                        changes::each_path_of_request(c, id, |rel| b.push(rel))?;
+                        Ok::<_, crate::store::StoreError>(b.build())
+                    })
                     .await?;
-                changes.insert(ChangeSet::new(list))
+                changes.insert(set)
             }
         };
         let pass = match set

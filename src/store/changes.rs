@@ -77,6 +77,22 @@ pub fn open_paths(conn: &Connection, site: &str) -> Result<Vec<String>, StoreErr
     Ok(rows)
 }
 
+/// A request's changed paths in key order, each once, handed to `each` as the rows are read:
+/// a change set is built without a second copy of the list.
+pub fn each_path_of_request(
+    conn: &Connection,
+    id: i64,
+    mut each: impl FnMut(&str),
+) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT DISTINCT rel FROM changes WHERE request_id = ?1 ORDER BY rel")?;
+    let mut rows = stmt.query([id])?;
+    while let Some(row) = rows.next()? {
+        each(row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?);
+    }
+    Ok(())
+}
+
 /// (path relative to the root, deleted) pairs.
 pub type ChangeList = Vec<(String, bool)>;
 
