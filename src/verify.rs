@@ -19,6 +19,9 @@ use crate::origin::{Check, EarlyHead, Origin};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, MarkerSeen, ObjectId, Status, Store};
 
+/// How long a look may take before the next one waits for its length beyond this.
+const LOOK_FREE: Duration = Duration::from_secs(1);
+
 /// Why S3 does not hold a request's writes yet.
 #[derive(Debug)]
 pub enum NotYet {
@@ -204,10 +207,14 @@ impl Waiter<'_> {
                         .quick(move |c| requests::note(c, &[id], &detail))
                         .await?;
                 }
-                // At most half the time asking S3: the next look waits at least as long as this
-                // one took (a pass over 200,000 changes lists 200 pages; back to back they would
-                // keep a bucket's listing busy for the whole deploy).
-                let delay = retry.delay().max(took).min(deadline - now);
+                // A look that took longer than a second is followed by a pause of its length
+                // beyond that second: a slow S3 or a huge change set (200 pages a pass at
+                // 200,000 changes) is not listed back to back for the whole deploy, while the
+                // quick passes at the end of one still come on the schedule.
+                let delay = retry
+                    .delay()
+                    .max(took.saturating_sub(LOOK_FREE))
+                    .min(deadline - now);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = wake.notified() => continue 'wait,
