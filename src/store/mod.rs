@@ -57,6 +57,9 @@ pub enum StoreError {
 }
 
 /// How long a write waits for another process's write lock (`purgewatch purge`, a sibling).
+/// What the WAL file is cut back to once checkpointed (SQLite's `journal_size_limit`).
+const WAL_LIMIT: i64 = 4 << 20;
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn now_text() -> String {
@@ -240,6 +243,9 @@ impl Store {
             incremental_vacuum(&conn)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // One big transaction (a deploy of 200,000 changes claimed by its request) grows
+            // the WAL to tens of MB; without a limit the file keeps that size for good.
+            conn.pragma_update(None, "journal_size_limit", WAL_LIMIT)?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             migrate(&mut conn, MIGRATIONS, new_instance)?;
             // A read-only file or file system shows here, with the path, not at the first purge.
@@ -513,6 +519,28 @@ mod tests {
         assert_eq!(mode(&old), 0);
         drop(Store::open(&old).expect("open"));
         assert_eq!(mode(&old), 2);
+    }
+
+    // Without the limit the WAL stayed at 20 MB after the checkpoint.
+    #[test]
+    fn the_wal_shrinks_back_after_a_big_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw.db");
+        let s = Store::open(&path).expect("open");
+        let wal = || std::fs::metadata(dir.path().join("pw.db-wal")).map_or(0, |m| m.len());
+        let c = s.lock();
+        c.execute_batch(
+            "CREATE TABLE big (x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO big SELECT randomblob(4000) FROM n;",
+        )
+        .expect("20 MB in one transaction");
+        assert!(wal() > 3 * WAL_LIMIT as u64, "the WAL grew: {}", wal());
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .expect("checkpoint");
+        c.execute_batch("INSERT INTO big VALUES (x'01')")
+            .expect("write");
+        assert!(wal() <= WAL_LIMIT as u64, "the WAL stayed at {}", wal());
     }
 
     /// `Store::quick` with SQLite's write lock held by another process (the CLI, `sqlite3`):
