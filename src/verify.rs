@@ -22,6 +22,12 @@ use crate::store::{changes, markers, requests, MarkerSeen, ObjectId, Status, Sto
 /// How long a look may take before the next one waits for its length beyond this.
 const LOOK_FREE: Duration = Duration::from_secs(1);
 
+/// The wait before the next look: the schedule's, or the last look's length beyond
+/// [`LOOK_FREE`] when that is longer.
+fn pause(scheduled: Duration, took: Duration) -> Duration {
+    scheduled.max(took.saturating_sub(LOOK_FREE))
+}
+
 /// Why S3 does not hold a request's writes yet.
 #[derive(Debug)]
 pub enum NotYet {
@@ -211,10 +217,7 @@ impl Waiter<'_> {
                 // beyond that second: a slow S3 or a huge change set (200 pages a pass at
                 // 200,000 changes) is not listed back to back for the whole deploy, while the
                 // quick passes at the end of one still come on the schedule.
-                let delay = retry
-                    .delay()
-                    .max(took.saturating_sub(LOOK_FREE))
-                    .min(deadline - now);
+                let delay = pause(retry.delay(), took).min(deadline - now);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = wake.notified() => continue 'wait,
@@ -324,4 +327,20 @@ struct Proof {
     by: Vec<String>,
     objects: Vec<(String, ObjectId)>,
     changes: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_look_is_followed_by_a_pause_of_its_length_beyond_a_second() {
+        let ms = Duration::from_millis;
+        // 5,000 changes against moto: 5 pages, ~0.75 s: the schedule's 250 ms stands.
+        assert_eq!(pause(ms(250), ms(750)), ms(250));
+        // 200 pages at 200,000 changes, 5 minutes: 4:59 before the next.
+        assert_eq!(pause(ms(250), ms(300_000)), ms(299_000));
+        // Backing off for nothing moving is not shortened by a quick look.
+        assert_eq!(pause(ms(30_000), ms(10)), ms(30_000));
+    }
 }
