@@ -19,13 +19,14 @@ use crate::origin::{Check, EarlyHead, Origin};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, MarkerSeen, ObjectId, Status, Store};
 
-/// How long a look may take before the next one waits for its length beyond this.
+/// How long a pass may spend on the calls every pass repeats before the next waits for that
+/// time beyond this.
 const LOOK_FREE: Duration = Duration::from_secs(1);
 
-/// The wait before the next look: the schedule's, or the last look's length beyond
-/// [`LOOK_FREE`] when that is longer.
-fn pause(scheduled: Duration, took: Duration) -> Duration {
-    scheduled.max(took.saturating_sub(LOOK_FREE))
+/// The wait before the next look: the schedule's, or the last pass's repeated calls' time
+/// beyond [`LOOK_FREE`] when that is longer.
+fn pause(scheduled: Duration, repeated: Duration) -> Duration {
+    scheduled.max(repeated.saturating_sub(LOOK_FREE))
 }
 
 /// Why S3 does not hold a request's writes yet.
@@ -150,10 +151,8 @@ impl Waiter<'_> {
                             .await?
                     }
                 };
-                let looked = Instant::now();
-                let (checked, progressed) =
+                let (checked, progressed, repeated) =
                     self.look(id, &markers, &mut early, &mut changes).await?;
-                let took = looked.elapsed();
                 if progressed {
                     // The upload is visibly moving: look again soon.
                     retry.progressed();
@@ -213,11 +212,12 @@ impl Waiter<'_> {
                         .quick(move |c| requests::note(c, &[id], &detail))
                         .await?;
                 }
-                // A look that took longer than a second is followed by a pause of its length
-                // beyond that second: a slow S3 or a huge change set (200 pages a pass at
-                // 200,000 changes) is not listed back to back for the whole deploy, while the
-                // quick passes at the end of one still come on the schedule.
-                let delay = pause(retry.delay(), took).min(deadline - now);
+                // A pass whose listings took longer than a second is followed by a pause of
+                // that time beyond the second: a slow S3 or a huge change set (200 pages a pass
+                // at 200,000 changes) is not listed back to back for the whole deploy, while
+                // quick passes keep the schedule. The HeadObjects that settle a change once are
+                // not counted: the next pass does not repeat them.
+                let delay = pause(retry.delay(), repeated).min(deadline - now);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = wake.notified() => continue 'wait,
@@ -235,7 +235,7 @@ impl Waiter<'_> {
         markers: &[MarkerSeen],
         early: &mut Option<EarlyHead>,
         changes: &mut Option<ChangeSet>,
-    ) -> Result<(Result<Proof, NotYet>, bool), Stop> {
+    ) -> Result<(Result<Proof, NotYet>, bool, Duration), Stop> {
         let mut proof = Proof::default();
         let changes_too = self.config.wait_for == WaitFor::Changes;
         // With `wait_for = "changes"` the changes are checked even while a marker is missing
@@ -269,10 +269,10 @@ impl Waiter<'_> {
                 marker_missing = Some(not_yet);
                 break;
             }
-            return Ok((Err(not_yet), false));
+            return Ok((Err(not_yet), false, Duration::ZERO));
         }
         if !changes_too {
-            return Ok((Ok(proof), false));
+            return Ok((Ok(proof), false, Duration::ZERO));
         }
         let set = match changes {
             Some(set) => {
@@ -302,11 +302,11 @@ impl Waiter<'_> {
             .await
         {
             Ok(p) => p,
-            Err(e) => return Ok((Err(NotYet::Aws(e)), false)),
+            Err(e) => return Ok((Err(NotYet::Aws(e)), false, Duration::ZERO)),
         };
-        let progressed = pass.verified > 0;
+        let (progressed, repeated) = (pass.verified > 0, pass.repeated);
         if let Some(not_yet) = marker_missing {
-            return Ok((Err(not_yet), progressed));
+            return Ok((Err(not_yet), progressed, repeated));
         }
         if pass.open > 0 {
             let not_yet = NotYet::Changes {
@@ -314,10 +314,10 @@ impl Waiter<'_> {
                 of: set.len(),
                 first: pass.first,
             };
-            return Ok((Err(not_yet), progressed));
+            return Ok((Err(not_yet), progressed, repeated));
         }
         proof.changes = format!(" and {} change(s)", set.len());
-        Ok((Ok(proof), progressed))
+        Ok((Ok(proof), progressed, repeated))
     }
 }
 
@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn a_long_look_is_followed_by_a_pause_of_its_length_beyond_a_second() {
         let ms = Duration::from_millis;
-        // 5,000 changes against moto: 5 pages, ~0.75 s: the schedule's 250 ms stands.
+        // 5,000 changes against moto: 5 pages, ~0.75 s of listing: the schedule's 250 ms stands.
         assert_eq!(pause(ms(250), ms(750)), ms(250));
         // 200 pages at 200,000 changes, 5 minutes: 4:59 before the next.
         assert_eq!(pause(ms(250), ms(300_000)), ms(299_000));

@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{clean_etag, content, Head, Method, Origin, CLOCK_TOLERANCE_SECS};
 use crate::aws::{self, AwsError};
@@ -73,6 +74,10 @@ pub struct ChangeSet {
 pub struct Pass {
     /// S3 calls made.
     pub calls: u64,
+    /// Time spent in the calls the next pass makes again (the listings; for the `head` plan
+    /// its HeadObjects): what the wait paces itself by. A HeadObject that settles a change
+    /// once is not among them.
+    pub repeated: Duration,
     /// Changes proven in this pass.
     pub verified: usize,
     /// Changes still not in S3, and the first few of them with why.
@@ -239,7 +244,9 @@ impl ChangeSet {
         // Bounded: every page moves `i` past at least one change.
         while let Some(at) = i {
             let key = origin.key(self.rel(at));
+            let asked = Instant::now();
             let (page, last, truncated) = origin.page(&before(&key)).await?;
+            pass.repeated += asked.elapsed();
             pass.calls += 1;
             let mut j = at;
             while j < self.entries.len() {
@@ -272,7 +279,9 @@ impl ChangeSet {
             by_dir.entry(dir.to_owned()).or_default().push(i);
         }
         for (dir, idx) in by_dir {
+            let asked = Instant::now();
             let (listed, calls) = origin.list_folder(&origin.key(&dir)).await?;
+            pass.repeated += asked.elapsed();
             pass.calls += calls;
             for i in idx {
                 let k = origin.key(self.rel(i));
@@ -292,7 +301,9 @@ impl ChangeSet {
         pass: &mut Pass,
     ) -> Result<(), AwsError> {
         for i in 0..self.entries.len() {
+            let asked = Instant::now();
             let h = origin.head(self.rel(i)).await?;
+            pass.repeated += asked.elapsed();
             pass.calls += 1;
             let listed = h.as_ref().map(|h| Listed {
                 size: h.size,
