@@ -2180,7 +2180,7 @@ def changes_table(R):
     for case, info, r, base in rows():
         plan = PLAN_LABEL.get(r["plan"], r["plan"])
         if "skipped" in r:
-            L.append("| %s | %s | TBD | TBD | TBD | %s · TBD | TBD | TBD |" % (
+            L.append("| %s | %s | not run | | | %s · | | |" % (
                 case, plan, fmt_int(info["page_bound_whole_set"])))
             continue
         if "error" in r:
@@ -2206,7 +2206,7 @@ def changes_table(R):
     for case, info, r, base in rows():
         plan = PLAN_LABEL.get(r["plan"], r["plan"])
         if "skipped" in r:
-            L.append("| %s | %s | TBD | TBD | TBD | TBD | TBD | TBD | TBD | TBD | TBD |" % (
+            L.append("| %s | %s | not run | | | | | | | | |" % (
                 case, plan))
             continue
         if "error" in r:
@@ -2260,7 +2260,7 @@ def changes_table(R):
 
 def changes_chart(R, path):
     """Two panels, log scale: S3 check calls per deploy (the page bound dashed) and last upload
-    → CreateInvalidation; per case, one bar per plan (TBD when not measured)."""
+    → CreateInvalidation; per case, one bar per plan ("not run" when not measured)."""
     import math
     cases = list(R["cases"])
     shown = changes_shown(R)
@@ -2340,7 +2340,7 @@ def changes_chart(R, path):
                     out.append('<text x="%.1f" y="%.1f" text-anchor="middle" font-size="11" '
                                'fill="%s">%s</text>' % (bx + bw * 0.45, y0 + ph - 4,
                                                        PLAN_COLORS.get(p, "#777"),
-                                                       "TBD" if v is None else "0"))
+                                                       "not run" if v is None else "0"))
                     continue
                 by = y(v)
                 col = PLAN_COLORS.get(p, "#777")
@@ -2517,7 +2517,7 @@ def changes_main(a):
          "cases": {}, "runs": [], "notes": []}
     if not ctx.changes_check and set(plans) & set(CHANGE_PLANS):
         R["notes"].append("this daemon has no [origin] changes_check: 'folders' runs without it "
-                          "(the only plan it has); 'sweep' and 'head' are TBD")
+                          "(the only plan it has); 'sweep' and 'head' are not run")
         log(R["notes"][-1])
     rc = 0
     emu = None
