@@ -289,7 +289,7 @@ impl Waiter<'_> {
                 let set = self
                     .store
                     .quick(move |c| {
-                        let mut b = change_set::Builder::new();
+                        let mut b = change_set::Builder::default();
                         changes::each_path_of_request(c, id, |rel| b.push(rel))?;
                         Ok::<_, crate::store::StoreError>(b.build())
                     })

@@ -101,22 +101,15 @@ struct Listed {
 pub struct Builder {
     names: String,
     entries: Vec<Entry>,
-    sorted: bool,
+    unsorted: bool,
 }
 
 impl Builder {
-    pub fn new() -> Builder {
-        Builder {
-            sorted: true,
-            ..Builder::default()
-        }
-    }
-
     pub fn push(&mut self, rel: &str) {
         if let Some(last) = self.entries.len().checked_sub(1) {
             match rel.cmp(self.rel(last)) {
                 std::cmp::Ordering::Equal => return,
-                std::cmp::Ordering::Less => self.sorted = false,
+                std::cmp::Ordering::Less => self.unsorted = true,
                 std::cmp::Ordering::Greater => {}
             }
         }
@@ -132,10 +125,10 @@ impl Builder {
     }
 
     pub fn build(mut self) -> ChangeSet {
-        if !self.sorted {
+        if self.unsorted {
             let mut rels: Vec<&str> = (0..self.entries.len()).map(|i| self.rel(i)).collect();
             rels.sort_unstable();
-            let mut again = Builder::new();
+            let mut again = Builder::default();
             rels.into_iter().for_each(|r| again.push(r));
             self = again;
         }
@@ -158,8 +151,9 @@ fn span<'a>(names: &'a str, entries: &[Entry], i: usize) -> &'a str {
 
 impl ChangeSet {
     /// The set of these paths (relative to the root).
-    pub fn of<'a>(rels: impl IntoIterator<Item = &'a str>) -> ChangeSet {
-        let mut b = Builder::new();
+    #[cfg(test)]
+    fn of<'a>(rels: impl IntoIterator<Item = &'a str>) -> ChangeSet {
+        let mut b = Builder::default();
         rels.into_iter().for_each(|r| b.push(r));
         b.build()
     }
@@ -361,10 +355,7 @@ impl ChangeSet {
             Ok(stamp) => {
                 self.entries[i].state = State::Verified(stamp);
                 self.open -= 1;
-                if !self.headed.is_empty() {
-                    let rel = self.rel(i).to_owned();
-                    self.headed.remove(rel.as_str());
-                }
+                self.headed.remove(span(&self.names, &self.entries, i));
             }
             Err(why) => {
                 if pass.first.len() < 20 {

@@ -56,10 +56,10 @@ pub enum StoreError {
     Transition { id: i64, from: Status, to: Status },
 }
 
-/// How long a write waits for another process's write lock (`purgewatch purge`, a sibling).
 /// What the WAL file is cut back to once checkpointed (SQLite's `journal_size_limit`).
 const WAL_LIMIT: i64 = 4 << 20;
 
+/// How long a write waits for another process's write lock (`purgewatch purge`, a sibling).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn now_text() -> String {
