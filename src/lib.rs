@@ -18,7 +18,7 @@
 //!   (clients, regions, error classes), [`retry`] (one way to wait out a failure), [`clock`]
 //!   (time from outside), [`knobs`] (test seams, passed in), [`memory`] (a steady RSS),
 //!   [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS), [`status`] (the
-//!   heartbeat and `purgewatch status`), [`systemd`] (sd_notify that never blocks),
+//!   heartbeat and `purgewatch status`), [`systemd`] (sd_notify that never blocks), [`text`] (names from the tree made safe to print),
 //!   [`app`] (wiring, shutdown, the manual purge), [`commands`] and [`cli`] (the CLI's verbs).
 //!
 //! # Data flow
@@ -47,5 +47,6 @@ pub mod retry;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod text;
 pub mod verify;
 pub mod watch;
