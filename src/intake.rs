@@ -53,6 +53,9 @@ struct Open {
     wake: Arc<Notify>,
 }
 
+/// How many unusable markers the intake remembers (see [`Intake::unusable`]).
+const UNUSABLE_KEPT: usize = 1024;
+
 /// Flush the change buffer at least this often, and whenever it holds this many paths.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub const FLUSH_AT: usize = 10_000;
@@ -69,8 +72,9 @@ pub struct Intake {
     /// Changes not yet written to SQLite, one entry per path: a storm of rewrites of the same
     /// files costs memory per file, not per event; flushed in one transaction.
     changes: HashMap<String, ChangeSeen>,
-    /// Markers last recorded as unusable, by (size, mtime): one row per write, not per report.
-    unusable: HashMap<String, (u64, i64)>,
+    /// Markers whose last write was unusable, and the `failed` request their repeats fold into.
+    /// At most [`UNUSABLE_KEPT`].
+    unusable: HashMap<String, i64>,
 }
 
 impl Intake {
@@ -98,7 +102,7 @@ impl Intake {
             // S3 keys are UTF-8; lsyncd cannot have synced this name as it is.
             self.flush_changes().await?;
             let detail = format!("marker path {rel:?} is not UTF-8: no S3 key can match it");
-            self.unusable(&path, rel, source, detail).await?;
+            self.unusable(rel, source, detail).await?;
             return Ok(None);
         }
         let open = self.open.get(&rel).map(|o| o.id);
@@ -131,37 +135,18 @@ impl Intake {
             // store it twice). Without this read the request reads its markers itself.
             Ok(Stored::New(id, markers::of_request(c, id).ok()))
         };
-        // A small marker whose database is free is hashed and stored right here: the two
-        // hand-offs to the blocking pool and back cost more than the work (BENCHMARKS.md,
-        // close → HeadObject). Anything else (a big marker, a busy database) goes there.
-        let small = std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.is_file() && m.len() <= marker::BLOCK as u64);
-        let inline = if small && early.is_none() {
-            match marker::hash_file(&path, rel.clone()) {
-                Err(e) => Some(Ok(Stored::Unread(e))),
-                Ok(seen) => {
-                    let f = store_marker.clone();
-                    self.store.try_now(move |c| f(c, seen))
-                }
-            }
-        } else {
-            None
-        };
-        let stored = match inline {
-            Some(r) => r?,
-            None => {
-                let (store, p, r) = (self.store.clone(), path.clone(), rel.clone());
-                tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                    let seen = match marker::hash_file(&p, r) {
-                        Ok(s) => s,
-                        Err(e) => return Ok(Stored::Unread(e)),
-                    };
-                    store_marker(&mut store.lock(), seen)
-                })
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
-            }
-        };
+        // Read once, off the runtime's thread (a marker over 1 MiB is refused from its size,
+        // a FIFO or a symlink without being opened as one), then stored in the same trip.
+        let (store, p, r) = (self.store.clone(), path.clone(), rel.clone());
+        let stored = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let seen = match marker::read_marker(&p, r) {
+                Ok(s) => s,
+                Err(e) => return Ok(Stored::Unread(e)),
+            };
+            store_marker(&mut store.lock(), seen)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         match stored {
             Stored::Unread(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Deleted before we could read it: nothing is left to purge for.
@@ -171,10 +156,11 @@ impl Intake {
             Stored::Unread(e) => {
                 // Unreadable, or not a regular file: recorded, so the operator sees why.
                 let detail = format!("cannot use marker {rel}: {e}");
-                self.unusable(&path, rel, source, detail).await?;
+                self.unusable(rel, source, detail).await?;
                 Ok(None)
             }
             Stored::Merged(id) => {
+                self.unusable.remove(&rel);
                 debug!(request = id, marker = %rel, "merged into the open request");
                 if let Some(o) = self.open.get(&rel) {
                     o.wake.notify_one();
@@ -182,6 +168,7 @@ impl Intake {
                 Ok(None)
             }
             Stored::New(id, stored) => {
+                self.unusable.remove(&rel);
                 crash_point("after_request_stored");
                 info!(request = id, marker = %rel, "purge requested");
                 let wake = Arc::new(Notify::new());
@@ -204,27 +191,39 @@ impl Intake {
         }
     }
 
-    /// Records a marker that cannot be purged for, once per write: the watch event and the scan
-    /// of a new folder can both report the same write.
+    /// Records a marker that cannot be purged for. Unusable writes of one marker fold into one
+    /// `failed` request that counts them, until a usable write: a flood of FIFOs renamed onto
+    /// `.purge` is one row and one alert, not hundreds.
     async fn unusable(
         &mut self,
-        path: &std::path::Path,
         rel: String,
         source: Source,
         detail: String,
     ) -> Result<(), StoreError> {
-        let stamp = std::fs::symlink_metadata(path)
-            .map(|m| (m.len(), mtime_ns(&m)))
-            .unwrap_or_default();
-        if self.unusable.get(&rel) == Some(&stamp) {
-            return Ok(());
+        if let Some(id) = self.unusable.get(&rel).copied() {
+            let d = detail.clone();
+            let folded = self
+                .store
+                .call(move |c| requests::repeat_failed(c, id, &d))
+                .await?;
+            if folded {
+                return Ok(());
+            }
         }
-        warn!(marker = %rel, %detail, "marker not usable");
-        self.unusable.insert(rel.clone(), stamp);
+        warn!(marker = %crate::text::printable(&rel), %detail, "marker not usable");
         let site = self.cfg.site.clone();
-        self.store
-            .call(move |c| requests::insert_failed(c, &site, source, &rel, &detail))
+        let r = rel.clone();
+        let id = self
+            .store
+            .call(move |c| requests::insert_failed(c, &site, source, &r, &detail))
             .await?;
+        if self.unusable.len() >= UNUSABLE_KEPT {
+            // Bounded: forget one (a later unusable write of it is a row again).
+            if let Some(k) = self.unusable.keys().next().cloned() {
+                self.unusable.remove(&k);
+            }
+        }
+        self.unusable.insert(rel, id);
         Ok(())
     }
 
@@ -264,15 +263,23 @@ impl Intake {
         }
         let site = self.cfg.site.clone();
         let known = self.store.call(move |c| markers::known(c, &site)).await?;
-        for path in found {
-            let Some(rel) = watch::relative(&self.cfg.watch.root, &path) else {
-                continue;
-            };
-            if let (Some(&(size, mtime)), Ok(meta)) = (known.get(&rel), std::fs::metadata(&path)) {
-                if meta.len() == size && mtime_ns(&meta) == mtime {
-                    continue;
-                }
-            }
+        let root = self.cfg.watch.root.clone();
+        // The stat of each marker is file I/O: off the runtime's thread.
+        let changed = tokio::task::spawn_blocking(move || {
+            found
+                .into_iter()
+                .filter(|path| {
+                    let Some(rel) = watch::relative(&root, path) else {
+                        return false;
+                    };
+                    let now = std::fs::symlink_metadata(path).map(|m| (m.len(), mtime_ns(&m)));
+                    !matches!((known.get(&rel), now), (Some(&k), Ok(n)) if k == n)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        for path in changed {
             new.extend(self.marker(path, Source::Scan).await?);
         }
         Ok(new)
@@ -294,7 +301,7 @@ impl Intake {
                     .into_iter()
                     .filter_map(|p| {
                         let rel = watch::relative(&root, &p)?;
-                        marker::hash_file(&p, rel).ok()
+                        marker::read_marker(&p, rel).ok()
                     })
                     .collect()
             })

@@ -2,10 +2,15 @@
 //! in one streaming read (MD5, CRC32, CRC64NVME: what S3 reports for most uploads; CRC32C, SHA-1
 //! and SHA-256 on demand), and whose contents may list the paths to invalidate.
 //!
+//! A marker is read once, at intake: the bytes hashed there are the bytes S3 is checked against
+//! and the path list the pipeline uses ([`MarkerSeen::body`]); it is never opened again. A
+//! marker over [`MAX_SIZE`] is refused from its size alone, unread.
+//!
 //! ## Performance
-//! A marker is read in 64 KiB blocks, so memory stays flat for any size; the CRCs run at memory
+//! Files are read in 64 KiB blocks, so memory stays flat for any size; the CRCs run at memory
 //! speed (`crc-fast`, SIMD) and the MD5 is built with full optimisation even in small builds
-//! (Cargo.toml), so a 1 GiB marker costs about one read of it.
+//! (Cargo.toml). Every read here runs on the blocking pool, never on the runtime's thread, and
+//! a long one (a changed file of gigabytes) stops between blocks when asked to.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,10 +20,14 @@ use md5::{Digest, Md5};
 use crate::paths;
 use crate::store::MarkerSeen;
 
-/// A marker is read in blocks of this size. A marker that fits one block is "small": hashed on
-/// the pipeline's own thread, and the only kind that can be a path list (3,000 paths of a line
-/// each are less).
+/// Files are read in blocks of this size. A marker that fits one block is the only kind that
+/// can be a path list (3,000 paths of a line each are less): its bytes are kept.
 pub const BLOCK: usize = 64 * 1024;
+
+/// The largest marker purgewatch reads. A marker is a flag or a path list of at most 64 KiB;
+/// anything bigger is a mistake or an attack (a sparse 40 GiB `.purge` once held a site for
+/// minutes), refused from its size.
+pub const MAX_SIZE: u64 = 1024 * 1024;
 
 /// A full-object checksum algorithm S3 may report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +94,22 @@ fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadat
     Ok((f, meta))
 }
 
-/// Reads `f` in 64 KiB blocks (memory stays flat for any size), handing each to `eat`.
-fn stream(mut f: impl Read, mut eat: impl FnMut(&[u8])) -> std::io::Result<u64> {
+/// Reads `f` in 64 KiB blocks (memory stays flat for any size), handing each to `eat`; asks
+/// `stop` between blocks, so a shutdown never waits for the rest of a huge file.
+fn stream(
+    mut f: impl Read,
+    stop: &dyn Fn() -> bool,
+    mut eat: impl FnMut(&[u8]),
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; BLOCK];
     let mut size = 0u64;
     loop {
+        if stop() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "stopped while reading",
+            ));
+        }
         let n = f.read(&mut buf)?;
         if n == 0 {
             return Ok(size);
@@ -99,17 +119,47 @@ fn stream(mut f: impl Read, mut eat: impl FnMut(&[u8])) -> std::io::Result<u64> 
     }
 }
 
-/// Hashes a marker file streaming and reads its size and mtime: the MD5, CRC32 and CRC64NVME
-/// in one read (the CRCs run at memory speed; S3 reports one of the two for most uploads).
-pub fn hash_file(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
-    let (size, mtime_ns, raw) = hash_raw(path)?;
+/// Never asked to stop.
+fn go_on() -> bool {
+    false
+}
+
+/// Reads a marker once: refused unread when it is not a regular file or is over [`MAX_SIZE`];
+/// else its size, mtime, sums and, when it fits one block, its bytes (the path list, if it is
+/// one). Runs on the blocking pool.
+pub fn read_marker(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    let (f, meta) = open_regular(path)?;
+    if meta.len() > MAX_SIZE {
+        return Err(too_big(meta.len()));
+    }
+    let mut body = Vec::new();
+    // Bounded even if the file grows while it is read: one byte past the limit is enough.
+    let (size, raw) = hash_stream(f.take(MAX_SIZE + 1), &go_on, |b| {
+        if body.len() + b.len() <= BLOCK {
+            body.extend_from_slice(b);
+        }
+    })?;
+    if size > MAX_SIZE {
+        return Err(too_big(size));
+    }
     Ok(MarkerSeen {
         rel,
         sums: raw.sums(),
         size,
-        mtime_ns,
+        mtime_ns: mtime_ns(&meta),
         prior: None,
+        body: (size <= BLOCK as u64).then_some(body),
     })
+}
+
+fn too_big(size: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "{size} bytes, over the {MAX_SIZE} a marker may have (a flag, or a path list of at \
+             most {BLOCK} bytes): not read"
+        ),
+    )
 }
 
 /// The same sums as bytes, 28 of them: what a change set keeps per file (strings would
@@ -142,23 +192,35 @@ impl RawSums {
     }
 }
 
-/// Hashes a file streaming: (size, mtime in ns, sums), as [`hash_file`].
-pub fn hash_raw(path: &Path) -> std::io::Result<(u64, i64, RawSums)> {
+/// Hashes a file streaming: (size, mtime in ns, sums), as [`read_marker`]; gives up between
+/// blocks once `stop` says so (ErrorKind::Interrupted).
+pub fn hash_raw(path: &Path, stop: &dyn Fn() -> bool) -> std::io::Result<(u64, i64, RawSums)> {
     let (f, meta) = open_regular(path)?;
+    let (size, raw) = hash_stream(f, stop, |_| {})?;
+    Ok((size, mtime_ns(&meta), raw))
+}
+
+/// MD5, CRC32 and CRC64NVME of everything `f` yields, in one read; `also` sees each block.
+fn hash_stream(
+    f: impl Read,
+    stop: &dyn Fn() -> bool,
+    mut also: impl FnMut(&[u8]),
+) -> std::io::Result<(u64, RawSums)> {
     let mut md5 = Md5::new();
     let mut crc32 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc);
     let mut crc64 = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme);
-    let size = stream(f, |b| {
+    let size = stream(f, stop, |b| {
         md5.update(b);
         crc32.update(b);
         crc64.update(b);
+        also(b);
     })?;
     let raw = RawSums {
         md5: md5.finalize().into(),
         crc32: crc32.finalize() as u32,
         crc64nvme: crc64.finalize(),
     };
-    Ok((size, mtime_ns(&meta), raw))
+    Ok((size, raw))
 }
 
 /// One checksum of a local file, as S3 would report it; `None` when the file cannot be read or
@@ -170,7 +232,7 @@ pub fn local_checksum(path: &Path, algo: Algo, expect: Option<(u64, i64)>) -> Op
     }
     let crc = |a| -> Option<Vec<u8>> {
         let mut d = crc_fast::Digest::new(a);
-        stream(&f, |b| d.update(b)).ok()?;
+        stream(&f, &go_on, |b| d.update(b)).ok()?;
         Some(d.finalize().to_be_bytes().to_vec())
     };
     let bytes = match algo {
@@ -179,12 +241,12 @@ pub fn local_checksum(path: &Path, algo: Algo, expect: Option<(u64, i64)>) -> Op
         Algo::Crc32c => crc(crc_fast::CrcAlgorithm::Crc32Iscsi)?[4..].to_vec(),
         Algo::Sha1 => {
             let mut d = sha1::Sha1::new();
-            stream(&f, |b| d.update(b)).ok()?;
+            stream(&f, &go_on, |b| d.update(b)).ok()?;
             d.finalize().to_vec()
         }
         Algo::Sha256 => {
             let mut d = sha2::Sha256::new();
-            stream(&f, |b| d.update(b)).ok()?;
+            stream(&f, &go_on, |b| d.update(b)).ok()?;
             d.finalize().to_vec()
         }
     };
@@ -195,18 +257,13 @@ pub fn b64(bytes: &[u8]) -> String {
     aws_smithy_types::base64::encode(bytes)
 }
 
-/// The paths a marker file lists, if it is a list ([`paths::parse_marker`]). Markers past one
-/// [`BLOCK`] cannot be one, so a big marker is never read whole. Gone since: `Ok(None)` (what S3
-/// holds was verified; use the configured paths).
-pub fn path_list(path: &Path) -> Result<Option<Vec<String>>, String> {
-    let Ok(f) = std::fs::File::open(path) else {
-        return Ok(None);
-    };
-    let mut buf = Vec::new();
-    if f.take(BLOCK as u64 + 1).read_to_end(&mut buf).is_err() || buf.len() > BLOCK {
-        return Ok(None);
+/// The paths a marker lists, if it is a list ([`paths::parse_marker`]), from the bytes read
+/// at intake. `None` (not kept: over one block, or stored before they were kept) is no list.
+pub fn path_list(body: Option<&[u8]>) -> Result<Option<Vec<String>>, String> {
+    match body {
+        Some(b) => paths::parse_marker(b).map_err(|e| e.to_string()),
+        None => Ok(None),
     }
-    paths::parse_marker(&buf).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -220,11 +277,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join(".purge");
         std::fs::write(&p, b"hello\n").expect("write");
-        let m = hash_file(&p, ".purge".into()).expect("hash");
+        let m = read_marker(&p, ".purge".into()).expect("hash");
         assert_eq!(m.sums.md5, "b1946ac92492d2347c6235b4d2611184");
         assert_eq!(m.size, 6);
         std::fs::write(&p, b"123456789").expect("write");
-        let m = hash_file(&p, ".purge".into()).expect("hash");
+        let m = read_marker(&p, ".purge".into()).expect("hash");
         assert_eq!(m.sums.crc32, b64(&0xcbf43926u32.to_be_bytes()));
         assert_eq!(m.sums.crc64nvme, b64(&0xae8b14860a799888u64.to_be_bytes()));
         let c = |a| local_checksum(&p, a, None).expect("readable");
@@ -243,7 +300,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("a");
         std::fs::write(&p, b"hello\n").expect("write");
-        let (size, _, raw) = hash_raw(&p).expect("hash");
+        let (size, _, raw) = hash_raw(&p, &go_on).expect("hash");
         assert_eq!(size, 6);
         assert!(raw.md5_is("b1946ac92492d2347c6235b4d2611184"));
         assert!(!raw.md5_is("b1946ac92492d2347c6235b4d2611185"));
@@ -255,6 +312,6 @@ mod tests {
             !raw.md5_is("b1946ac92492d2347c6235b4d2611184-2"),
             "multipart"
         );
-        assert_eq!(raw.sums(), hash_file(&p, "a".into()).expect("hash").sums);
+        assert_eq!(raw.sums(), read_marker(&p, "a".into()).expect("hash").sums);
     }
 }

@@ -74,6 +74,11 @@ pub struct MarkerError {
 /// `limits.max_wildcards`: the deepest directory that alone brings the count within the limit, or
 /// failing that the one saving most paths, and repeat. If that cannot get within the limits the
 /// result is `["/*"]`. An empty change set gives no paths.
+///
+/// A key longer than CloudFront takes once encoded (4,000 characters; a Japanese character is
+/// 9) is covered by the deepest folder whose wildcard fits: a deep folder of long names never
+/// fails a deploy. None fits, or too many wildcards: `["/*"]`. (Every other key fits, so every
+/// folder above it does too: the wildcards chosen below always fit.)
 pub fn collapse(changes: &[Change<'_>], limits: &Limits) -> Vec<String> {
     // Raw keys until the end: encoding is per byte and keeps '/', so directory prefixes carry over.
     let mut exact = BTreeSet::new();
@@ -84,6 +89,27 @@ pub fn collapse(changes: &[Change<'_>], limits: &Limits) -> Vec<String> {
         }
     }
     let mut wild = BTreeSet::new(); // directories ("a/b/") invalidated as "/a/b/*"
+    let long: Vec<String> = exact
+        .iter()
+        .filter(|k| uri_len(k) > MAX_PATH_CHARS)
+        .cloned()
+        .collect();
+    for k in long {
+        if wild.iter().any(|w: &String| k.starts_with(w.as_str())) {
+            continue;
+        }
+        // The prefixes grow, so those that fit come first; the last of them is the deepest.
+        let Some(dir) = dirs(&k).take_while(|d| wildcard_fits(d)).last() else {
+            return vec!["/*".to_owned()];
+        };
+        let dir = dir.to_owned();
+        exact.retain(|e: &String| !e.starts_with(&dir));
+        wild.retain(|w: &String| !w.starts_with(&dir));
+        wild.insert(dir);
+    }
+    if wild.len() > limits.max_wildcards {
+        return vec!["/*".to_owned()];
+    }
     while exact.len() + wild.len() > limits.max_paths {
         let Some(dir) = next_wildcard(&exact, &wild, limits) else {
             return vec!["/*".to_owned()];
@@ -257,10 +283,25 @@ fn served_as(key: &str) -> impl Iterator<Item = &str> {
 
 /// The invalidation path of a key: `/` and the key, encoded as described in the module docs.
 fn uri(key: &str) -> String {
-    "/".to_owned()
-        + &encode(key, |b| {
-            b.is_ascii_graphic() && !UNSAFE.contains(&b) && b != b'?' && b != b'*'
-        })
+    "/".to_owned() + &encode(key, literal_in_uri)
+}
+
+fn literal_in_uri(b: u8) -> bool {
+    b.is_ascii_graphic() && !UNSAFE.contains(&b) && b != b'?' && b != b'*'
+}
+
+/// `uri(key).len()`, without building it.
+fn uri_len(key: &str) -> usize {
+    1 + key
+        .bytes()
+        .map(|b| if literal_in_uri(b) { 1 } else { 3 })
+        .sum::<usize>()
+}
+
+/// Whether folder `dir`'s wildcard (`/dir/*`) is within CloudFront's path length.
+fn wildcard_fits(dir: &str) -> bool {
+    // Short names need no count: every byte encodes to at most 3 characters.
+    3 * dir.len() + 2 <= MAX_PATH_CHARS || uri_len(dir) < MAX_PATH_CHARS
 }
 
 /// A path as written in a marker (or the config), encoded: non-ASCII and RFC 1738's unsafe
@@ -428,6 +469,23 @@ mod tests {
     fn spent_wildcard_budget_falls_back_to_everything() {
         assert_eq!(run(&["a/1", "a/2", "b/1", "b/2"], 2, 1), ["/*"]);
         assert_eq!(run(&["a/1", "a/2", "b/1", "b/2"], 2, 2), ["/a/*", "/b/*"]);
+    }
+
+    // Six folders of 80 katakana: 4,326 characters encoded, and the deploy's request failed.
+    #[test]
+    fn an_over_long_key_is_covered_by_its_deepest_folder_that_fits() {
+        let name = "ア".repeat(80);
+        let deep = format!("{}/index.html", vec![name.as_str(); 6].join("/"));
+        let five = format!("{}/", vec![name.as_str(); 5].join("/"));
+        let paths = run(&[&deep, "top.html"], 15, 15);
+        assert!(paths.iter().all(|p| p.len() <= MAX_PATH_CHARS), "{paths:?}");
+        assert!(paths.contains(&(uri(&five) + "*")), "{paths:?}");
+        assert!(paths.contains(&"/top.html".to_owned()), "{paths:?}");
+        assert_eq!(check_batch(&paths), Ok(()));
+        assert_covered(&paths, &[&deep, "top.html"]);
+        // A first folder too long for any wildcard: everything.
+        let huge = format!("{}/a.html", "ア".repeat(500));
+        assert_eq!(run(&[&huge], 15, 15), vec!["/*"]);
     }
 
     #[test]

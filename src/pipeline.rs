@@ -292,7 +292,6 @@ impl Pipeline {
     /// under `max_paths`. A malformed marker list, or a batch CloudFront would refuse, fails the
     /// requests with the reason.
     async fn decide_paths(&self, ids: &[i64]) -> Result<(), Halt> {
-        let root = self.cfg.watch.root.clone();
         // Requests sharing one invalidation (one sync, deferred ones) purge the union.
         let all = ids.to_vec();
         let (markers, changes, unknown) = self
@@ -311,7 +310,8 @@ impl Pipeline {
         let mut listed = Vec::new();
         let mut all_listed = !markers.is_empty();
         for m in &markers {
-            match marker::path_list(&root.join(&m.rel)) {
+            // The bytes read at intake: the file may be anything by now (a FIFO, a symlink).
+            match marker::path_list(m.body.as_deref()) {
                 Ok(Some(p)) => listed.extend(p),
                 Ok(None) => all_listed = false,
                 Err(e) => {

@@ -282,7 +282,7 @@ impl Waiter<'_> {
                     .store
                     .quick(move |c| changes::open_paths(c, &site))
                     .await?;
-                set.rewritten(self.root, &written);
+                set.rewritten(self.root, &written).await;
                 set
             }
             None => {
@@ -298,9 +298,11 @@ impl Waiter<'_> {
             }
         };
         let pass = match set
-            .pass(self.origin, self.root, self.config.changes_check)
+            .pass(self.origin, self.root, self.config.changes_check, self.token)
             .await
         {
+            // A pass cut short by the shutdown proves nothing.
+            _ if self.token.is_cancelled() => return Err(Stop::Shutdown),
             Ok(p) => p,
             Err(e) => return Ok((Err(NotYet::Aws(e)), false, Duration::ZERO)),
         };

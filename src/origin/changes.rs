@@ -18,6 +18,12 @@
 //! caller hands in the paths written since ([`ChangeSet::rewritten`]), and those whose size or
 //! mtime moved are checked again.
 //!
+//! # Off the runtime's thread
+//! The local side of a change (a stat, and a hash when the file moved since its last one) is
+//! file I/O of any size: a page's worth is looked up in one trip to the blocking pool, and a
+//! hash stops between blocks when the daemon stops. A 20 GiB file holds up its own request,
+//! nothing else.
+//!
 //! # Memory
 //! A set holds each path once, in one arena in key order, and per path 64 bytes: its state
 //! and, once hashed, its size, mtime and sums as bytes (about 90 bytes a change with the path,
@@ -28,8 +34,10 @@
 //! sweep), and `head`, one HeadObject per change each pass.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use super::{clean_etag, content, Head, Method, Origin, CLOCK_TOLERANCE_SECS};
 use crate::aws::{self, AwsError};
@@ -93,6 +101,14 @@ struct Listed {
     etag: String,
     /// Whole seconds since the epoch.
     modified: Option<i64>,
+}
+
+/// What a pass works with.
+struct Ctx<'a> {
+    origin: &'a Origin,
+    root: &'a Path,
+    stop: &'a CancellationToken,
+    pass: &'a mut Pass,
 }
 
 /// Builds a [`ChangeSet`] from paths handed in one by one, in key order as the database reads
@@ -177,21 +193,34 @@ impl ChangeSet {
 
     /// Paths written again locally since the set was made: a verified one whose size or mtime
     /// moved (or that appeared or vanished) is checked again. Returns how many reopened.
-    pub fn rewritten(&mut self, root: &Path, rels: &[String]) -> usize {
-        let mut reopened = 0;
-        for rel in rels {
-            let Some(i) = self.find(rel) else {
-                continue;
-            };
-            if let State::Verified(was) = self.entries[i].state {
-                if local_stamp(root, self.rel(i)) != was {
-                    self.entries[i].state = State::Open(None);
-                    self.open += 1;
-                    reopened += 1;
+    pub async fn rewritten(&mut self, root: &Path, rels: &[String]) -> usize {
+        let verified: Vec<(usize, PathBuf, Option<(u64, i64)>)> = rels
+            .iter()
+            .filter_map(|rel| {
+                let i = self.find(rel)?;
+                match self.entries[i].state {
+                    State::Verified(was) => Some((i, root.join(self.rel(i)), was)),
+                    State::Open(_) => None,
                 }
-            }
+            })
+            .collect();
+        if verified.is_empty() {
+            return 0;
         }
-        reopened
+        let moved = tokio::task::spawn_blocking(move || {
+            verified
+                .into_iter()
+                .filter(|(_, path, was)| local_stamp(path) != *was)
+                .map(|(i, _, _)| i)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for &i in &moved {
+            self.entries[i].state = State::Open(None);
+            self.open += 1;
+        }
+        moved.len()
     }
 
     /// The index of `rel`, by binary search over the arena.
@@ -209,18 +238,26 @@ impl ChangeSet {
     }
 
     /// One pass over the open changes with `plan`.
+    /// Once `stop` is cancelled the pass ends early (the daemon is stopping).
     pub async fn pass(
         &mut self,
         origin: &Origin,
         root: &Path,
         plan: ChangesCheck,
+        stop: &CancellationToken,
     ) -> Result<Pass, AwsError> {
         let before = self.open;
         let mut pass = Pass::default();
+        let mut ctx = Ctx {
+            origin,
+            root,
+            stop,
+            pass: &mut pass,
+        };
         match plan {
-            ChangesCheck::Sweep => self.sweep(origin, root, &mut pass).await?,
-            ChangesCheck::Folders => self.folders(origin, root, &mut pass).await?,
-            ChangesCheck::Head => self.heads(origin, root, &mut pass).await?,
+            ChangesCheck::Sweep => self.sweep(&mut ctx).await?,
+            ChangesCheck::Folders => self.folders(&mut ctx).await?,
+            ChangesCheck::Head => self.heads(&mut ctx).await?,
         }
         pass.verified = before.saturating_sub(self.open);
         pass.open = self.open;
@@ -228,31 +265,33 @@ impl ChangeSet {
     }
 
     /// The greedy page cover (see the module docs).
-    async fn sweep(
-        &mut self,
-        origin: &Origin,
-        root: &Path,
-        pass: &mut Pass,
-    ) -> Result<(), AwsError> {
+    async fn sweep(&mut self, cx: &mut Ctx<'_>) -> Result<(), AwsError> {
         let mut i = self.next_open(0);
         // Bounded: every page moves `i` past at least one change.
         while let Some(at) = i {
-            let key = origin.key(self.rel(at));
+            let key = cx.origin.key(self.rel(at));
             let asked = Instant::now();
-            let (page, last, truncated) = origin.page(&before(&key)).await?;
-            pass.repeated += asked.elapsed();
-            pass.calls += 1;
+            let (page, last, truncated) = cx.origin.page(&before(&key)).await?;
+            cx.pass.repeated += asked.elapsed();
+            cx.pass.calls += 1;
             let mut j = at;
+            let mut covered = Vec::new();
             while j < self.entries.len() {
-                let k = origin.key(self.rel(j));
+                let k = cx.origin.key(self.rel(j));
                 if truncated && last.as_deref().is_some_and(|l| k.as_str() > l) {
                     break;
                 }
                 if matches!(self.entries[j].state, State::Open(_)) {
-                    let listed = page.get(&k).cloned();
-                    self.settle(origin, root, j, listed, pass).await?;
+                    covered.push(j);
                 }
                 j += 1;
+            }
+            let Some(locals) = self.look_locally(cx, &covered).await else {
+                return Ok(());
+            };
+            for (c, local) in covered.into_iter().zip(locals) {
+                let listed = page.get(&cx.origin.key(self.rel(c))).cloned();
+                self.settle(cx, c, listed, local).await?;
             }
             i = self.next_open(j);
         }
@@ -260,12 +299,7 @@ impl ChangeSet {
     }
 
     /// Today's plan before the sweep, for comparison: one listing per folder of every change.
-    async fn folders(
-        &mut self,
-        origin: &Origin,
-        root: &Path,
-        pass: &mut Pass,
-    ) -> Result<(), AwsError> {
+    async fn folders(&mut self, cx: &mut Ctx<'_>) -> Result<(), AwsError> {
         let mut by_dir: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in 0..self.entries.len() {
             let rel = self.rel(i);
@@ -274,38 +308,40 @@ impl ChangeSet {
         }
         for (dir, idx) in by_dir {
             let asked = Instant::now();
-            let (listed, calls) = origin.list_folder(&origin.key(&dir)).await?;
-            pass.repeated += asked.elapsed();
-            pass.calls += calls;
-            for i in idx {
-                let k = origin.key(self.rel(i));
-                let l = listed.get(&k).cloned();
+            let (listed, calls) = cx.origin.list_folder(&cx.origin.key(&dir)).await?;
+            cx.pass.repeated += asked.elapsed();
+            cx.pass.calls += calls;
+            for &i in &idx {
                 self.reopen(i);
-                self.settle(origin, root, i, l, pass).await?;
+            }
+            let Some(locals) = self.look_locally(cx, &idx).await else {
+                return Ok(());
+            };
+            for (i, local) in idx.into_iter().zip(locals) {
+                let l = listed.get(&cx.origin.key(self.rel(i))).cloned();
+                self.settle(cx, i, l, local).await?;
             }
         }
         Ok(())
     }
 
     /// The naive plan, for comparison: one HeadObject per change.
-    async fn heads(
-        &mut self,
-        origin: &Origin,
-        root: &Path,
-        pass: &mut Pass,
-    ) -> Result<(), AwsError> {
+    async fn heads(&mut self, cx: &mut Ctx<'_>) -> Result<(), AwsError> {
         for i in 0..self.entries.len() {
             let asked = Instant::now();
-            let h = origin.head(self.rel(i)).await?;
-            pass.repeated += asked.elapsed();
-            pass.calls += 1;
+            let h = cx.origin.head(self.rel(i)).await?;
+            cx.pass.repeated += asked.elapsed();
+            cx.pass.calls += 1;
             let listed = h.as_ref().map(|h| Listed {
                 size: h.size,
                 etag: h.etag.clone(),
                 modified: h.last_modified,
             });
             self.reopen(i);
-            self.settle(origin, root, i, listed, pass).await?;
+            let Some(mut local) = self.look_locally(cx, &[i]).await else {
+                return Ok(());
+            };
+            self.settle(cx, i, listed, local.pop().flatten()).await?;
         }
         Ok(())
     }
@@ -321,16 +357,15 @@ impl ChangeSet {
         (from..self.entries.len()).find(|&i| matches!(self.entries[i].state, State::Open(_)))
     }
 
-    /// Judges open change `i` by what S3 listed for its key (`None`: no such object).
+    /// Judges open change `i` by what S3 listed for its key (`None`: no such object) and what
+    /// the disk holds ([`ChangeSet::look_locally`]).
     async fn settle(
         &mut self,
-        origin: &Origin,
-        root: &Path,
+        cx: &mut Ctx<'_>,
         i: usize,
         listed: Option<Listed>,
-        pass: &mut Pass,
+        local: Option<Local>,
     ) -> Result<(), AwsError> {
-        let local = self.local(root, i);
         let verdict: Result<Option<(u64, i64)>, String> = match (local, listed) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err("still in S3 (deleted locally)".into()),
@@ -344,9 +379,9 @@ impl ChangeSet {
                 Err("not uploaded yet (S3 holds an older object)".into())
             }
             (Some(f), Some(l)) => {
-                pass.calls += 1;
+                cx.pass.calls += 1;
                 let rel = self.rel(i).to_owned();
-                self.judge(origin, root, &rel, &l.etag, f)
+                self.judge(cx.origin, cx.root, &rel, &l.etag, f)
                     .await?
                     .map(|()| Some((f.size, f.mtime)))
             }
@@ -358,27 +393,53 @@ impl ChangeSet {
                 self.headed.remove(span(&self.names, &self.entries, i));
             }
             Err(why) => {
-                if pass.first.len() < 20 {
-                    pass.first
-                        .push(format!("{} {why}", origin.key(self.rel(i))));
+                if cx.pass.first.len() < 20 {
+                    cx.pass
+                        .first
+                        .push(format!("{} {why}", cx.origin.key(self.rel(i))));
                 }
             }
         }
         Ok(())
     }
 
-    /// The local file as it is now, hashed once per (size, mtime).
-    fn local(&mut self, root: &Path, i: usize) -> Option<Local> {
-        let (size, mtime) = local_stamp(root, self.rel(i))?;
-        if let State::Open(Some(f)) = self.entries[i].state {
-            if (f.size, f.mtime) == (size, mtime) {
-                return Some(f);
+    /// The local files of changes `idx` as they are now, in one trip to the blocking pool: a
+    /// stat each, and a hash where the (size, mtime) moved since the last one (`None`: gone,
+    /// not a regular file, unreadable). `None` overall: the daemon is stopping.
+    async fn look_locally(&mut self, cx: &Ctx<'_>, idx: &[usize]) -> Option<Vec<Option<Local>>> {
+        if idx.is_empty() {
+            return Some(Vec::new());
+        }
+        let asks: Vec<(PathBuf, Option<Local>)> = idx
+            .iter()
+            .map(|&i| {
+                let known = match self.entries[i].state {
+                    State::Open(f) => f,
+                    State::Verified(_) => None,
+                };
+                (cx.root.join(self.rel(i)), known)
+            })
+            .collect();
+        let stop = cx.stop.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let stopped = || stop.is_cancelled();
+            asks.into_iter()
+                .map(|(path, known)| (!stopped()).then(|| local_now(&path, known, &stopped)))
+                .collect::<Option<Vec<_>>>()
+        })
+        .await
+        .ok()
+        .flatten()?;
+        // A hash cut short reads as unreadable: not a verdict to act on.
+        if cx.stop.is_cancelled() {
+            return None;
+        }
+        for (&i, f) in idx.iter().zip(&found) {
+            if let (Some(f), State::Open(_)) = (f, self.entries[i].state) {
+                self.entries[i].state = State::Open(Some(*f));
             }
         }
-        let (size, mtime, sums) = marker::hash_raw(&root.join(self.rel(i))).ok()?;
-        let f = Local { size, mtime, sums };
-        self.entries[i].state = State::Open(Some(f));
-        Some(f)
+        Some(found)
     }
 
     /// A listed ETag that is not the local MD5: either other bytes, or an ETag that is no MD5
@@ -400,9 +461,14 @@ impl ChangeSet {
         let Some(h) = origin.head(rel).await? else {
             return Ok(Err("not in S3 yet".into()));
         };
-        let verdict = judge_head(&h, &root.join(rel), f);
+        let etag = h.etag.clone();
+        let path = root.join(rel);
+        // A checksum the first read did not take (CRC32C, SHA-1, SHA-256) reads the file.
+        let verdict = tokio::task::spawn_blocking(move || judge_head(&h, &path, f))
+            .await
+            .unwrap_or_else(|e| Err(format!("checking the local file: {e}")));
         self.headed
-            .insert(rel.into(), (h.etag.clone(), f.mtime, verdict.clone()));
+            .insert(rel.into(), (etag, f.mtime, verdict.clone()));
         Ok(verdict)
     }
 }
@@ -431,12 +497,23 @@ fn predates(modified: Option<i64>, mtime_ns: i64) -> bool {
     modified.is_some_and(|t| t + CLOCK_TOLERANCE_SECS < mtime_ns.div_euclid(1_000_000_000))
 }
 
-/// (size, mtime) of `root/rel` if it is a regular file now (symlinks are not followed).
-fn local_stamp(root: &Path, rel: &str) -> Option<(u64, i64)> {
-    let meta = std::fs::symlink_metadata(root.join(rel))
+/// (size, mtime) of `path` if it is a regular file now (symlinks are not followed).
+fn local_stamp(path: &Path) -> Option<(u64, i64)> {
+    let meta = std::fs::symlink_metadata(path)
         .ok()
         .filter(|m| m.is_file())?;
     Some((meta.len(), mtime_ns(&meta)))
+}
+
+/// The local file as it is now: `known` again when its (size, mtime) did not move, else hashed
+/// (giving up between blocks once `stop` says so). Blocking.
+fn local_now(path: &Path, known: Option<Local>, stop: &dyn Fn() -> bool) -> Option<Local> {
+    let (size, mtime) = local_stamp(path)?;
+    if let Some(f) = known.filter(|f| (f.size, f.mtime) == (size, mtime)) {
+        return Some(f);
+    }
+    let (size, mtime, sums) = marker::hash_raw(path, stop).ok()?;
+    Some(Local { size, mtime, sums })
 }
 
 /// A `StartAfter` that the listing of `key` starts at or just before: the key without its last
@@ -570,24 +647,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_verified_file_written_again_is_open_again() {
+    #[tokio::test]
+    async fn a_verified_file_written_again_is_open_again() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("a"), b"1").expect("write");
         let mut set = ChangeSet::of(["a", "b"]);
-        let stamp = local_stamp(dir.path(), "a");
+        let stamp = local_stamp(&dir.path().join("a"));
         set.entries[0].state = State::Verified(stamp);
         set.entries[1].state = State::Verified(None);
         set.open = 0;
         assert_eq!(
-            set.rewritten(dir.path(), &["a".into(), "b".into()]),
+            set.rewritten(dir.path(), &["a".into(), "b".into()]).await,
             0,
             "unchanged"
         );
         std::fs::write(dir.path().join("a"), b"22").expect("rewrite");
         std::fs::write(dir.path().join("b"), b"new").expect("appear");
         assert_eq!(
-            set.rewritten(dir.path(), &["a".into(), "b".into(), "c".into()]),
+            set.rewritten(dir.path(), &["a".into(), "b".into(), "c".into()])
+                .await,
             2
         );
         assert_eq!(set.open(), 2);

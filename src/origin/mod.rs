@@ -90,9 +90,8 @@ impl Origin {
     }
 
     pub async fn check(&self, root: &Path, m: &MarkerSeen) -> Result<Check, AwsError> {
-        Ok(judge(m, self.head(&m.rel).await?, |a| {
-            local_checksum(&root.join(&m.rel), a, Some((m.size, m.mtime_ns)))
-        }))
+        let head = self.head(&m.rel).await?;
+        Ok(judge_off_thread(root, m, head).await)
     }
 
     /// HeadBucket: asked once at start, so a wrong bucket, endpoint or permission shows in the
@@ -222,6 +221,38 @@ pub fn judge(
     }
 }
 
+/// [`judge`], with the one checksum the stored sums may lack (CRC32C, SHA-1, SHA-256: the
+/// uploader's choice) computed from the local file on the blocking pool, never on the runtime's
+/// thread; the file is opened as at intake (no symlink, no FIFO) and only if its size and mtime
+/// are still the write's.
+pub async fn judge_off_thread(root: &Path, m: &MarkerSeen, head: Option<Head>) -> Check {
+    let missing = head
+        .as_ref()
+        .and_then(|h| h.checksum.as_ref())
+        .map(|(a, _)| *a)
+        .filter(|a| stored_sum(&m.sums, *a).is_none());
+    let extra = match missing {
+        Some(a) => {
+            let (path, expect) = (root.join(&m.rel), (m.size, m.mtime_ns));
+            tokio::task::spawn_blocking(move || local_checksum(&path, a, Some(expect)))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    judge(m, head, |_| extra)
+}
+
+/// The checksum `algo` from the sums taken at the first read, when they hold it.
+fn stored_sum(sums: &Sums, algo: Algo) -> Option<String> {
+    match algo {
+        Algo::Crc64Nvme if !sums.crc64nvme.is_empty() => Some(sums.crc64nvme.clone()),
+        Algo::Crc32 if !sums.crc32.is_empty() => Some(sums.crc32.clone()),
+        _ => None,
+    }
+}
+
 /// Do the object's bytes equal the local ones, and by what proof? Err: why not.
 pub(crate) fn content(
     sums: &Sums,
@@ -231,11 +262,7 @@ pub(crate) fn content(
     match &h.checksum {
         Some((algo, remote)) => {
             // Requests stored before the CRCs were kept have none: read the file for them.
-            let mine = match algo {
-                Algo::Crc64Nvme if !sums.crc64nvme.is_empty() => Some(sums.crc64nvme.clone()),
-                Algo::Crc32 if !sums.crc32.is_empty() => Some(sums.crc32.clone()),
-                _ => local(*algo),
-            };
+            let mine = stored_sum(sums, *algo).or_else(|| local(*algo));
             match mine {
                 Some(l) if l == *remote => Ok(Method::Checksum(*algo)),
                 Some(l) => Err(format!(
@@ -280,11 +307,8 @@ impl EarlyHead {
             return None;
         }
         Some(match (&mut self.task).await {
-            Ok(head) => head.map(|h| {
-                judge(m, h, |a| {
-                    local_checksum(&root.join(&m.rel), a, Some((m.size, m.mtime_ns)))
-                })
-            }),
+            Ok(Ok(head)) => Ok(judge_off_thread(root, m, head).await),
+            Ok(Err(e)) => Err(e),
             Err(e) => Err(AwsError::transient(format!("HeadObject: {e}"))),
         })
     }
@@ -299,7 +323,7 @@ impl Drop for EarlyHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::marker::hash_file;
+    use crate::marker::read_marker;
 
     const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
@@ -310,6 +334,7 @@ mod tests {
             size,
             mtime_ns: mtime_s * 1_000_000_000 + 5,
             prior: None,
+            body: None,
         }
     }
 
@@ -317,7 +342,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join(".purge");
         std::fs::write(&p, bytes).expect("write");
-        hash_file(&p, ".purge".into()).expect("hash").sums
+        read_marker(&p, ".purge".into()).expect("hash").sums
     }
 
     fn head(etag: &str, size: i64, lm: i64) -> Head {

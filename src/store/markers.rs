@@ -16,6 +16,10 @@ pub struct MarkerSeen {
     /// The S3 object an earlier write of this marker was verified against: the same bytes
     /// uploaded again are only a new upload if the object is another one.
     pub prior: Option<ObjectId>,
+    /// The bytes as read at intake when they fit one block (a path list can only be that
+    /// small): the list is taken from them, never from the file again, which may be anything by
+    /// then. `None`: too big to be a list, or stored before they were kept.
+    pub body: Option<Vec<u8>>,
 }
 
 /// One upload of an S3 object, as far as HeadObject can tell uploads apart.
@@ -35,10 +39,11 @@ pub(super) fn upsert_for_request(
 ) -> rusqlite::Result<usize> {
     cached(
         conn,
-        "INSERT INTO request_markers (request_id, rel, md5, size, mtime_ns, crc32, crc64nvme)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO request_markers (request_id, rel, md5, size, mtime_ns, crc32, crc64nvme, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (request_id, rel) DO UPDATE SET md5 = excluded.md5, size = excluded.size,
-             mtime_ns = excluded.mtime_ns, crc32 = excluded.crc32, crc64nvme = excluded.crc64nvme",
+             mtime_ns = excluded.mtime_ns, crc32 = excluded.crc32, crc64nvme = excluded.crc64nvme,
+             body = excluded.body",
         params![
             request_id,
             m.rel,
@@ -46,7 +51,8 @@ pub(super) fn upsert_for_request(
             m.size as i64,
             m.mtime_ns,
             m.sums.crc32,
-            m.sums.crc64nvme
+            m.sums.crc64nvme,
+            m.body
         ],
     )
 }
@@ -56,7 +62,7 @@ pub fn of_request(conn: &Connection, id: i64) -> Result<(i64, Vec<MarkerSeen>), 
     let generation = super::requests::generation(conn, id)?;
     let mut stmt = conn.prepare_cached(
         "SELECT r.rel, r.md5, r.size, r.mtime_ns, r.crc32, r.crc64nvme,
-                m.verified_etag, m.verified_last_modified, m.verified_version
+                m.verified_etag, m.verified_last_modified, m.verified_version, r.body
          FROM request_markers r JOIN requests q ON q.id = r.request_id
          LEFT JOIN markers m ON m.site = q.site AND m.rel = r.rel
          WHERE r.request_id = ?1 ORDER BY r.rel",
@@ -82,6 +88,7 @@ pub fn of_request(conn: &Connection, id: i64) -> Result<(i64, Vec<MarkerSeen>), 
                         last_modified,
                         version: r.get(8).ok().flatten(),
                     }),
+                body: r.get(9)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

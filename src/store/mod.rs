@@ -217,6 +217,13 @@ ALTER TABLE quota_by_name RENAME TO quota;
 UPDATE meta SET key = 'changes_unknown:default' WHERE key = 'changes_unknown';
 UPDATE meta SET key = 'first_started:default' WHERE key = 'first_started';
 "#,
+    r#"
+-- 9: the marker is read once. The bytes of a marker small enough to be a path list, as hashed
+-- at intake (NULL: too big to be one, or stored before this version); and a failed request's
+-- count of the unusable writes of its marker folded into it (a flood is one row).
+ALTER TABLE request_markers ADD COLUMN body BLOB;
+ALTER TABLE requests ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// One connection, shared; calls run on blocking threads (see [`Store::call`]).

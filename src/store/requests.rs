@@ -271,6 +271,19 @@ pub fn insert_failed(
     Ok(id)
 }
 
+/// Another unusable write of the marker of `failed` request `id`, folded into it: counted, its
+/// detail says so, no new event (so no new alert). False when the request is gone (pruned).
+pub fn repeat_failed(conn: &mut Connection, id: i64, detail: &str) -> Result<bool, StoreError> {
+    let n = cached(
+        conn,
+        "UPDATE requests SET repeats = repeats + 1, updated_at = ?2,
+             detail = ?3 || ' (' || (repeats + 2) || ' unusable writes of this marker, the last at ' || ?2 || ')'
+         WHERE id = ?1 AND status = ?4",
+        params![id, now_text(), detail, Status::Failed],
+    )?;
+    Ok(n == 1)
+}
+
 fn event(
     conn: &Connection,
     id: i64,
@@ -668,6 +681,7 @@ mod tests {
             size: 1,
             mtime_ns: 1,
             prior: None,
+            body: None,
         };
         let id = insert(
             &mut c,
