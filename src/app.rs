@@ -2,7 +2,8 @@
 //! runs each stored request as a task of the pipeline; one cancellation token stops everything;
 //! tasks are joined, never detached.
 
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,15 @@ pub struct Daemon {
     /// Times the (first) site's watcher lost events and a rescan ran instead.
     pub lost: Arc<Lost>,
     reload: mpsc::Sender<(Sites, tokio::sync::oneshot::Sender<Vec<String>>)>,
+    /// The metrics socket (a handle of its own), so a reload onto the same address reuses it.
+    metrics: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+/// What a daemon needs before anything of a running one is stopped: its database open and its
+/// metrics address bound. A reload that cannot get them keeps the running daemon untouched.
+pub struct Prepared {
+    store: Store,
+    metrics: Option<(SocketAddr, std::net::TcpListener)>,
 }
 
 /// How long a site whose root is missing waits before the next try.
@@ -60,9 +70,50 @@ impl Daemon {
     /// Every site of the file. A site whose root is missing is reported and tried again every
     /// 30 s; the others run. Any other failure to start a site stops the start.
     pub async fn start_sites(sites: Sites, knobs: Knobs) -> Result<Daemon, AppError> {
+        let prepared = Daemon::prepare(&sites, None).await?;
+        Daemon::start_prepared(sites, knobs, prepared).await
+    }
+
+    /// Opens the database and binds the metrics address of `sites`, reusing the socket of
+    /// `running` when the address stays (it cannot be bound twice). Err names the key.
+    pub async fn prepare(sites: &Sites, running: Option<&Daemon>) -> Result<Prepared, AppError> {
+        let shared = sites.shared();
+        let store = open_store(shared).await?;
+        let metrics = match shared.metrics.listen {
+            None => None,
+            Some(addr) => {
+                let cannot = |e: std::io::Error| {
+                    AppError::Other(format!(
+                        "{}: metrics.listen {addr}: cannot listen: {e}",
+                        shared.file.display()
+                    ))
+                };
+                let kept = running
+                    .and_then(|d| d.metrics.as_ref())
+                    .filter(|(a, _)| *a == addr);
+                let l = match kept {
+                    Some((_, l)) => l.try_clone().map_err(cannot)?,
+                    None => std::net::TcpListener::bind(addr).map_err(cannot)?,
+                };
+                l.set_nonblocking(true).map_err(cannot)?;
+                Some((addr, l))
+            }
+        };
+        Ok(Prepared { store, metrics })
+    }
+
+    /// [`Daemon::start_sites`] with its database and listener already in hand.
+    pub async fn start_prepared(
+        sites: Sites,
+        knobs: Knobs,
+        prepared: Prepared,
+    ) -> Result<Daemon, AppError> {
         let shared = Arc::new(sites.shared().clone());
         let token = CancellationToken::new();
-        let store = open_store(&shared).await?;
+        let Prepared {
+            store,
+            metrics: bound,
+        } = prepared;
         let clients = Clients::new(&shared.aws).await;
         let env = SiteEnv {
             store,
@@ -98,14 +149,20 @@ impl Daemon {
         let lost = runs
             .first()
             .map_or_else(|| Arc::new(Lost::default()), |r| r.lost.clone());
-        let metrics = match shared.metrics.listen {
+        let metrics = match &bound {
             None => None,
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                AppError::Other(format!(
-                    "{}: metrics.listen {addr}: cannot listen: {e}",
-                    shared.file.display()
-                ))
-            })?),
+            Some((addr, l)) => {
+                let served = l
+                    .try_clone()
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|e| {
+                        AppError::Other(format!(
+                            "{}: metrics.listen {addr}: cannot listen: {e}",
+                            shared.file.display()
+                        ))
+                    })?;
+                Some(served)
+            }
         };
         let (reload, reloads) = mpsc::channel(1);
         let main = tokio::spawn(supervise(
@@ -124,6 +181,7 @@ impl Daemon {
             main,
             lost,
             reload,
+            metrics: bound,
         })
     }
 
@@ -197,6 +255,9 @@ struct SiteRun {
     token: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), AppError>>,
     lost: Arc<Lost>,
+    /// Bumped by the site's loop itself (under a watchdog): the watchdog ping is sent only
+    /// while every site's loop moves, not just one.
+    alive: Arc<AtomicU64>,
 }
 
 impl SiteRun {
@@ -252,12 +313,15 @@ impl SiteRun {
             let found = app.intake.catch_up(started.markers).await?;
             app.spawn(found);
             info!(site = %cfg.site, root = %cfg.watch.root.display(), "watching");
-            let handle = tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch));
+            let alive = Arc::new(AtomicU64::new(0));
+            let handle =
+                tokio::spawn(app.run(rx, lost.clone(), token.clone(), watch, alive.clone()));
             Ok(SiteRun {
                 cfg,
                 token,
                 handle,
                 lost,
+                alive,
             })
         }
     }
@@ -348,9 +412,34 @@ async fn supervise(
     let every = sv.env.knobs.root_retry.unwrap_or(ROOT_RETRY);
     let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // WatchdogSec=: ping at half the interval while every site's loop moved since the last
+    // look (each bumps its pulse at a quarter). A wedged site gets the daemon restarted even if
+    // the others run. Without a watchdog the timer never fires: an idle daemon does not wake.
+    let watchdog = crate::systemd::watchdog();
+    let look = watchdog.map_or(Duration::from_secs(86_400), |d| d / 2);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + look, look);
+    let mut pulses: Vec<(String, u64)> = Vec::new();
     let result = loop {
         tokio::select! {
             _ = token.cancelled() => break Ok(()),
+            _ = ping.tick(), if watchdog.is_some() => {
+                let now: Vec<(String, u64)> = sv
+                    .runs
+                    .iter()
+                    .map(|r| (r.cfg.site.clone(), r.alive.load(Ordering::Relaxed)))
+                    .collect();
+                let stalled: Vec<&str> = now
+                    .iter()
+                    .filter(|n| pulses.contains(n))
+                    .map(|(site, _)| site.as_str())
+                    .collect();
+                if stalled.is_empty() {
+                    crate::systemd::hint("WATCHDOG=1\n");
+                } else {
+                    warn!(sites = ?stalled, "a site's loop does not move: no watchdog ping, so the service manager restarts the daemon");
+                }
+                pulses = now;
+            }
             _ = retry.tick(), if !sv.waiting.is_empty() => {
                 if let Err(e) = sv.start_waiting().await { break Err(e) }
                 watchers.set(sv.runs.iter().map(|r| r.lost.clone()).collect());
@@ -443,21 +532,24 @@ impl Supervisor {
         Ok(())
     }
 
-    /// SIGHUP: the sites of `new` against the running ones, by name.
+    /// SIGHUP: the sites of `new` against the running ones, by name. A changed site that
+    /// cannot start on its new tables goes back to its old ones (the reload of it is refused,
+    /// in one line); a new one that cannot start is left out. Err only when a site can start
+    /// on neither.
     async fn reload(&mut self, new: Sites) -> Result<Vec<String>, AppError> {
         let mut lines = Vec::new();
         let mut keep = Vec::new();
-        let mut changed = Vec::new();
+        let mut was: Vec<Arc<Config>> = Vec::new();
         for run in std::mem::take(&mut self.runs) {
             match new.get(&run.cfg.site) {
                 Some(cfg) if **cfg == *run.cfg => keep.push(run),
                 other => {
-                    let site = run.cfg.site.clone();
+                    let (site, cfg) = (run.cfg.site.clone(), run.cfg.clone());
                     run.stop().await?;
                     if other.is_none() {
                         lines.push(format!("site {site}: removed"));
                     } else {
-                        changed.push(site);
+                        was.push(cfg);
                     }
                 }
             }
@@ -470,9 +562,10 @@ impl Supervisor {
             if running {
                 continue;
             }
+            let old = was.iter().find(|w| w.site == cfg.site).cloned();
             match SiteRun::start(cfg.clone(), &self.env, self.token.child_token()).await {
                 Ok(run) => {
-                    let how = if changed.contains(&cfg.site) {
+                    let how = if old.is_some() {
                         "restarted (its tables changed)"
                     } else {
                         "started"
@@ -485,7 +578,19 @@ impl Supervisor {
                     lines.push(format!("site {}: waiting for its root", cfg.site));
                     self.waiting.push(cfg.clone());
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    warn!(site = %cfg.site, error = %e, "reload of the site refused: it cannot start on the new config");
+                    let Some(old) = old else {
+                        lines.push(format!("site {}: cannot start ({e}); left out", cfg.site));
+                        continue;
+                    };
+                    let run = SiteRun::start(old, &self.env, self.token.child_token()).await?;
+                    lines.push(format!(
+                        "site {}: cannot start on the new config ({e}); its old config runs",
+                        cfg.site
+                    ));
+                    keep.push(run);
+                }
             }
         }
         self.runs = keep;
@@ -510,12 +615,14 @@ impl App {
         lost: Arc<Lost>,
         token: CancellationToken,
         watch: watch::Watch,
+        alive: Arc<AtomicU64>,
     ) -> Result<(), AppError> {
         let mut deferred = tokio::spawn(deferred_loop(self.pipeline.clone(), token.clone()));
         // WatchdogSec=: ping from this loop at half the interval, so a wedged loop gets restarted.
         // Without a watchdog the timer never fires: an idle daemon does not wake up.
+        // The pulse the supervisor's watchdog looks at (at half its interval): this loop moves.
         let watchdog = crate::systemd::watchdog();
-        let every = watchdog.map_or(Duration::from_secs(86_400), |d| d / 2);
+        let every = watchdog.map_or(Duration::from_secs(86_400), |d| d / 4);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut flush_at: Option<tokio::time::Instant> = None;
         // Only once the watch limit was hit: periodic scans for folders without a watch.
@@ -532,11 +639,12 @@ impl App {
                     if let Err(e) = self.intake.flush_changes().await { break Err(e.into()) }
                 }
                 _ = ping.tick(), if watchdog.is_some() => {
-                    crate::systemd::hint("WATCHDOG=1\n");
+                    alive.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = token.cancelled() => break Ok(()),
                 ev = rx.recv() => match ev {
                     Some(WatchEvent::Marker(path)) => {
+                        crate::knobs::stall_point("site_loop_stall", &self.cfg.site).await;
                         match self.intake.marker(path, Source::Watch).await {
                             Ok(new) => self.spawn(new),
                             Err(e) => break Err(e.into()),

@@ -47,8 +47,26 @@ pub async fn run(sites: Sites, knobs: crate::knobs::Knobs) -> anyhow::Result<boo
                         tracing::info!("{line}");
                     }
                 } else {
+                    // The new database and listener first: what cannot be had keeps the
+                    // running daemon (a restart loop under systemd otherwise).
+                    let (prepared, fallback) = match Daemon::prepare(&new, Some(&daemon)).await {
+                        Ok(p) => (p, Daemon::prepare(&sites, Some(&daemon)).await),
+                        Err(e) => {
+                            tracing::warn!("reload refused, keeping the running config: {e}");
+                            crate::systemd::tell("READY=1\n").await;
+                            continue;
+                        }
+                    };
                     daemon.shutdown().await?;
-                    daemon = Daemon::start_sites(new.clone(), knobs.clone()).await?;
+                    match Daemon::start_prepared(new.clone(), knobs.clone(), prepared).await {
+                        Ok(d) => daemon = d,
+                        Err(e) => {
+                            tracing::warn!("reload refused, back to the running config: {e}");
+                            daemon = Daemon::start_prepared(sites.clone(), knobs.clone(), fallback?).await?;
+                            crate::systemd::tell("READY=1\n").await;
+                            continue;
+                        }
+                    }
                 }
                 sites = new;
                 tracing::info!(config = %sites.file.display(), "reloaded");

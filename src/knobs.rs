@@ -42,3 +42,16 @@ pub fn crash_point(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn crash_point(_name: &str) {}
+
+/// A site's loop that stops moving on purpose, for the watchdog test (feature `failpoints`,
+/// env FAILPOINTS `site_loop_stall=return(SITE)`): it awaits for ever; the other sites run on.
+#[cfg(feature = "failpoints")]
+pub async fn stall_point(name: &str, site: &str) {
+    if fail::eval(name, |arg| arg.as_deref() == Some(site)) == Some(true) {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn stall_point(_name: &str, _site: &str) {}

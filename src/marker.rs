@@ -296,6 +296,27 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_is_read_once_within_its_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join(".purge");
+        let sized = |n: u64| {
+            let f = std::fs::File::create(&p).expect("create");
+            f.set_len(n).expect("size");
+            read_marker(&p, ".purge".into())
+        };
+        let list = sized(BLOCK as u64).expect("a block");
+        assert_eq!(list.body.map(|b| b.len()), Some(BLOCK), "kept: it may be a list");
+        let flag = sized(MAX_SIZE).expect("at the limit");
+        assert_eq!(flag.body, None, "over a block: no list, not kept");
+        let e = sized(MAX_SIZE + 1).expect_err("over the limit");
+        assert!(e.to_string().contains("1048577 bytes"), "{e}");
+        std::fs::remove_file(&p).expect("rm");
+        std::os::unix::fs::symlink("/etc/hostname", &p).expect("symlink");
+        let e = read_marker(&p, ".purge".into()).expect_err("a symlink");
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
     fn raw_sums_match_their_hex_md5_and_nothing_else() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("a");

@@ -298,7 +298,12 @@ impl Waiter<'_> {
             }
         };
         let pass = match set
-            .pass(self.origin, self.root, self.config.changes_check, self.token)
+            .pass(
+                self.origin,
+                self.root,
+                self.config.changes_check,
+                self.token,
+            )
             .await
         {
             // A pass cut short by the shutdown proves nothing.

@@ -83,12 +83,16 @@ async fn only_paths(site: &Site) -> Vec<String> {
 
 /// Polls until a request of the site waits for its origin; returns its id.
 async fn waiting(site: &Site) -> i64 {
-    poll("a request waiting for its origin", Duration::from_secs(20), || async {
-        site.history()
-            .into_iter()
-            .find(|r| r.status.as_str() == "waiting_for_origin")
-            .map(|r| r.id)
-    })
+    poll(
+        "a request waiting for its origin",
+        Duration::from_secs(20),
+        || async {
+            site.history()
+                .into_iter()
+                .find(|r| r.status.as_str() == "waiting_for_origin")
+                .map(|r| r.id)
+        },
+    )
     .await
 }
 
@@ -105,12 +109,16 @@ async fn a_fifo_swapped_in_after_intake_neither_stalls_nor_changes_the_paths() {
     swap(&site, ".purge", mkfifo);
     // S3 gets the bytes that were written (lsyncd uploaded them before the swap).
     put(&site, ".purge", list).await;
-    poll("the listed paths invalidated", Duration::from_secs(30), || async {
-        site.history()
-            .iter()
-            .any(|r| r.status.as_str() == "completed")
-            .then_some(())
-    })
+    poll(
+        "the listed paths invalidated",
+        Duration::from_secs(30),
+        || async {
+            site.history()
+                .iter()
+                .any(|r| r.status.as_str() == "completed")
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(only_paths(&site).await, vec!["/a.html", "/b.html"]);
     assert!(
@@ -165,12 +173,16 @@ async fn a_marker_over_one_mib_is_refused_unread_and_named_with_its_size() {
     // The site goes on: a usable marker is purged for.
     site.write(".purge", b"x");
     site.upload(".purge").await;
-    poll("the next marker completed", Duration::from_secs(30), || async {
-        site.statuses()
-            .iter()
-            .any(|s| s == "completed")
-            .then_some(())
-    })
+    poll(
+        "the next marker completed",
+        Duration::from_secs(30),
+        || async {
+            site.statuses()
+                .iter()
+                .any(|s| s == "completed")
+                .then_some(())
+        },
+    )
     .await;
     daemon.shutdown().await.expect("shutdown");
 }
@@ -181,16 +193,13 @@ async fn a_marker_over_one_mib_is_refused_unread_and_named_with_its_size() {
 async fn a_huge_changed_file_is_hashed_off_the_loop_and_sigterm_still_works() {
     let site = Site::new().await;
     let port = free_port();
-    let toml = site
-        .toml("", "", "wait_for = \"changes\"")
-        .replace(
-            &format!("distribution_id = \"{}\"", site.distribution_id),
-            &format!(
-                "distribution_id = \"{}\"\npaths = \"changed\"",
-                site.distribution_id
-            ),
-        )
-        + &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let toml = site.toml("", "", "wait_for = \"changes\"").replace(
+        &format!("distribution_id = \"{}\"", site.distribution_id),
+        &format!(
+            "distribution_id = \"{}\"\npaths = \"changed\"",
+            site.distribution_id
+        ),
+    ) + &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
     let file = site.config_file(&toml);
     let mut daemon = spawn_watching(daemon_command(&file));
     let pid = daemon.child.id();
@@ -210,9 +219,11 @@ async fn a_huge_changed_file_is_hashed_off_the_loop_and_sigterm_still_works() {
             })
             .unwrap_or(0)
     };
-    poll("the daemon reading the big file", Duration::from_secs(30), || async {
-        (read() > 1 << 30).then_some(())
-    })
+    poll(
+        "the daemon reading the big file",
+        Duration::from_secs(30),
+        || async { (read() > 1 << 30).then_some(()) },
+    )
     .await;
     for _ in 0..3 {
         let line = tokio::task::spawn_blocking(move || scrape(port))
@@ -256,7 +267,9 @@ async fn a_japanese_folder_too_long_for_cloudfront_is_covered_by_a_wildcard() {
     let paths = only_paths(&site).await;
     assert!(paths.iter().all(|p| p.len() <= 4000), "{paths:?}");
     assert!(
-        paths.iter().any(|p| purgewatch::paths::covers(p, &deep) && p.ends_with('*')),
+        paths
+            .iter()
+            .any(|p| purgewatch::paths::covers(p, &deep) && p.ends_with('*')),
         "{paths:?}"
     );
     assert!(paths.contains(&"/top.html".to_owned()), "{paths:?}");
@@ -274,7 +287,9 @@ async fn a_flood_of_unusable_writes_is_one_failed_row_until_a_usable_write() {
     }
     // Then a usable write (by rename: opening the FIFO to write would wait for a reader);
     // everything before it was handled by then (one loop, in order).
-    swap(&site, ".purge", |tmp| std::fs::write(tmp, b"deploy\n").expect("write"));
+    swap(&site, ".purge", |tmp| {
+        std::fs::write(tmp, b"deploy\n").expect("write")
+    });
     site.upload(".purge").await;
     let rows = site.settled(2, &["failed", "completed"]).await;
     daemon.shutdown().await.expect("shutdown");
@@ -290,4 +305,115 @@ async fn a_flood_of_unusable_writes_is_one_failed_row_until_a_usable_write() {
     );
     // One event, so one alert: the repeats change the row, not the outbox.
     assert_eq!(site.events(failed[0].id).len(), 1);
+}
+
+/// The next log line of `d` containing `needle` (15 s at most).
+fn logged(d: &Spawned, needle: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match d.log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+// Item 8: a reload onto a metrics port in use stopped the running daemon first, then failed to
+// bind, and the process ended with exit 1: a restart loop under systemd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_onto_a_port_in_use_keeps_the_running_daemon() {
+    let site = Site::new().await;
+    let port = free_port();
+    let toml = site.toml("", "", "") + &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let file = site.config_file(&toml);
+    let mut daemon = spawn_watching(daemon_command(&file));
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = busy.local_addr().expect("address").port();
+    site.config_file(&toml.replace(&format!(":{port}\""), &format!(":{taken}\"")));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    let line = logged(&daemon, "metrics.listen").expect("a line naming metrics.listen");
+    assert!(line.contains("reload refused"), "{line}");
+    // The old config runs on: its port answers and a marker is purged for.
+    let scraped = tokio::task::spawn_blocking(move || scrape(port))
+        .await
+        .expect("scrape");
+    assert!(
+        scraped
+            .as_ref()
+            .is_ok_and(|l| l.starts_with("HTTP/1.1 200")),
+        "{scraped:?}"
+    );
+    site.write(".purge", b"x");
+    site.upload(".purge").await;
+    site.settled(1, DONE).await;
+    assert!(
+        daemon.child.try_wait().expect("wait").is_none(),
+        "the daemon ended"
+    );
+    assert!(stop(&mut daemon) < Duration::from_secs(5));
+}
+
+// Item 2: each site's loop sent WATCHDOG=1 itself, so one live site kept a wedged one from
+// ever being restarted by systemd.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_ping_stops_when_one_sites_loop_stalls() {
+    use std::os::unix::net::UnixDatagram;
+    let (a, b) = (Site::new().await, Site::new().await);
+    let table = |name: &str, s: &Site| {
+        format!(
+            "[[site]]\nname = \"{name}\"\nroot = \"{}\"\norigin = {{ bucket = \"{}\" }}\n\
+             cloudfront = {{ distribution_id = \"{}\" }}\nquota = \"own\"\n\n",
+            s.root.display(),
+            s.origin_bucket,
+            s.distribution_id
+        )
+    };
+    let toml = format!(
+        "[watch]\nsettle = \"200ms\"\n\n[origin]\nwait_timeout = \"20s\"\n\n{}{}\
+         [quotas.own]\nmax = 10\ncount_bucket = \"{}\"\n\n[state]\ndatabase = \"{}\"\n\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+        table("a", &a),
+        table("b", &b),
+        a.count_bucket,
+        a.db.display(),
+        a.endpoint
+    );
+    let sock_path = a.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut cmd = daemon_command(&a.config_file(&toml));
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("FAILPOINTS", "site_loop_stall=return(b)");
+    let _daemon = spawn_watching(cmd);
+    // Messages received over the next `span`.
+    let heard = |span: Duration| {
+        let until = Instant::now() + span;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while Instant::now() < until {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let pings = |got: &[String]| got.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        pings(&heard(Duration::from_secs(3))) > 0,
+        "no watchdog ping while both sites run"
+    );
+    b.write(".purge", b"x");
+    // Site a goes on: its marker is purged for while b's loop is stuck.
+    a.write(".purge", b"x");
+    a.upload(".purge").await;
+    a.settled(1, DONE).await;
+    heard(Duration::from_secs(1));
+    let late = heard(Duration::from_secs(3));
+    assert_eq!(pings(&late), 0, "pinged with site b stalled: {late:?}");
 }
