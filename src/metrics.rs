@@ -22,10 +22,13 @@
 //!
 //! # The HTTP side
 //! One fixed path on (usually) loopback does not need an HTTP server crate: each connection is
-//! read up to the end of its head (8 KiB, 10 s at most), answered, and closed; at most
-//! [`MAX_CONNECTIONS`] at once, so a stalled client blocks nobody. The body is the Prometheus
-//! text format 0.0.4 (`text/plain; version=0.0.4`), or OpenMetrics text when the scraper asks
-//! for it in `Accept` (Prometheus does); both are prometheus-client's own encoders.
+//! a task of its own, its head read within [`HEAD_DEADLINE`] (8 KiB at most), answered, and
+//! closed. The listener always accepts: past [`MAX_CONNECTIONS`] open at once a new one is
+//! closed unanswered, so clients that connect and send nothing (issue 22: four of them held
+//! every slot for 10 s) cost a slot each for a few seconds and never stop a scrape. The body
+//! is the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), or OpenMetrics text when
+//! the scraper asks for it in `Accept` (Prometheus does); both are prometheus-client's own
+//! encoders.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -72,8 +75,10 @@ pub struct Source {
     pub clock: Clock,
 }
 
-/// Connections answered at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 4;
+/// Connections open at once; one more is closed as soon as it is accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// The time a client has to send its request head (a scraper sends it at once).
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// A connection's whole life: its request head read, the page made and written.
 const DEADLINE: Duration = Duration::from_secs(10);
 /// The longest request head read.
@@ -89,7 +94,11 @@ pub async fn serve(listener: TcpListener, source: Source, token: CancellationTok
         tokio::select! {
             _ = token.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((_, peer)) if conns.len() >= MAX_CONNECTIONS => {
+                    // Closed (dropped) unanswered; a waiting one would hold a descriptor.
+                    debug!(%peer, "metrics: too many connections; one closed");
+                }
                 Ok((stream, peer)) => {
                     let page = page.clone();
                     conns.spawn(async move {
@@ -115,8 +124,17 @@ pub async fn serve(listener: TcpListener, source: Source, token: CancellationTok
 async fn answer(mut stream: TcpStream, page: &Arc<Page>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
+    let head_by = tokio::time::Instant::now() + HEAD_DEADLINE;
     let end = loop {
-        let n = stream.read(&mut chunk).await?;
+        let n = match tokio::time::timeout_at(head_by, stream.read(&mut chunk)).await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request head within the deadline",
+                ))
+            }
+        };
         if n == 0 {
             return Ok(());
         }

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use crate::common::{Site, ENDED};
+use crate::common::{poll, Site, ENDED};
 
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -202,4 +202,113 @@ async fn a_scrape_shows_one_completed_one_over_quota_and_the_calls_behind_them()
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the port is closed with the daemon"
     );
+}
+
+/// One scrape that must be answered within `limit` (connect, send, the whole answer); the
+/// status line, or what went wrong and after how long.
+async fn scrape_within(port: u16, limit: Duration) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let fail = |what: &str, e: std::io::Error| format!("{what} after {:?}: {e}", t.elapsed());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| fail("connect", e))?;
+        s.set_read_timeout(Some(limit))
+            .map_err(|e| fail("timeout", e))?;
+        s.set_write_timeout(Some(limit))
+            .map_err(|e| fail("timeout", e))?;
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        s.write_all(req.as_bytes()).map_err(|e| fail("send", e))?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).map_err(|e| fail("read", e))?;
+        if t.elapsed() > limit {
+            return Err(format!("answered after {:?}", t.elapsed()));
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        Ok(answer.lines().next().unwrap_or("").to_owned())
+    })
+    .await
+    .expect("scrape")
+}
+
+// Issue 22: four connections that sent nothing held every slot of the metrics server for 10 s
+// each, so most scrapes timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_do_not_starve_a_scrape() {
+    let site = Site::new().await;
+    let port = free_port();
+    let toml = site.toml("", "", "") + &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let daemon = site.start_with(&toml).await;
+
+    // Eight connections that send nothing, and a slow loris that stops halfway through a head;
+    // all stay open while the scrapes run.
+    let mut idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let mut loris = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    loris.write_all(b"GET /metr").expect("half a request");
+    idle.push(loris);
+
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(scrape_within(port, Duration::from_secs(2)).await);
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|l| l.starts_with("HTTP/1.1 200"))),
+        "{answers:?}"
+    );
+    drop(idle);
+    daemon.shutdown().await.expect("shutdown");
+}
+
+/// Whether the server closes `s` (end of stream, or a reset) within `limit`, having sent
+/// nothing.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Result<(), String> {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("it answered".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(e) => Err(format!("still open after {limit:?}: {e}")),
+    }
+}
+
+// Issue 22: the connections a metrics server holds are bounded (a new one past 64 is closed at
+// once), and one that sends no request head is closed after a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_64_connections_one_is_closed_and_idle_ones_are_dropped() {
+    let site = Site::new().await;
+    let port = free_port();
+    let toml = site.toml("", "", "") + &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let daemon = site.start_with(&toml).await;
+
+    let mut idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    // Every slot is taken once the server accepted them all: a next one is closed unanswered.
+    poll(
+        "a connection past 64 closed",
+        Duration::from_secs(5),
+        || async {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            closed_within(&mut s, Duration::from_millis(500))
+                .is_ok()
+                .then_some(())
+        },
+    )
+    .await;
+    // The idle ones are closed after the head deadline (5 s), and scrapes are answered again.
+    let t = std::time::Instant::now();
+    for s in &mut idle {
+        let left = Duration::from_secs(8).saturating_sub(t.elapsed());
+        closed_within(s, left.max(Duration::from_millis(1))).expect("an idle connection closed");
+    }
+    let status = scrape_within(port, Duration::from_secs(2)).await;
+    assert!(
+        status.as_ref().is_ok_and(|l| l.starts_with("HTTP/1.1 200")),
+        "{status:?}"
+    );
+    daemon.shutdown().await.expect("shutdown");
 }
