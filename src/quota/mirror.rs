@@ -19,6 +19,10 @@ pub struct Remote {
 /// User metadata naming the request that wrote the count; the body stays the seed's format.
 const WRITER_KEY: &str = "purgewatch-request";
 
+/// The longest body read as a count: a u32 is 10 digits, this leaves room for whitespace. A
+/// longer object is refused unread (a 400 MiB one once made `purgewatch quota` take 414 MB).
+pub const MAX_BODY: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     /// Someone else wrote first (412/409): re-read and decide again.
@@ -26,6 +30,12 @@ pub enum MirrorError {
     Conflict,
     #[error(transparent)]
     Malformed(#[from] MalformedCount),
+    /// Longer than any count: refused without reading it (fail closed, like a malformed one).
+    #[error(
+        "count object {object} is {}, not a count (at most {MAX_BODY} bytes of digits); fix or delete it",
+        size.map_or(format!("more than {MAX_BODY} bytes"), |n| format!("{n} bytes"))
+    )]
+    TooBig { object: String, size: Option<u64> },
     #[error(transparent)]
     Aws(#[from] AwsError),
 }
@@ -68,15 +78,33 @@ impl Mirror {
             .send(|c| c.get_object().bucket(name).key(&key).send())
             .await;
         match out {
-            Ok(o) => {
+            Ok(mut o) => {
                 let etag = o.e_tag.clone();
                 let writer = o.metadata().and_then(|m| m.get(WRITER_KEY)).cloned();
-                let body = o
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| AwsError::transient(format!("reading s3://{name}/{key}: {e}")))?
-                    .into_bytes();
+                let too_big = |size: Option<u64>| MirrorError::TooBig {
+                    object: format!("s3://{name}/{key}"),
+                    size,
+                };
+                // Anyone may write the object: its length decides before its body is read.
+                let said = o.content_length.and_then(|n| u64::try_from(n).ok());
+                if said.is_some_and(|n| n > MAX_BODY as u64) {
+                    return Err(too_big(said));
+                }
+                // Kept: at most one byte past the limit, whatever the length said (a chunked
+                // answer has none); read: at most one chunk past it. Dropping the stream closes
+                // the connection on the rest.
+                let mut body = Vec::with_capacity(MAX_BODY + 1);
+                while let Some(chunk) =
+                    o.body.try_next().await.map_err(|e| {
+                        AwsError::transient(format!("reading s3://{name}/{key}: {e}"))
+                    })?
+                {
+                    let room = MAX_BODY + 1 - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() > MAX_BODY {
+                        return Err(too_big(said));
+                    }
+                }
                 Ok(Remote {
                     count: parse_count(&key, &body)?,
                     etag,
