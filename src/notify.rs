@@ -103,15 +103,52 @@ pub struct QuotaPart {
 
 impl Alert {
     fn subject(&self) -> String {
-        // SNS: at most 100 printable ASCII characters, no line breaks.
+        // SNS: ASCII without line breaks or control characters, "less than 100 characters",
+        // starting with a letter, digit or punctuation (it does: "purgewatch"). No marker in
+        // it: the name is in the message.
         let s = format!(
             "purgewatch on {}: request {} {}",
             self.host, self.request.id, self.event
         );
         s.chars()
             .filter(|c| c.is_ascii_graphic() || *c == ' ')
-            .take(100)
+            .take(SUBJECT_MAX)
             .collect()
+    }
+
+    /// The JSON body, with every character a terminal acts on as a `\uXXXX` escape: a reader
+    /// gets the exact name back, and no raw control reaches a mail client or a log of the body.
+    fn to_json(&self) -> Result<String, String> {
+        let mut out = Vec::with_capacity(1024);
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, InertJson);
+        self.serialize(&mut ser).map_err(|e| format!("JSON: {e}"))?;
+        String::from_utf8(out).map_err(|e| format!("JSON: {e}"))
+    }
+}
+
+/// SNS's subject is "less than 100 characters long".
+const SUBJECT_MAX: usize = 99;
+
+/// serde_json's compact output, but for DEL, the C1 controls and the bidirectional overrides,
+/// which JSON allows raw (it escapes only U+0000–U+001F) and a terminal acts on.
+struct InertJson;
+
+impl serde_json::ser::Formatter for InertJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if crate::text::acts(c) {
+                w.write_all(&fragment.as_bytes()[start..i])?;
+                // Every such character is in the BMP: one `\uXXXX`.
+                write!(w, "\\u{:04x}", c as u32)?;
+                start = i + c.len_utf8();
+            }
+        }
+        w.write_all(&fragment.as_bytes()[start..])
     }
 }
 
@@ -128,13 +165,32 @@ fn text_of(
     } else {
         format!(" site {site}")
     };
+    // A name from the tree is shown escaped (`\n`, `\u{1b}`): an operator sees that a name is
+    // odd, where dropping the characters would show two names as one.
+    let marker = crate::text::printable(marker);
     let mut t = format!("purgewatch on {host}{on}: request {id} {marker} {status}");
     if let Some(d) = detail.filter(|d| !d.is_empty()) {
         t.push_str(": ");
-        t.push_str(d);
+        // Our own words: a line break in them is a space, so the text stays one line.
+        t.push_str(&d.replace(['\r', '\n'], " "));
     }
-    // One line, whatever a detail holds.
-    t.replace(['\r', '\n'], " ")
+    slack_escape(&crate::text::printable(&t))
+}
+
+/// Slack's escaping of message text: `&`, `<` and `>` are its markup (`<!channel>` pings the
+/// channel, `<url|label>` is a link), so a folder name could mention or mislink. Teams and
+/// Discord show the entities as text, which is harmless.
+fn slack_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Where alerts go.
@@ -157,7 +213,7 @@ impl Target {
 
     /// Ok: what proves delivery ("HTTP 200", "MessageId …"). Err: why not, in words.
     async fn send(&self, alert: &Alert) -> Result<String, String> {
-        let json = serde_json::to_string(alert).map_err(|e| format!("JSON: {e}"))?;
+        let json = alert.to_json()?;
         match self {
             Target::Webhook(w) => w.as_ref().map_err(Clone::clone)?.post(json).await,
             Target::Sns { client, arn } => {
@@ -726,5 +782,69 @@ mod tests {
         );
         let t = text_of("web1", "shop", 7, ".purge", Status::Failed, None);
         assert_eq!(t, "purgewatch on web1 site shop: request 7 .purge failed");
+    }
+
+    #[test]
+    fn a_hostile_folder_name_is_neither_markup_nor_a_control_in_the_text() {
+        let t = text_of(
+            "web1",
+            "default",
+            9,
+            "<!channel> & x\x1b[2J\n\u{9b}/.purge",
+            Status::Failed,
+            Some("HeadObject <!here>:\n\x07"),
+        );
+        assert_eq!(
+            t,
+            "purgewatch on web1: request 9 &lt;!channel&gt; &amp; x\\u{1b}[2J\\n\\u{9b}/.purge \
+             failed: HeadObject &lt;!here&gt;: \\u{7}"
+        );
+    }
+
+    fn alert(host: &str, marker: &str) -> Alert {
+        Alert {
+            text: String::new(),
+            event: Status::Failed,
+            host: host.into(),
+            site: "default".into(),
+            at: String::new(),
+            request: RequestPart {
+                id: 12345,
+                marker: marker.into(),
+                status: Status::Failed,
+                detail: None,
+                invalidation_id: None,
+                paths: Vec::new(),
+                path_count: 0,
+            },
+            quota: QuotaPart {
+                name: "default".into(),
+                period: String::new(),
+                count: 0,
+                max: 0,
+            },
+            event_id: 0,
+        }
+    }
+
+    #[test]
+    fn the_sns_subject_is_printable_ascii_under_100_characters() {
+        let s = alert(&format!("web\x1b[2J\n{}", "h".repeat(200)), "").subject();
+        assert_eq!(s.chars().count(), 99);
+        assert!(s.starts_with("purgewatch on web[2Jhhh"), "{s}");
+        assert!(s.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{s}");
+    }
+
+    #[test]
+    fn the_json_carries_the_exact_name_with_no_raw_control() {
+        let name = "a\x1b[2J\u{7f}\u{9b}\u{202e}é/.purge";
+        let json = alert("web1", name).to_json().expect("json");
+        assert!(!json.chars().any(crate::text::acts), "{json:?}");
+        assert!(
+            json.contains(r#""a\u001b[2J\u007f\u009b\u202eé/.purge""#),
+            "{json}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(back["request"]["marker"], name);
     }
 }

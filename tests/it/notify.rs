@@ -15,6 +15,8 @@ use crate::common::{aws_cli, poll, today_utc, Site, ENDED};
 struct Hook {
     port: u16,
     got: Arc<Mutex<Vec<Value>>>,
+    /// The bodies as sent, before JSON decoding.
+    raw: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Hook {
@@ -26,6 +28,7 @@ impl Hook {
         let hook = Hook {
             port: listener.local_addr().expect("addr").port(),
             got: Arc::default(),
+            raw: Arc::default(),
         };
         let h = hook.clone();
         std::thread::spawn(move || {
@@ -71,6 +74,7 @@ impl Hook {
         );
         let json: Value = serde_json::from_slice(&body).expect("the alert is JSON");
         self.got.lock().expect("lock").push(json);
+        self.raw.lock().expect("lock").push(body);
         let _ = r
             .get_mut()
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
@@ -78,6 +82,10 @@ impl Hook {
 
     fn bodies(&self) -> Vec<Value> {
         self.got.lock().expect("lock").clone()
+    }
+
+    fn raw_bodies(&self) -> Vec<Vec<u8>> {
+        self.raw.lock().expect("lock").clone()
     }
 
     fn url(&self) -> String {
@@ -420,4 +428,42 @@ async fn a_restart_neither_loses_nor_repeats_an_alert() {
         .map(|a| a["request"]["id"].as_i64().expect("id"))
         .collect();
     assert_eq!(ids, [first, second]);
+}
+
+// Issue 22: a folder named "<!channel>" pinged the whole Slack channel through the alert text,
+// and an ESC in a name reached the text raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_folder_name_is_shown_as_text_in_the_alert() {
+    let hook = Hook::start();
+    let site = Site::new().await;
+    let toml = site.toml("", "", "")
+        + &format!(
+            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
+            hook.url()
+        );
+    let daemon = site.start_with(&toml).await;
+    let folder = "<!channel> & x\x1b[2J\u{9b}";
+    purge(&site, folder).await;
+    let rows = site.settled(1, ENDED).await;
+    assert_eq!(rows[0].status, "completed", "{:?}", rows[0].detail);
+    site.noted("alert on completed to webhook: delivered (HTTP 200)")
+        .await;
+    daemon.shutdown().await.expect("shutdown");
+
+    let got = hook.bodies();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = got[0]["text"].as_str().expect("text");
+    assert!(
+        text.contains(&format!(
+            ": request {} &lt;!channel&gt; &amp; x\\u{{1b}}[2J\\u{{9b}}/.purge completed",
+            rows[0].id
+        )),
+        "{text:?}"
+    );
+    assert!(!text.contains("<!channel>"), "{text:?}");
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    // The name itself is data, exact, for whoever reads the JSON; escaped on the wire.
+    assert_eq!(got[0]["request"]["marker"], format!("{folder}/.purge"));
+    let raw = String::from_utf8(hook.raw_bodies().remove(0)).expect("UTF-8");
+    assert!(!raw.chars().any(char::is_control), "{raw:?}");
 }
