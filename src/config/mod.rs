@@ -54,8 +54,9 @@ pub struct Metrics {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// `[notify]`: alerts when a request reaches one of `on` (src/notify.rs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[notify]`: alerts when a request reaches one of `on` (src/notify.rs). Its `Debug` shows
+/// where the webhook goes, never the URL (a secret).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Notify {
     /// POSTed JSON with a chat-ready `text` (Slack, Teams, Discord).
     pub webhook: Option<String>,
@@ -75,6 +76,16 @@ impl Default for Notify {
                 Status::QuotaExhausted,
             ],
         }
+    }
+}
+
+impl fmt::Debug for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notify")
+            .field("webhook", &self.webhook.as_deref().map(webhook_shown))
+            .field("sns_topic_arn", &self.sns_topic_arn)
+            .field("on", &self.on)
+            .finish()
     }
 }
 
@@ -539,12 +550,12 @@ impl Config {
         };
         let n = raw.notify;
         if let Some(w) = &n.webhook {
-            if !(w.starts_with("https://") || w.starts_with("http://")) {
-                return Err(invalid(
+            check_webhook(w).map_err(|m| {
+                invalid(
                     "notify.webhook",
-                    format!("{w:?} must start with https:// (or http://)"),
-                ));
-            }
+                    format!("{m} (the value is not shown: the URL carries a token)"),
+                )
+            })?;
         }
         if let Some(t) = &n.sns_topic_arn {
             if !t.starts_with("arn:") || t.split(':').count() != 6 {
@@ -694,6 +705,46 @@ fn deserialize_error(
     }
 }
 
+/// The webhook URL is a secret (Slack's carries the token): what is wrong with it is said
+/// without a word of it. HTTPS, or plain HTTP to this machine only (a local relay, the tests):
+/// over the network the token would travel in clear.
+fn check_webhook(url: &str) -> Result<(), &'static str> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| "is not a URL such as \"https://hooks.slack.com/services/…\"")?;
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() {
+        return Err("has no host name");
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        _ => Err(
+            "must start with https:// (http:// only to this machine, such as 127.0.0.1: \
+                  elsewhere the token would travel in clear)",
+        ),
+    }
+}
+
+/// Where the webhook goes, `https://hooks.slack.com/…`: enough to recognise it in a listing,
+/// without the path that holds the token.
+pub fn webhook_shown(url: &str) -> String {
+    match url.parse::<hyper::Uri>() {
+        Ok(u) => format!(
+            "{}://{}/…",
+            u.scheme_str().unwrap_or("?"),
+            u.authority().map_or("?", |a| a.host())
+        ),
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// An AWS region name such as "ap-northeast-1": lower-case letters, digits and '-'.
 fn check_region(r: &str) -> Result<(), String> {
     let ok = !r.is_empty()
@@ -839,6 +890,53 @@ distribution_id = "E2EXAMPLE"
         );
         let c = parse(&format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9465\"\n")).expect("valid");
         assert_eq!(c.metrics.listen, Some(([127, 0, 0, 1], 9465).into()));
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    const BASE: &str = "[watch]\nroot = \"/tmp\"\n[origin]\nbucket = \"abc\"\n[quota]\nmax = 1\n[cloudfront]\ndistribution_id = \"E\"\n[notify]\n";
+
+    // A webhook without https:// was echoed whole, token and all, into the journal.
+    #[test]
+    fn a_bad_webhook_is_named_never_shown() {
+        for url in [
+            "http://hooks.slack.com/services/T0/B0/SECRETTOKEN",
+            "hooks.slack.com/services/T0/B0/SECRETTOKEN",
+            "https://hooks slack.com/SECRETTOKEN",
+            "https:///SECRETTOKEN",
+            "ftp://h/SECRETTOKEN",
+            "http://10.0.0.1/SECRETTOKEN",
+        ] {
+            let text = format!("{BASE}webhook = \"{url}\"\n");
+            let e = Config::parse(Path::new("/etc/pw.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("key `notify.webhook`"), "{url}: {e}");
+            assert!(!e.contains("SECRETTOKEN"), "{url}: {e}");
+        }
+        for url in [
+            "https://hooks.slack.com/services/T0/B0/X",
+            "http://127.0.0.1:8080/hook",
+            "http://[::1]:8080/hook",
+            "http://localhost/hook",
+        ] {
+            let text = format!("{BASE}webhook = \"{url}\"\n");
+            assert!(Config::parse(Path::new("f"), &text).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_where_the_webhook_goes_not_its_token() {
+        let text = format!("{BASE}webhook = \"https://hooks.slack.com/services/T0/B0/SECRET\"\n");
+        let c = Config::parse(Path::new("f"), &text).expect("valid");
+        let d = format!("{c:?}");
+        assert!(
+            d.contains("https://hooks.slack.com/…") && !d.contains("SECRET"),
+            "{d}"
+        );
     }
 }
 
