@@ -1,6 +1,8 @@
 //! The CLI's verbs. Each returns Ok(true) on success, Ok(false) when it ran but something it
 //! checked failed (exit 1), Err for a failure to run at all.
 
+use std::borrow::Cow;
+
 use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
@@ -12,6 +14,7 @@ use crate::cloudfront::Cdn;
 use crate::config::{Config, Sites};
 use crate::quota::{self, mirror::Mirror};
 use crate::store::{self, counters, requests, Store};
+use crate::text::printable;
 
 /// `println!` that hands the error back instead of panicking: `purgewatch history | head`
 /// closes the pipe early, and main ends such a command quietly.
@@ -121,8 +124,47 @@ fn selected(sites: &Sites, site: Option<&str>) -> anyhow::Result<Vec<std::sync::
     sites.select(site).map_err(anyhow::Error::msg)
 }
 
-fn open_store(cfg: &Config) -> anyhow::Result<Store> {
-    Store::open(&cfg.state.database).context("opening the state database")
+/// The database for a command that only reads it (`history`, `status`, `quota`): opened
+/// read-only, never created or migrated (`sudo purgewatch status` before the first start once
+/// made a root-owned database the service could not write). `None`: the daemon has not run
+/// yet. A schema older than this binary's is said on stderr and read as it is.
+fn read_store(cfg: &Config) -> anyhow::Result<Option<Store>> {
+    let path = &cfg.state.database;
+    let Some(r) = Store::open_read_only(path).context("opening the state database")? else {
+        return Ok(None);
+    };
+    if let Some(note) = r.schema_note() {
+        eprintln!("purgewatch: {}: {note}", path.display());
+    }
+    Ok(Some(r.store))
+}
+
+/// What a read-only command says when there is no database.
+fn never_ran(cfg: &Config) -> String {
+    format!(
+        "the daemon has not run yet (no database at {})",
+        cfg.state.database.display()
+    )
+}
+
+/// Pretty JSON whose strings cannot act on a terminal: serde escapes the C0 controls, not DEL,
+/// the C1 controls (CSI, U+009B) or the bidi overrides, which [`printable`] also names. Those
+/// only occur inside strings, where `\uXXXX` is the same character to a JSON reader.
+fn json_out<T: Serialize>(v: &T) -> anyhow::Result<String> {
+    let json = serde_json::to_string_pretty(v)?;
+    let mut out = String::with_capacity(json.len());
+    let mut buf = [0u8; 4];
+    for c in json.chars() {
+        // The pretty printer's own line breaks stay; within strings serde escaped every C0.
+        if c != '\n' && matches!(printable(c.encode_utf8(&mut buf)), Cow::Owned(_)) {
+            for unit in c.encode_utf16(&mut [0u16; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 pub async fn history(
@@ -132,12 +174,22 @@ pub async fn history(
     json: bool,
 ) -> anyhow::Result<bool> {
     selected(&sites, site.as_deref())?;
-    let store = open_store(sites.shared())?;
+    let Some(store) = read_store(sites.shared())? else {
+        let why = never_ran(sites.shared());
+        if json {
+            // stdout stays what a script parses: no requests.
+            eprintln!("purgewatch: {why}");
+            out!("[]");
+        } else {
+            out!("no requests: {why}");
+        }
+        return Ok(true);
+    };
     let rows = store
         .call(move |c| requests::history(c, site.as_deref(), limit))
         .await?;
     if json {
-        out!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", json_out(&rows)?);
         return Ok(true);
     }
     // The site column only where there is more than one site to tell apart.
@@ -172,6 +224,8 @@ pub async fn history(
         "INVALIDATION",
         "PATHS"
     );
+    // The marker, the detail (which quotes names and S3's answers) and the invalidation id come
+    // from the tree or from AWS: escaped, so a folder name cannot act on the terminal.
     for r in rows {
         out!(
             "{:>5}  {}{:<18}  {:<7}  {:<24}  {:<24}  {:<24}  {:<16}  {:>5}  {}",
@@ -179,12 +233,16 @@ pub async fn history(
             site_cell(&r.site),
             r.status,
             r.origin,
-            if r.marker.is_empty() { "-" } else { &r.marker },
+            if r.marker.is_empty() {
+                "-".into()
+            } else {
+                printable(&r.marker)
+            },
             r.detected_at,
             r.finished_at.as_deref().unwrap_or("-"),
-            r.invalidation_id.as_deref().unwrap_or("-"),
+            printable(r.invalidation_id.as_deref().unwrap_or("-")),
             r.path_count.map_or("-".to_owned(), |n| n.to_string()),
-            r.detail.as_deref().unwrap_or("")
+            printable(r.detail.as_deref().unwrap_or(""))
         );
     }
     Ok(true)
@@ -202,6 +260,9 @@ struct QuotaReport {
     count_object: Option<String>,
     mirrored_count: Option<u32>,
     mirror_error: Option<String>,
+    /// Why the local count is 0 without a database (the daemon has not run yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     resets_at: String,
     /// Paths invalidated this calendar month (UTC), as AWS bills them.
     paths_this_month: u64,
@@ -217,7 +278,7 @@ const USD_PER_PATH: f64 = 0.005;
 /// object for a single-site config (as before several sites), else an array.
 pub async fn quota(sites: Sites, site: Option<String>, json: bool) -> anyhow::Result<bool> {
     let chosen = selected(&sites, site.as_deref())?;
-    let store = open_store(sites.shared())?;
+    let store = read_store(sites.shared())?;
     let clients = Clients::new(&sites.shared().aws).await;
     let mut reports = Vec::new();
     for cfg in &chosen {
@@ -232,14 +293,14 @@ pub async fn quota(sites: Sites, site: Option<String>, json: bool) -> anyhow::Re
             .filter(|s| s.quota.name == cfg.quota.name)
             .map(|s| s.site.clone())
             .collect();
-        reports.push(quota_report(&store, &clients, cfg, users).await?);
+        reports.push(quota_report(store.as_ref(), &clients, cfg, users).await?);
     }
     let ok = reports.iter().all(|r| r.mirror_error.is_none());
     if json {
         if sites.is_single() {
-            out!("{}", serde_json::to_string_pretty(&reports[0])?);
+            out!("{}", json_out(&reports[0])?);
         } else {
-            out!("{}", serde_json::to_string_pretty(&reports)?);
+            out!("{}", json_out(&reports)?);
         }
         return Ok(ok);
     }
@@ -256,13 +317,17 @@ pub async fn quota(sites: Sites, site: Option<String>, json: bool) -> anyhow::Re
         }
         out!("period:   {} ({})", report.period, report.timezone);
         out!("count:    {} of {}", report.count, report.max);
+        if let Some(note) = &report.note {
+            out!("note:     {note}");
+        }
         match (
             &report.count_object,
             report.mirrored_count,
             &report.mirror_error,
         ) {
             (Some(o), Some(n), _) => out!("mirror:   {o} = {n}"),
-            (Some(o), None, Some(e)) => out!("mirror:   {o}: {e}"),
+            // The error may quote the count object's body: anyone may write it.
+            (Some(o), None, Some(e)) => out!("mirror:   {o}: {}", printable(e)),
             _ => out!("mirror:   none (quota.count_bucket not set)"),
         }
         out!("resets:   {}", report.resets_at);
@@ -276,8 +341,10 @@ pub async fn quota(sites: Sites, site: Option<String>, json: bool) -> anyhow::Re
     Ok(ok)
 }
 
+/// One quota's report; without a database (`store` None) the local count is 0 and the count
+/// bucket is still read.
 async fn quota_report(
-    store: &Store,
+    store: Option<&Store>,
     clients: &Clients,
     cfg: &Config,
     sites: Vec<String>,
@@ -287,24 +354,30 @@ async fn quota_report(
     let period = quota::period_key(now, q.timezone, q.period);
     let (name, p2) = (q.name.clone(), period.clone());
     let month_start = now.format("%Y-%m-01").to_string();
-    let (local, paths_this_month) = store
-        .call(move |c| {
-            Ok((
-                counters::get(c, &name, &p2)?,
-                requests::paths_since(c, &month_start)?,
-            ))
-        })
-        .await?;
+    let (local, paths_this_month) = match store {
+        Some(store) => {
+            store
+                .call(move |c| {
+                    Ok((
+                        counters::get(c, &name, &p2)?.count,
+                        requests::paths_since(c, &month_start)?,
+                    ))
+                })
+                .await?
+        }
+        None => (0, 0),
+    };
     let mut report = QuotaReport {
         quota: q.name.clone(),
         sites,
         period: period.clone(),
-        count: local.count,
+        count: local,
         max: q.max,
         timezone: q.timezone.name().to_owned(),
         count_object: None,
         mirrored_count: None,
         mirror_error: None,
+        note: store.is_none().then(|| never_ran(cfg)),
         resets_at: store::ts(quota::next_period_start(now, q.timezone, q.period)),
         paths_this_month,
         free_paths_per_month: FREE_PATHS,
@@ -332,12 +405,16 @@ async fn quota_report(
 /// 2 degraded.
 pub async fn status(sites: Sites, site: Option<String>, json: bool) -> anyhow::Result<u8> {
     let chosen = selected(&sites, site.as_deref())?;
-    let store = open_store(sites.shared())?;
-    let r = store
-        .call(move |c| crate::status::report(c, &chosen, Utc::now()))
-        .await?;
+    let r = match read_store(sites.shared())? {
+        Some(store) => {
+            store
+                .call(move |c| crate::status::report(c, &chosen, Utc::now()))
+                .await?
+        }
+        None => crate::status::without_database(&chosen, Utc::now(), never_ran(sites.shared())),
+    };
     if json {
-        out!("{}", serde_json::to_string_pretty(&r)?);
+        out!("{}", json_out(&r)?);
         return Ok(r.exit_code());
     }
     let state = match r.exit_code() {
@@ -346,11 +423,15 @@ pub async fn status(sites: Sites, site: Option<String>, json: bool) -> anyhow::R
         _ => "running, degraded",
     };
     out!(
-        "purgewatch {state}{}",
+        "purgewatch {state}{}{}",
         r.since
             .as_deref()
             .filter(|_| r.running)
             .map(|s| format!(" since {s}"))
+            .unwrap_or_default(),
+        r.note
+            .as_deref()
+            .map(|n| format!(": {n}"))
             .unwrap_or_default()
     );
     for p in &r.problems {
@@ -390,16 +471,17 @@ pub async fn status(sites: Sites, site: Option<String>, json: bool) -> anyhow::R
     }
     for (what, row) in [("completed", &r.last_completed), ("failed", &r.last_failed)] {
         match row {
+            // The marker and the detail come from the tree: escaped, as in `history`.
             Some(h) => out!(
                 "last {what}: request {} {} at {}: {}",
                 h.id,
                 if h.marker.is_empty() {
-                    "manual"
+                    "manual".into()
                 } else {
-                    &h.marker
+                    printable(&h.marker)
                 },
                 h.finished_at.as_deref().unwrap_or("-"),
-                h.detail.as_deref().unwrap_or("")
+                printable(h.detail.as_deref().unwrap_or(""))
             ),
             None => out!("last {what}: none"),
         }
@@ -496,11 +578,18 @@ async fn check_site(cfg: &Config) -> anyhow::Result<bool> {
             ),
         );
     }
-    match Store::open(&cfg.state.database) {
-        Ok(_) => report(
+    // Read only: a check as root before the first start must not make a database the
+    // service's user cannot write (nor migrate one the daemon is still using).
+    let db = cfg.state.database.display();
+    match Store::open_read_only(&cfg.state.database) {
+        Ok(None) => report(
             true,
-            format!("state.database {}", cfg.state.database.display()),
+            format!("state.database {db}: the daemon has not run yet (it creates it at its first start)"),
         ),
+        Ok(Some(r)) => match r.schema_note() {
+            None => report(true, format!("state.database {db}")),
+            Some(note) => report(true, format!("state.database {db}: {note}")),
+        },
         Err(e) => report(false, format!("state.database: {e}")),
     }
     let clients = Clients::new(&cfg.aws).await;

@@ -142,10 +142,12 @@ fn line(
         .map(|r| {
             let at = r.finished_at.as_deref().unwrap_or(&r.detected_at);
             let hm = at.get(11..16).unwrap_or(at);
+            // A name from the tree: a line break in it would end STATUS= and start another
+            // assignment to the service manager; escaped, it is only shown.
             let marker = if r.marker.is_empty() {
-                "manual"
+                "manual".into()
             } else {
-                &r.marker
+                crate::text::printable(&r.marker)
             };
             format!(" · last: {} {hm}Z {marker}", r.status)
         })
@@ -219,6 +221,9 @@ pub struct Report {
     pub last_failed: Option<HistoryRow>,
     /// Why the daemon is degraded, if it is (empty: healthy).
     pub problems: Vec<String>,
+    /// Why there is nothing to report: the daemon has not run yet (no database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Report {
@@ -245,6 +250,39 @@ fn alive(pid: u32) -> bool {
             let r = unsafe { libc::kill(pid, 0) };
             r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
         }
+    }
+}
+
+/// The report without a database: the daemon has not run yet, so it is not running, nothing
+/// is in progress and no slot is used; `note` says why.
+pub fn without_database(sites: &[Arc<Config>], now: DateTime<Utc>, note: String) -> Report {
+    let quota_of = |cfg: &Config| QuotaNow {
+        period: quota::period_key(now, cfg.quota.timezone, cfg.quota.period),
+        count: 0,
+        max: cfg.quota.max,
+    };
+    Report {
+        running: false,
+        since: None,
+        version: None,
+        watched_folders: 0,
+        unwatched_folders: 0,
+        events_lost: 0,
+        in_progress: InProgress::default(),
+        quota: quota_of(&sites[0]),
+        sites: sites
+            .iter()
+            .map(|cfg| SiteNow {
+                site: cfg.site.clone(),
+                waiting: 0,
+                quota_name: cfg.quota.name.clone(),
+                quota: quota_of(cfg),
+            })
+            .collect(),
+        last_completed: None,
+        last_failed: None,
+        problems: Vec::new(),
+        note: Some(note),
     }
 }
 
@@ -361,6 +399,7 @@ pub fn report(
         last_completed,
         last_failed,
         problems,
+        note: None,
     })
 }
 

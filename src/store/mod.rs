@@ -46,11 +46,22 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("database {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
     /// A status this version does not know (a newer version wrote it, or a hand edit).
     #[error("database: request {id} has the unknown status {status:?}")]
     UnknownStatus { id: i64, status: String },
+    /// A `-wal` without its `-shm`: a reader would have to create it, as its own user.
+    #[error(
+        "database {path}: its -wal is there without its -shm; run this as the daemon's user (or \
+         start the daemon) rather than create it as this user"
+    )]
+    NeedsShm { path: PathBuf },
     /// A transition the state machine does not allow: a bug, never a retry.
     #[error("database: request {id} cannot go from {from} to {to}")]
     Transition { id: i64, from: Status, to: Status },
@@ -289,6 +300,68 @@ impl Store {
         })
     }
 
+    /// Opens an existing database for reading only (`check`, `history`, `status`, `quota`):
+    /// nothing is created, migrated or written, and no file is left beside it. `Ok(None)` when
+    /// there is no database yet (the daemon has not run).
+    ///
+    /// WAL: a reader that finds no `-wal` would create the `-wal` and `-shm` as its own user
+    /// and leave them (root's, after `sudo purgewatch status`, which the service's user then
+    /// cannot write). So without a `-wal` every committed page is in the file itself, read as
+    /// `immutable` (no lock, no file made); with the daemon's `-wal` and `-shm` present, a
+    /// plain read-only connection shares them (SQLite reads a `-shm` it may not write).
+    pub fn open_read_only(path: &Path) -> Result<Option<ReadOnly>, StoreError> {
+        let err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+        let beside = |ext: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(ext);
+            PathBuf::from(p).exists()
+        };
+        let (wal, shm) = (beside("-wal"), beside("-shm"));
+        if wal && !shm {
+            // A reader would have to make the -shm: as this user, the daemon's for good.
+            return Err(StoreError::NeedsShm {
+                path: path.to_owned(),
+            });
+        }
+        let uri = format!(
+            "file:{}?mode=ro{}",
+            uri_path(path),
+            if wal { "" } else { "&immutable=1" }
+        );
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        let version: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        Ok(Some(ReadOnly {
+            store: Store {
+                conn: Arc::new(Mutex::new(conn)),
+            },
+            version,
+            current: MIGRATIONS.len(),
+        }))
+    }
+
     /// The connection, for callers already on a blocking thread.
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
@@ -361,6 +434,49 @@ impl Store {
             })?,
         )
     }
+}
+
+/// A database opened by [`Store::open_read_only`], with its schema version beside this
+/// binary's: a reader never migrates, the daemon does at its next start.
+pub struct ReadOnly {
+    pub store: Store,
+    /// `PRAGMA user_version`: how many migrations the database has had.
+    pub version: usize,
+    /// How many this binary knows.
+    pub current: usize,
+}
+
+impl ReadOnly {
+    /// What to tell the operator about the schema, when it is not this binary's.
+    pub fn schema_note(&self) -> Option<String> {
+        use std::cmp::Ordering::*;
+        match self.version.cmp(&self.current) {
+            Equal => None,
+            Less => Some(format!(
+                "the database is from an older version (schema {} of {}); it is upgraded when \
+                 the daemon starts",
+                self.version, self.current
+            )),
+            Greater => Some(format!(
+                "the database is from a newer version of purgewatch (schema {} of {})",
+                self.version, self.current
+            )),
+        }
+    }
+}
+
+/// `path` for a `file:` URI, every byte but the plainest escaped (`?` and `#` would end it).
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Runs the `migrations` a database has not had yet, in one transaction, and records how many
@@ -526,6 +642,57 @@ mod tests {
         assert_eq!(mode(&old), 0);
         drop(Store::open(&old).expect("open"));
         assert_eq!(mode(&old), 2);
+    }
+
+    // `sudo purgewatch check` before the first start made a root-owned database; a read-only
+    // open by root of a stopped daemon's database left root's -wal and -shm beside it.
+    #[test]
+    fn a_reader_creates_migrates_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state dir?#%/pw.db");
+        assert!(Store::open_read_only(&path).expect("no database").is_none());
+        assert!(!path.parent().expect("dir").exists(), "nothing created");
+        drop(Store::open(&path).expect("the daemon's first start"));
+        let files = || {
+            let mut v: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+                .expect("ls")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files();
+        assert_eq!(before, ["pw.db"]);
+        {
+            let c = Connection::open(&path).expect("open");
+            c.pragma_update(None, "user_version", MIGRATIONS.len() - 1)
+                .expect("an older schema");
+        }
+        let r = Store::open_read_only(&path).expect("open").expect("exists");
+        assert_eq!(r.version, MIGRATIONS.len() - 1);
+        assert!(r
+            .schema_note()
+            .is_some_and(|n| n.contains("from an older version")));
+        let c = r.store.lock();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 0);
+        assert!(c.execute_batch("DELETE FROM meta").is_err(), "read only");
+        drop(c);
+        drop(r);
+        assert_eq!(files(), before, "nothing left beside it");
+        // With the daemon's connection open, the reader shares its -wal and -shm.
+        Connection::open(&path)
+            .expect("open")
+            .pragma_update(None, "user_version", MIGRATIONS.len())
+            .expect("the version back (the last migration is not idempotent)");
+        let daemon = Store::open(&path).expect("the daemon");
+        let r = Store::open_read_only(&path).expect("open").expect("exists");
+        assert_eq!(r.version, MIGRATIONS.len());
+        assert!(r.schema_note().is_none());
+        drop((r, daemon));
+        assert_eq!(files(), before);
     }
 
     // Without the limit the WAL stayed at 20 MB after the checkpoint.
