@@ -42,7 +42,10 @@ fn main() -> ExitCode {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 // journald shows escape codes as garbage: colour only on a terminal.
-                .with_ansi(std::io::stderr().is_terminal()),
+                .with_ansi(std::io::stderr().is_terminal())
+                // Names from the tree are data: a field never drives the terminal or forges a
+                // line (tracing escapes ESC only in the message, never a line break).
+                .fmt_fields(purgewatch::text::log_fields()),
         )
         .with(filter)
         .init();

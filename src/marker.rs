@@ -305,7 +305,11 @@ mod tests {
             read_marker(&p, ".purge".into())
         };
         let list = sized(BLOCK as u64).expect("a block");
-        assert_eq!(list.body.map(|b| b.len()), Some(BLOCK), "kept: it may be a list");
+        assert_eq!(
+            list.body.map(|b| b.len()),
+            Some(BLOCK),
+            "kept: it may be a list"
+        );
         let flag = sized(MAX_SIZE).expect("at the limit");
         assert_eq!(flag.body, None, "over a block: no list, not kept");
         let e = sized(MAX_SIZE + 1).expect_err("over the limit");

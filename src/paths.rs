@@ -475,8 +475,8 @@ mod tests {
     #[test]
     fn an_over_long_key_is_covered_by_its_deepest_folder_that_fits() {
         let name = "ア".repeat(80);
-        let deep = format!("{}/index.html", vec![name.as_str(); 6].join("/"));
-        let five = format!("{}/", vec![name.as_str(); 5].join("/"));
+        let deep = format!("{}/index.html", [name.as_str(); 6].join("/"));
+        let five = format!("{}/", [name.as_str(); 5].join("/"));
         let paths = run(&[&deep, "top.html"], 15, 15);
         assert!(paths.iter().all(|p| p.len() <= MAX_PATH_CHARS), "{paths:?}");
         assert!(paths.contains(&(uri(&five) + "*")), "{paths:?}");

@@ -59,6 +59,9 @@ enum State {
     Verified(Option<(u64, i64)>),
 }
 
+/// (size, mtime in ns) of a regular file; `None`: no such file.
+type Stamp = Option<(u64, i64)>;
+
 /// A local file's size, mtime (ns) and sums, hashed once per (size, mtime).
 #[derive(Clone, Copy)]
 struct Local {
@@ -194,7 +197,7 @@ impl ChangeSet {
     /// Paths written again locally since the set was made: a verified one whose size or mtime
     /// moved (or that appeared or vanished) is checked again. Returns how many reopened.
     pub async fn rewritten(&mut self, root: &Path, rels: &[String]) -> usize {
-        let verified: Vec<(usize, PathBuf, Option<(u64, i64)>)> = rels
+        let verified: Vec<(usize, PathBuf, Stamp)> = rels
             .iter()
             .filter_map(|rel| {
                 let i = self.find(rel)?;

@@ -256,7 +256,7 @@ async fn a_japanese_folder_too_long_for_cloudfront_is_covered_by_a_wildcard() {
     );
     let daemon = site.start_with(&toml).await;
     let name = "カ".repeat(80);
-    let five = vec![name.as_str(); 5].join("/");
+    let five = [name.as_str(); 5].join("/");
     let deep = format!("{five}/{name}/index.html");
     site.write(&deep, b"<p>new</p>");
     site.write("top.html", b"<p>top</p>");
