@@ -139,6 +139,9 @@ async fn out_of_watches_keeps_serving_and_scans_the_unwatched_folders() {
     // A marker in the watched root: seen by inotify, as before.
     site.write(".purge", b"watched");
     site.upload(".purge").await;
+    // Done before the next marker: two requests verified within `settle` of each other would
+    // share one invalidation (one sync, one purge), and this test counts two.
+    site.settled(1, &["completed"]).await;
     // A marker in a folder without a watch: found by the periodic scan.
     site.write("deep/er/folder/.purge", b"unwatched");
     site.upload("deep/er/folder/.purge").await;
