@@ -20,7 +20,9 @@ async fn holds_for(what: &str, d: Duration, mut ok: impl FnMut() -> bool) {
 
 /// Waits until the wall clock is `secs` whole seconds past `since` (Unix seconds). S3's
 /// LastModified has whole seconds: an upload must be seconds older than a write to be told
-/// apart from it, so here the test needs time itself to pass, not an event.
+/// apart from it, so here the test needs time itself to pass, not an event. A file's mtime
+/// comes from the kernel's coarse clock, a few ms behind this one: a write "at" second N may
+/// be stamped N − 1, so a test that needs a write two seconds younger waits three.
 async fn seconds_past(since: i64, secs: i64) {
     while chrono::Utc::now().timestamp() < since + secs {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -41,17 +43,6 @@ async fn keeps_waiting(site: &Site, what: &str, d: Duration) {
 
 fn newest_status(site: &Site) -> Option<String> {
     site.history().first().map(|r| r.status.to_string())
-}
-
-async fn put_object(site: &Site, key: &str, body: &[u8]) {
-    site.s3
-        .put_object()
-        .bucket(&site.origin_bucket)
-        .key(key)
-        .body(body.to_vec().into())
-        .send()
-        .await
-        .expect("upload");
 }
 
 /// An S3 client signed for `region` that sends a checksum with its uploads (as the aws CLI
@@ -83,8 +74,8 @@ async fn s3_client(endpoint: &str, region: &'static str, checksums: bool) -> aws
 async fn an_empty_marker_waits_for_its_own_new_upload() {
     let (site, daemon) = site_and_daemon().await;
     // S3 already holds an empty `.purge` from before (an old deploy).
-    put_object(&site, ".purge", b"").await;
-    seconds_past(chrono::Utc::now().timestamp(), 2).await;
+    site.put(".purge", b"").await;
+    seconds_past(chrono::Utc::now().timestamp(), 3).await;
     site.write(".purge", b"");
     keeps_waiting(
         &site,
@@ -131,7 +122,7 @@ async fn a_kms_origin_verifies_by_s3_checksums_and_never_on_same_size_other_byte
     site.write("blog/.purge", b"deploy AAAA\n");
     site.upload("blog/post.html").await;
     // Same size, other bytes, uploaded after the write: the checksum must refuse them.
-    put_object(&site, "blog/.purge", b"deploy BBBB\n").await;
+    site.put("blog/.purge", b"deploy BBBB\n").await;
     keeps_waiting(
         &site,
         "same-size other bytes never verify",

@@ -9,14 +9,9 @@ use std::time::{Duration, Instant};
 
 use purgewatch::app::Daemon;
 
-use crate::common::{daemon_command, poll, spawn_watching, Site, Spawned};
+use crate::common::{daemon_command, free_port, poll, spawn_watching, Site, Spawned};
 
 const DONE: &[&str] = &["completed"];
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("address").port()
-}
 
 /// `GET /metrics` with a 2 s deadline for the whole answer: the status line, or why not.
 fn scrape(port: u16) -> Result<String, String> {
@@ -29,18 +24,6 @@ fn scrape(port: u16) -> Result<String, String> {
     s.read_to_string(&mut answer)
         .map_err(|e| format!("no answer within 2 s: {e}"))?;
     Ok(answer.lines().next().unwrap_or_default().to_owned())
-}
-
-/// Puts `body` in the origin bucket under `key`, as lsyncd would have uploaded the local file.
-async fn put(site: &Site, key: &str, body: &[u8]) {
-    site.s3
-        .put_object()
-        .bucket(&site.origin_bucket)
-        .key(key)
-        .body(body.to_vec().into())
-        .send()
-        .await
-        .expect("upload");
 }
 
 /// Makes a FIFO at `path` (mkfifo(3)).
@@ -108,7 +91,7 @@ async fn a_fifo_swapped_in_after_intake_neither_stalls_nor_changes_the_paths() {
     waiting(&site).await;
     swap(&site, ".purge", mkfifo);
     // S3 gets the bytes that were written (lsyncd uploaded them before the swap).
-    put(&site, ".purge", list).await;
+    site.put(".purge", list).await;
     poll(
         "the listed paths invalidated",
         Duration::from_secs(30),
@@ -141,7 +124,7 @@ async fn a_symlink_swapped_in_after_intake_is_not_followed() {
     swap(&site, ".purge", |tmp| {
         std::os::unix::fs::symlink(&outside, tmp).expect("symlink")
     });
-    put(&site, ".purge", list).await;
+    site.put(".purge", list).await;
     poll("the request completed", Duration::from_secs(30), || async {
         site.history()
             .iter()
@@ -234,6 +217,19 @@ async fn a_huge_changed_file_is_hashed_off_the_loop_and_sigterm_still_works() {
             "/metrics during the hash: {line:?}"
         );
     }
+    // Another marker is taken in meanwhile: the hash holds up its own request, no other.
+    site.write("news/.purge", b"x");
+    poll(
+        "the next marker stored",
+        Duration::from_secs(10),
+        || async {
+            site.history()
+                .iter()
+                .any(|r| r.marker == "news/.purge")
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         read() < 20 << 30,
         "the hash ended before the checks: make the file bigger"

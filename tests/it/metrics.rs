@@ -2,15 +2,10 @@
 //! values an operator's dashboards and alert rules (docs/purgewatch.rules.yml) depend on.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::common::{poll, Site, ENDED};
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("address").port()
-}
+use crate::common::{free_port, poll, Site, ENDED};
 
 /// One HTTP/1.1 request as a scraper sends it; (head, body) of the answer.
 async fn get(port: u16, path: &str, accept: &str) -> (String, String) {

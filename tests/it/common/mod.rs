@@ -45,7 +45,8 @@ fn moto_command(port: u16) -> Command {
     c
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 a moment ago, for a listener the test configures.
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("addr").port()
 }
@@ -514,6 +515,19 @@ endpoint_url = "{url}"
         }
         std::fs::write(&p, body).expect("write");
         p
+    }
+
+    /// Puts `body` in the origin bucket under `key`, as lsyncd would have uploaded the bytes
+    /// the file held then (it may hold anything since).
+    pub async fn put(&self, key: &str, body: &[u8]) {
+        self.s3
+            .put_object()
+            .bucket(&self.origin_bucket)
+            .key(key)
+            .body(body.to_vec().into())
+            .send()
+            .await
+            .expect("upload");
     }
 
     /// What lsyncd does: copy the local file to the origin bucket.
