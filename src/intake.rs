@@ -20,9 +20,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Paths};
 use crate::knobs::crash_point;
-use crate::marker::{self, mtime_ns};
+use crate::marker::{self, mtime_ns, MarkerSeen};
 use crate::origin::{EarlyHead, Origin};
-use crate::store::{self, changes, markers, requests, ChangeSeen, MarkerSeen, Pending, Source};
+use crate::store::{self, changes, markers, requests, ChangeSeen, Pending, Source};
 use crate::store::{Status, Store, StoreError};
 use crate::verify::FirstLook;
 use crate::watch;

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod cloudfront;
 pub mod commands;
 pub mod config;
+pub mod halt;
 pub mod intake;
 pub mod knobs;
 pub mod marker;

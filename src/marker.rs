@@ -18,7 +18,6 @@ use std::path::Path;
 use md5::{Digest, Md5};
 
 use crate::paths;
-use crate::store::MarkerSeen;
 
 /// Files are read in blocks of this size. A marker that fits one block is the only kind that
 /// can be a path list (3,000 paths of a line each are less): its bytes are kept.
@@ -28,6 +27,33 @@ pub const BLOCK: usize = 64 * 1024;
 /// anything bigger is a mistake or an attack (a sparse 40 GiB `.purge` once held a site for
 /// minutes), refused from its size.
 pub const MAX_SIZE: u64 = 1024 * 1024;
+
+/// A marker as the local disk holds it: what S3 must hold before the request may proceed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkerSeen {
+    /// Path relative to the watch root, '/'-separated.
+    pub rel: String,
+    pub sums: Sums,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The S3 object an earlier write of this marker was verified against: the same bytes
+    /// uploaded again are only a new upload if the object is another one.
+    pub prior: Option<ObjectId>,
+    /// The bytes as read at intake when they fit one block (a path list can only be that
+    /// small): the list is taken from them, never from the file again, which may be anything by
+    /// then. `None`: too big to be a list, or stored before they were kept.
+    pub body: Option<Vec<u8>>,
+}
+
+/// One upload of an S3 object, as far as HeadObject can tell uploads apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectId {
+    pub etag: String,
+    /// Whole seconds since the epoch.
+    pub last_modified: i64,
+    /// Set on versioned buckets only.
+    pub version: Option<String>,
+}
 
 /// A full-object checksum algorithm S3 may report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

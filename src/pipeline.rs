@@ -26,6 +26,7 @@ use crate::aws::{AwsError, Clients};
 use crate::clock::Clock;
 use crate::cloudfront::{self, Cdn};
 use crate::config::{Config, Paths};
+pub use crate::halt::Halt;
 use crate::knobs::crash_point;
 use crate::marker;
 use crate::origin::Origin;
@@ -34,38 +35,10 @@ use crate::quota::ledger::{GrantError, Ledger};
 use crate::quota::{self, mirror::Mirror};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, Pending, Source, Status, Store, StoreError};
-use crate::verify::{self, Waiter};
+use crate::verify::Waiter;
 
 pub use crate::quota::ledger::Granted;
 pub use crate::verify::{FirstLook, Verified};
-
-/// Why a request stopped moving.
-#[derive(Debug)]
-pub enum Halt {
-    /// The daemon is stopping: the request is parked in its stored state and resumes at start.
-    Shutdown,
-    /// The request reached a final or parked state, recorded in the history (or was handed to
-    /// the request it shares an invalidation with).
-    Ended,
-    /// The database failed; nothing more can be recorded.
-    Store(StoreError),
-}
-
-impl From<StoreError> for Halt {
-    fn from(e: StoreError) -> Halt {
-        Halt::Store(e)
-    }
-}
-
-impl From<verify::Stop> for Halt {
-    fn from(s: verify::Stop) -> Halt {
-        match s {
-            verify::Stop::Ended => Halt::Ended,
-            verify::Stop::Shutdown => Halt::Shutdown,
-            verify::Stop::Store(e) => Halt::Store(e),
-        }
-    }
-}
 
 /// CloudFront accepted the invalidation.
 #[derive(Debug, Clone)]
@@ -82,8 +55,6 @@ pub struct Pipeline {
     pub origin: Origin,
     pub ledger: Ledger,
     pub cdn: Cdn,
-    /// The AWS clients, for the stages' neighbours (alerts through SNS).
-    pub clients: Clients,
     clock: Clock,
     token: CancellationToken,
     /// The ids gathered into the invalidation of the request verified first ([`Pipeline::gather`]).
@@ -125,14 +96,14 @@ impl Pipeline {
                 store.clone(),
                 mirror,
                 clock.clone(),
-                host,
-                instance,
+                Arc::new(move |lead, now_ms| {
+                    cloudfront::caller_reference(&host, &instance, lead, now_ms)
+                }),
             ),
             cdn: Cdn::new(
                 clients.cloudfront.clone(),
                 cfg.cloudfront.distribution_id.clone(),
             ),
-            clients,
             cfg,
             store,
             clock,
@@ -167,6 +138,21 @@ impl Pipeline {
         let granted = self.take_slot(verified).await?;
         let invalidated = self.invalidate(granted).await?;
         self.complete(&invalidated).await
+    }
+
+    /// One HeadBucket per bucket this pipeline uses (the origin, the count bucket): each
+    /// bucket's region, or why it does not answer.
+    pub async fn reach_buckets(&self) -> Vec<(String, Result<String, AwsError>)> {
+        let count = async {
+            match self.ledger.mirror() {
+                Some(m) => Some((m.bucket().to_owned(), m.handle().locate().await)),
+                None => None,
+            }
+        };
+        let (o, c) = tokio::join!(self.origin.reachable(), count);
+        std::iter::once((self.origin.bucket().to_owned(), o))
+            .chain(c)
+            .collect()
     }
 
     /// `purgewatch purge`: no origin to wait for, the configured paths, the same quota.

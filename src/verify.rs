@@ -13,11 +13,13 @@ use tracing::{info, warn};
 
 use crate::aws::AwsError;
 use crate::config::{Origin as OriginConfig, WaitFor};
+use crate::halt::Halt;
 use crate::knobs::crash_point;
+use crate::marker::{MarkerSeen, ObjectId};
 use crate::origin::changes::{self as change_set, ChangeSet};
 use crate::origin::{Check, EarlyHead, Origin};
 use crate::retry::{self, Retry};
-use crate::store::{changes, markers, requests, MarkerSeen, ObjectId, Status, Store};
+use crate::store::{changes, markers, requests, Status, Store};
 
 /// How long a pass may spend on the calls every pass repeats before the next waits for that
 /// time beyond this.
@@ -90,21 +92,6 @@ pub struct FirstLook {
     pub head: Option<EarlyHead>,
 }
 
-/// Why the wait ended without a verified request.
-pub enum Stop {
-    /// Ended (`origin_timeout`), recorded.
-    Ended,
-    /// The daemon is stopping.
-    Shutdown,
-    Store(crate::store::StoreError),
-}
-
-impl From<crate::store::StoreError> for Stop {
-    fn from(e: crate::store::StoreError) -> Stop {
-        Stop::Store(e)
-    }
-}
-
 /// What the wait needs.
 pub struct Waiter<'a> {
     pub store: &'a Store,
@@ -125,7 +112,7 @@ impl Waiter<'_> {
         id: i64,
         wake: Arc<Notify>,
         first: FirstLook,
-    ) -> Result<Verified, Stop> {
+    ) -> Result<Verified, Halt> {
         let (mut first, mut early) = (first.stored, first.head);
         let timeout = self.config.wait_timeout;
         'wait: loop {
@@ -135,7 +122,7 @@ impl Waiter<'_> {
                 tokio::select! {
                     _ = tokio::time::sleep(self.settle) => break,
                     _ = wake.notified() => continue,
-                    _ = self.token.cancelled() => return Err(Stop::Shutdown),
+                    _ = self.token.cancelled() => return Err(Halt::Shutdown),
                 }
             }
             let deadline = Instant::now() + timeout;
@@ -200,7 +187,7 @@ impl Waiter<'_> {
                             requests::advance_all(c, &[id], Status::OriginTimeout, &detail)
                         })
                         .await?;
-                    return Err(Stop::Ended);
+                    return Err(Halt::Ended);
                 }
                 // Noted once per distinct reason, not once per poll; an AWS failure at once, a
                 // marker not uploaded yet only if the first look missed it.
@@ -221,7 +208,7 @@ impl Waiter<'_> {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = wake.notified() => continue 'wait,
-                    _ = self.token.cancelled() => return Err(Stop::Shutdown),
+                    _ = self.token.cancelled() => return Err(Halt::Shutdown),
                 }
             }
         }
@@ -235,7 +222,7 @@ impl Waiter<'_> {
         markers: &[MarkerSeen],
         early: &mut Option<EarlyHead>,
         changes: &mut Option<ChangeSet>,
-    ) -> Result<(Result<Proof, NotYet>, bool, Duration), Stop> {
+    ) -> Result<(Result<Proof, NotYet>, bool, Duration), Halt> {
         let mut proof = Proof::default();
         let changes_too = self.config.wait_for == WaitFor::Changes;
         // With `wait_for = "changes"` the changes are checked even while a marker is missing
@@ -307,7 +294,7 @@ impl Waiter<'_> {
             .await
         {
             // A pass cut short by the shutdown proves nothing.
-            _ if self.token.is_cancelled() => return Err(Stop::Shutdown),
+            _ if self.token.is_cancelled() => return Err(Halt::Shutdown),
             Ok(p) => p,
             Err(e) => return Ok((Err(NotYet::Aws(e)), false, Duration::ZERO)),
         };

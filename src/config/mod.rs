@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod sites;
+
+// The quota's settings are the quota's own types; the config builds them.
+pub use crate::quota::{Period, Quota, WhenExhausted};
 pub use sites::{Running, Sites};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,38 +144,6 @@ pub enum Paths {
     Fixed(Vec<String>),
     /// The changes recorded since the last request, collapsed under `max_paths`.
     Changed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Period {
-    Day,
-    Month,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WhenExhausted {
-    /// Record the request as `quota_exhausted` and drop it, like the seed Lambda.
-    Skip,
-    /// Park the request as `deferred` and invalidate once at the start of the next period.
-    Defer,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Quota {
-    /// The quota's name (`default`, or NAME of `[quotas.NAME]`): sites naming the same quota
-    /// share its count, locally and in the count bucket.
-    pub name: String,
-    /// Before the count object's name (`<key_prefix><period>.txt`): several quotas in one bucket.
-    pub key_prefix: String,
-    pub max: u32,
-    pub period: Period,
-    pub timezone: chrono_tz::Tz,
-    pub count_bucket: Option<String>,
-    /// The count bucket's region when it is not `[aws] region` (learned from S3 when unset).
-    pub count_bucket_region: Option<String>,
-    pub when_exhausted: WhenExhausted,
 }
 
 #[derive(Debug, Clone, PartialEq)]

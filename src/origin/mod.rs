@@ -26,8 +26,7 @@ use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 pub mod changes;
 
 use crate::aws::{self, AwsError, Bucket};
-use crate::marker::{local_checksum, Algo, Sums};
-use crate::store::{MarkerSeen, ObjectId};
+use crate::marker::{local_checksum, Algo, MarkerSeen, ObjectId, Sums};
 
 /// How much older than the local write (in whole seconds) an upload may look and still count
 /// as this write's: S3's clock and the server's differ by well under this on EC2.

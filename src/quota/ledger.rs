@@ -20,10 +20,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tracing::warn;
 
 use super::mirror::{Mirror, MirrorError, Remote};
+use super::{Quota, WhenExhausted};
 use crate::aws::AwsError;
 use crate::clock::Clock;
-use crate::cloudfront;
-use crate::config::{Quota, WhenExhausted};
 use crate::knobs::crash_point;
 use crate::store::{counters, requests, Counter, Status, Store, StoreError};
 
@@ -50,6 +49,11 @@ impl From<rusqlite::Error> for GrantError {
     }
 }
 
+/// Names a grant's CallerReference from its lead request and the time (ms): the CDN's own
+/// idempotency token, made by its module (`cloudfront::caller_reference`), called once per
+/// grant and journalled with the slot, so the ledger never builds a CloudFront name itself.
+pub type Namer = Arc<dyn Fn(i64, i64) -> String + Send + Sync>;
+
 /// The quota's rules, the local counter and the count bucket, together.
 #[derive(Clone)]
 pub struct Ledger {
@@ -57,9 +61,7 @@ pub struct Ledger {
     store: Store,
     mirror: Option<Mirror>,
     clock: Clock,
-    /// Host name and database id: the CallerReference's first parts.
-    host: String,
-    instance: String,
+    name: Namer,
 }
 
 /// What phase 1 of an attempt decided.
@@ -77,16 +79,14 @@ impl Ledger {
         store: Store,
         mirror: Option<Mirror>,
         clock: Clock,
-        host: String,
-        instance: String,
+        name: Namer,
     ) -> Ledger {
         Ledger {
             quota,
             store,
             mirror,
             clock,
-            host,
-            instance,
+            name,
         }
     }
 
@@ -204,9 +204,7 @@ impl Ledger {
         let (reserved, reference) = requests::reservation(&tx, lead)?;
         // Made once and journalled with the reservation: a restart must recognise the count
         // object it wrote by this name, and send CloudFront the same reference.
-        let caller_reference = reference.unwrap_or_else(|| {
-            cloudfront::caller_reference(&self.host, &self.instance, lead, now_ms)
-        });
+        let caller_reference = reference.unwrap_or_else(|| (self.name)(lead, now_ms));
         let g = Granted {
             request_ids: live,
             period: period.to_owned(),

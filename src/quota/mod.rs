@@ -15,8 +15,42 @@ pub mod mirror;
 
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
+use serde::Deserialize;
 
-use crate::config::Period;
+/// Day or month: how long one count lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Month,
+}
+
+/// What a request does when the period's count is spent (`[quota] when_exhausted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenExhausted {
+    /// Record the request as `quota_exhausted` and drop it, like the seed Lambda.
+    Skip,
+    /// Park the request as `deferred` and invalidate once at the start of the next period.
+    Defer,
+}
+
+/// One quota's settings (`[quota]`, or `[quotas.NAME]`), as the config file resolved them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quota {
+    /// The quota's name (`default`, or NAME of `[quotas.NAME]`): sites naming the same quota
+    /// share its count, locally and in the count bucket.
+    pub name: String,
+    /// Before the count object's name (`<key_prefix><period>.txt`): several quotas in one bucket.
+    pub key_prefix: String,
+    pub max: u32,
+    pub period: Period,
+    pub timezone: chrono_tz::Tz,
+    pub count_bucket: Option<String>,
+    /// The count bucket's region when it is not `[aws] region` (learned from S3 when unset).
+    pub count_bucket_region: Option<String>,
+    pub when_exhausted: WhenExhausted,
+}
 
 /// The period `now` falls in, as the count object's stem: `YYYY-MM-DD` or `YYYY-MM`.
 pub fn period_key(now: DateTime<Utc>, tz: Tz, period: Period) -> String {

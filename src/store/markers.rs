@@ -4,33 +4,7 @@
 use rusqlite::{params, Connection};
 
 use super::{cached, now_text, StoreError};
-
-/// A marker as the local disk holds it: what S3 must hold before the request may proceed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MarkerSeen {
-    /// Path relative to the watch root, '/'-separated.
-    pub rel: String,
-    pub sums: crate::marker::Sums,
-    pub size: u64,
-    pub mtime_ns: i64,
-    /// The S3 object an earlier write of this marker was verified against: the same bytes
-    /// uploaded again are only a new upload if the object is another one.
-    pub prior: Option<ObjectId>,
-    /// The bytes as read at intake when they fit one block (a path list can only be that
-    /// small): the list is taken from them, never from the file again, which may be anything by
-    /// then. `None`: too big to be a list, or stored before they were kept.
-    pub body: Option<Vec<u8>>,
-}
-
-/// One upload of an S3 object, as far as HeadObject can tell uploads apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectId {
-    pub etag: String,
-    /// Whole seconds since the epoch.
-    pub last_modified: i64,
-    /// Set on versioned buckets only.
-    pub version: Option<String>,
-}
+use crate::marker::{MarkerSeen, ObjectId};
 
 pub(super) fn upsert_for_request(
     conn: &Connection,

@@ -16,9 +16,13 @@
 //! ## Compatibility
 //! Migrations are append-only; `migrations_twice_are_a_no_op` runs them twice.
 
+pub mod alerts;
 pub mod changes;
 pub mod counters;
+pub mod counts;
+pub mod events;
 pub mod markers;
+pub mod meta;
 pub mod prune;
 pub mod requests;
 
@@ -27,11 +31,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, TransactionBehavior};
+/// The connection [`Store::call`] lends, for the neighbours that pass it to the functions here.
+pub use rusqlite::Connection;
+use rusqlite::{params, TransactionBehavior};
 
 pub use changes::ChangeSeen;
 pub use counters::Counter;
-pub use markers::{MarkerSeen, ObjectId};
 pub use requests::{HistoryRow, Pending, Source, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +239,51 @@ UPDATE meta SET key = 'first_started:default' WHERE key = 'first_started';
 -- count of the unusable writes of its marker folded into it (a flood is one row).
 ALTER TABLE request_markers ADD COLUMN body BLOB;
 ALTER TABLE requests ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+"#,
+    r#"
+-- 10: alert deliveries are data (store::alerts): one row per attempt to deliver an alert (the
+-- event of a move to a status in `[notify] on`) to a target. The notes earlier versions wrote
+-- instead ("alert on completed to webhook: delivered (HTTP 200)") become rows, tied to the
+-- event of that status; the notes stay, for people.
+CREATE TABLE alert_deliveries (
+    id         INTEGER PRIMARY KEY,
+    request_id INTEGER NOT NULL REFERENCES requests(id) ON DELETE CASCADE,
+    event_id   INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+    target     TEXT NOT NULL CHECK (target IN ('webhook', 'sns')),
+    attempt    INTEGER NOT NULL,             -- 1, 2, … per event and target, across restarts
+    outcome    TEXT NOT NULL CHECK (outcome IN ('delivered', 'failed', 'gave_up')),
+    detail     TEXT,                         -- the proof (HTTP 200, MessageId …) or why not
+    at         TEXT NOT NULL,
+    UNIQUE (event_id, target, attempt)
+);
+CREATE INDEX alert_deliveries_request ON alert_deliveries(request_id);
+WITH notes AS (
+    SELECT id, request_id, at, substr(detail, 10) AS s FROM events
+    WHERE from_status = to_status AND detail LIKE 'alert on % to %: %'
+), split AS (
+    SELECT id, request_id, at, substr(s, 1, instr(s, ' to ') - 1) AS status,
+           substr(s, instr(s, ' to ') + 4) AS rest
+    FROM notes
+), parsed AS (
+    SELECT id, request_id, at, status, lower(substr(rest, 1, instr(rest, ': ') - 1)) AS target,
+           substr(rest, instr(rest, ': ') + 2) AS said
+    FROM split
+), tied AS (
+    SELECT p.*, (SELECT max(e.id) FROM events e
+                 WHERE e.request_id = p.request_id AND e.id < p.id AND e.to_status = p.status
+                   AND (e.from_status IS NULL OR e.from_status <> e.to_status)) AS event_id
+    FROM parsed p
+)
+INSERT INTO alert_deliveries (request_id, event_id, target, attempt, outcome, detail, at)
+SELECT request_id, event_id, target,
+       row_number() OVER (PARTITION BY event_id, target ORDER BY id),
+       CASE WHEN said LIKE 'delivered%' THEN 'delivered'
+            WHEN said LIKE 'gave up%' THEN 'gave_up'
+            ELSE 'failed' END,
+       said, at
+FROM tied
+WHERE event_id IS NOT NULL AND target IN ('webhook', 'sns')
+ORDER BY id;
 "#,
 ];
 

@@ -9,8 +9,9 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::markers::{self, MarkerSeen, ObjectId};
+use super::markers;
 use super::{cached, changes, now_text, StoreError};
+use crate::marker::{MarkerSeen, ObjectId};
 
 /// Where a request stands, named after the stage that holds it. Stored as its snake_case name
 /// so `sqlite3` users read it directly.
