@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, Running};
 use crate::quota;
-use crate::store::{counters, requests, ts, HistoryRow, Status, Store, StoreError};
+use crate::store::StoreError;
+use crate::store::{counters, counts, meta, requests, ts, Connection, HistoryRow, Status, Store};
 use crate::watch::Watchers;
 
 /// Changes closer together than this are written as one beat.
@@ -33,25 +33,6 @@ pub struct Beat {
     pub events_lost: u64,
     /// Stopped cleanly (set by the last beat of a run).
     pub stopped: bool,
-}
-
-fn write(conn: &Connection, beat: &Beat) -> Result<(), StoreError> {
-    let json = serde_json::to_string(beat).unwrap_or_default();
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('daemon', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![json],
-    )?;
-    Ok(())
-}
-
-fn read(conn: &Connection) -> Result<Option<Beat>, StoreError> {
-    let json: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key = 'daemon'", [], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
 /// Writes the heartbeat and `STATUS=` at start, after each change the sites signal on
@@ -84,14 +65,16 @@ pub async fn beat(
     loop {
         let b = make(false);
         let (list, now) = (sites.get(), clock.now());
+        let beat = b.clone();
         match store
             .call(move |c| {
-                write(c, &b)?;
-                line(c, &list, &b, now)
+                meta::set_heartbeat(c, &beat)?;
+                LineReading::read(c, &list, now)
             })
             .await
         {
-            Ok(status) => {
+            Ok(reading) => {
+                let status = line(&reading, &b);
                 crate::systemd::hint(&format!("STATUS={status}\n"));
             }
             Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
@@ -106,39 +89,65 @@ pub async fn beat(
         }
     }
     let b = make(true);
-    let _ = store.call(move |c| write(c, &b)).await;
+    let _ = store.call(move |c| meta::set_heartbeat(c, &b)).await;
+}
+
+/// What the `STATUS=` line shows from the database.
+struct LineReading {
+    /// (quota, period word, slots used, max), each quota once, in the sites' order.
+    quotas: Vec<(String, &'static str, u32, u32)>,
+    /// Sites configured: with one, its quota reads as a sentence.
+    sites: usize,
+    /// The newest request.
+    last: Option<HistoryRow>,
+}
+
+impl LineReading {
+    fn read(
+        conn: &Connection,
+        sites: &[Arc<Config>],
+        now: DateTime<Utc>,
+    ) -> Result<LineReading, StoreError> {
+        let mut quotas = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for cfg in sites {
+            let q = &cfg.quota;
+            if !seen.insert(q.name.clone()) {
+                continue;
+            }
+            let period = quota::period_key(now, q.timezone, q.period);
+            let used = counters::get(conn, &q.name, &period)?.count;
+            let when = match q.period {
+                crate::config::Period::Day => "today",
+                crate::config::Period::Month => "this month",
+            };
+            quotas.push((q.name.clone(), when, used, q.max));
+        }
+        Ok(LineReading {
+            quotas,
+            sites: sites.len(),
+            last: requests::history(conn, None, 1)?.into_iter().next(),
+        })
+    }
 }
 
 /// `watching 21,021 folders · 3 of 10 purges today · last: completed 12:03Z blog/.purge`;
 /// with several quotas, `blog 3/10 today, shared 5/20 this month`.
-fn line(
-    conn: &Connection,
-    sites: &[Arc<Config>],
-    b: &Beat,
-    now: DateTime<Utc>,
-) -> Result<String, StoreError> {
-    let mut quotas: Vec<String> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for cfg in sites {
-        let q = &cfg.quota;
-        if !seen.insert(q.name.clone()) {
-            continue;
-        }
-        let period = quota::period_key(now, q.timezone, q.period);
-        let used = counters::get(conn, &q.name, &period)?.count;
-        let when = match q.period {
-            crate::config::Period::Day => "today",
-            crate::config::Period::Month => "this month",
-        };
-        quotas.push(if sites.len() == 1 {
-            format!("{used} of {} purges {when}", q.max)
-        } else {
-            format!("{} {used}/{} {when}", q.name, q.max)
-        });
-    }
-    let last = requests::history(conn, None, 1)?
-        .into_iter()
-        .next()
+fn line(r: &LineReading, b: &Beat) -> String {
+    let quotas: Vec<String> = r
+        .quotas
+        .iter()
+        .map(|(name, when, used, max)| {
+            if r.sites == 1 {
+                format!("{used} of {max} purges {when}")
+            } else {
+                format!("{name} {used}/{max} {when}")
+            }
+        })
+        .collect();
+    let last = r
+        .last
+        .as_ref()
         .map(|r| {
             let at = r.finished_at.as_deref().unwrap_or(&r.detected_at);
             let hm = at.get(11..16).unwrap_or(at);
@@ -163,7 +172,7 @@ fn line(
             b.unwatched_folders
         ));
     }
-    Ok(s)
+    s
 }
 
 fn thousands(n: u64) -> String {
@@ -292,28 +301,15 @@ pub fn report(
     sites: &[Arc<Config>],
     now: DateTime<Utc>,
 ) -> Result<Report, StoreError> {
-    let beat = read(conn)?;
+    let beat: Option<Beat> = meta::heartbeat(conn)?;
     // Not stopped cleanly and its process still there: running (a killed daemon's last beat
     // says running, its pid says otherwise).
     let running = beat.as_ref().is_some_and(|b| !b.stopped && alive(b.pid));
     let names: Vec<&str> = sites.iter().map(|s| s.site.as_str()).collect();
-    let names_json = serde_json::to_string(&names).unwrap_or_default();
-    let count = |statuses: &[Status], site: &str| -> Result<u64, StoreError> {
-        let mut n = 0u64;
-        for s in statuses {
-            n += conn.query_row(
-                "SELECT count(*) FROM requests WHERE status = ?1
-                 AND site IN (SELECT value FROM json_each(?2))",
-                params![s, site],
-                |r| r.get::<_, i64>(0),
-            )? as u64;
-        }
-        Ok(n)
-    };
     let in_progress = InProgress {
-        origin: count(&[Status::WaitingForOrigin], &names_json)?,
-        quota: count(&[Status::WaitingForQuota], &names_json)?,
-        cloudfront: count(&[Status::Invalidating, Status::Invalidated], &names_json)?,
+        origin: counts::count(conn, &[Status::WaitingForOrigin], &names)?,
+        quota: counts::count(conn, &[Status::WaitingForQuota], &names)?,
+        cloudfront: counts::count(conn, &[Status::Invalidating, Status::Invalidated], &names)?,
     };
     let quota_of = |cfg: &Config| -> Result<QuotaNow, StoreError> {
         let q = &cfg.quota;
@@ -327,33 +323,24 @@ pub fn report(
     let quota = quota_of(&sites[0])?;
     let mut per_site = Vec::with_capacity(sites.len());
     for cfg in sites {
-        let one = serde_json::to_string(&[&cfg.site]).unwrap_or_default();
         per_site.push(SiteNow {
             site: cfg.site.clone(),
-            waiting: count(
+            waiting: counts::count(
+                conn,
                 &[
                     Status::WaitingForOrigin,
                     Status::WaitingForQuota,
                     Status::Invalidating,
                     Status::Invalidated,
                 ],
-                &one,
+                &[cfg.site.as_str()],
             )?,
             quota_name: cfg.quota.name.clone(),
             quota: quota_of(cfg)?,
         });
     }
     let last_of = |s: Status| -> Result<Option<HistoryRow>, StoreError> {
-        let id: Option<i64> = conn
-            .query_row(
-                "SELECT max(id) FROM requests WHERE status = ?1
-                 AND site IN (SELECT value FROM json_each(?2))",
-                params![s, names_json],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
-        Ok(match id {
+        Ok(match counts::newest(conn, s, &names)? {
             Some(id) => requests::history(conn, None, u32::MAX)?
                 .into_iter()
                 .find(|r| r.id == id),

@@ -13,6 +13,13 @@
 //! `RequestTimeTooSkewed`) are transient: the SDK refreshes instance-profile credentials before
 //! the next attempt. `AccessDenied` is permanent and names the permission the call needs, as the
 //! shipped IAM policy (packaging/iam-policy.json) grants it.
+//!
+//! # Error codes
+//! [`Code`] is the one table of the codes purgewatch tells apart: the retry classes here and the
+//! `kind` of `purgewatch_aws_errors_total` ([`interceptor`], which times every attempt) both
+//! read it.
+
+pub mod interceptor;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -50,25 +57,55 @@ impl AwsError {
     }
 }
 
-/// Error codes a retry cures: throttling, server trouble, and credentials that a refresh
-/// renews (an expired session token, a request signed with a clock that drifted).
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "SlowDown",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "TokenRefreshRequired",
-    "RequestExpired",
-    "RequestTimeTooSkewed",
-    "RequestInTheFuture",
-    "IDPCommunicationError",
+/// What an AWS error code says, the one table of them: [`classify`] sorts errors for retries
+/// by it, and the metrics label failed attempts by it (`interceptor::error_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Slow down: a retry after a pause cures it.
+    Throttling,
+    /// CloudFront's TooManyInvalidationsInProgress: wait for the distribution's invalidations.
+    Busy,
+    /// The service's own trouble: a retry cures it.
+    ServerTrouble,
+    /// Credentials a refresh renews (an expired session token, a request signed with a clock
+    /// that drifted): the SDK refreshes them before the next attempt.
+    Credentials,
+    /// A permission is missing: an operator must grant it.
+    Denied,
+}
+
+/// Every error code purgewatch tells apart; any other is sorted by its HTTP status.
+const CODES: &[(&str, Code)] = &[
+    ("Throttling", Code::Throttling),
+    ("ThrottlingException", Code::Throttling),
+    ("TooManyRequestsException", Code::Throttling),
+    ("RequestLimitExceeded", Code::Throttling),
+    ("SlowDown", Code::Throttling),
+    ("TooManyInvalidationsInProgress", Code::Busy),
+    ("RequestTimeout", Code::ServerTrouble),
+    ("InternalError", Code::ServerTrouble),
+    ("ServiceUnavailable", Code::ServerTrouble),
+    ("IDPCommunicationError", Code::ServerTrouble),
+    ("ExpiredToken", Code::Credentials),
+    ("ExpiredTokenException", Code::Credentials),
+    ("TokenRefreshRequired", Code::Credentials),
+    ("RequestExpired", Code::Credentials),
+    ("RequestTimeTooSkewed", Code::Credentials),
+    ("RequestInTheFuture", Code::Credentials),
+    ("AccessDenied", Code::Denied),
+    ("AccessDeniedException", Code::Denied),
 ];
+
+impl Code {
+    /// What `code` says (`AccessDenied…` in any of its spellings is a denial), if it is known.
+    pub fn of(code: &str) -> Option<Code> {
+        CODES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|&(_, class)| class)
+            .or_else(|| code.starts_with("AccessDenied").then_some(Code::Denied))
+    }
+}
 
 /// Sorts an SDK error by whether a retry can help. CloudFront errors from the emulator come
 /// without a parsed code, so the HTTP status decides too. `what` starts with the operation's
@@ -85,13 +122,18 @@ where
             let mut text = format!("{what}: HTTP {status} {code} {msg}")
                 .trim()
                 .to_owned();
-            if code == "TooManyInvalidationsInProgress" {
+            let known = Code::of(code);
+            if known == Some(Code::Busy) {
                 return AwsError::Busy(text);
             }
-            if TRANSIENT_CODES.contains(&code) || status >= 500 || status == 429 || status == 408 {
+            let cured = matches!(
+                known,
+                Some(Code::Throttling | Code::ServerTrouble | Code::Credentials)
+            );
+            if cured || status >= 500 || status == 429 || status == 408 {
                 return AwsError::Transient(text);
             }
-            if code == "AccessDenied" || code == "AccessDeniedException" || status == 403 {
+            if known == Some(Code::Denied) || status == 403 {
                 if let Some(needs) = permission(what) {
                     text.push_str(&format!("; needs {needs}"));
                 }
@@ -200,16 +242,15 @@ impl Clients {
             loader = loader.endpoint_url(url);
         }
         let shared = loader.load().await;
-        // Every attempt timed by operation for `[metrics]` (src/metrics.rs); the per-bucket
+        // Every attempt timed by operation for `[metrics]` ([`interceptor`]); the per-bucket
         // clients are built from this config and keep the interceptor.
-        let mut s3 =
-            aws_sdk_s3::config::Builder::from(&shared).interceptor(crate::metrics::AwsCalls);
+        let mut s3 = aws_sdk_s3::config::Builder::from(&shared).interceptor(interceptor::AwsCalls);
         if cfg.endpoint_url.is_some() {
             // Emulators and S3-compatible stores answer on one host: bucket in the path.
             s3 = s3.force_path_style(true);
         }
-        let cloudfront = aws_sdk_cloudfront::config::Builder::from(&shared)
-            .interceptor(crate::metrics::AwsCalls);
+        let cloudfront =
+            aws_sdk_cloudfront::config::Builder::from(&shared).interceptor(interceptor::AwsCalls);
         Clients {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             cloudfront: aws_sdk_cloudfront::Client::from_conf(cloudfront.build()),
