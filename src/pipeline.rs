@@ -241,7 +241,7 @@ impl Pipeline {
             settle: self.cfg.watch.settle,
             token: &self.token,
         };
-        Ok(waiter.wait(id, wake, first).await?)
+        waiter.wait(id, wake, first).await
     }
 
     /// One sync, one purge: requests whose origin checks pass within `settle` of each other
