@@ -85,3 +85,59 @@ pub fn last_finished(conn: &Connection, status: Status) -> Result<Option<String>
         .query_row([status], |r| r.get(0))
         .optional()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_status_and_site() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = super::super::Store::open(&dir.path().join("pw.db")).expect("open");
+        let c = store.lock();
+        for (site, status, finished) in [
+            ("a", Status::WaitingForOrigin, None),
+            ("a", Status::Invalidated, None),
+            ("b", Status::Invalidated, None),
+            ("a", Status::Completed, Some("2026-01-01T00:00:00.000Z")),
+            ("b", Status::Completed, Some("2026-01-02T00:00:00.000Z")),
+        ] {
+            c.execute(
+                "INSERT INTO requests (origin, marker, status, detected_at, updated_at,
+                                       finished_at, paths, site)
+                 VALUES ('watch', '.purge', ?1, 't', 't', ?2, '[]', ?3)",
+                params![status, finished, site],
+            )
+            .expect("insert");
+        }
+        let waiting = [Status::WaitingForOrigin, Status::Invalidated];
+        let mut rows = by_site_and_status(&c, &waiting).expect("by status");
+        rows.sort_by(|x, y| (&x.site, x.status.as_str()).cmp(&(&y.site, y.status.as_str())));
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| (r.site.as_str(), r.status, r.requests))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", Status::Invalidated, 1),
+                ("a", Status::WaitingForOrigin, 1),
+                ("b", Status::Invalidated, 1)
+            ]
+        );
+        assert_eq!(count(&c, &waiting, &["a"]).expect("count"), 2);
+        assert_eq!(count(&c, &waiting, &["a", "b"]).expect("count"), 3);
+        assert_eq!(count(&c, &[Status::Failed], &["a", "b"]).expect("count"), 0);
+        assert_eq!(
+            newest(&c, Status::Completed, &["a"]).expect("newest"),
+            Some(4)
+        );
+        assert_eq!(newest(&c, Status::Failed, &["a"]).expect("newest"), None);
+        assert_eq!(
+            last_finished(&c, Status::Completed)
+                .expect("last")
+                .as_deref(),
+            Some("2026-01-02T00:00:00.000Z")
+        );
+    }
+}
