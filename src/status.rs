@@ -118,8 +118,8 @@ impl LineReading {
             let period = quota::period_key(now, q.timezone, q.period);
             let used = counters::get(conn, &q.name, &period)?.count;
             let when = match q.period {
-                crate::config::Period::Day => "today",
-                crate::config::Period::Month => "this month",
+                crate::quota::Period::Day => "today",
+                crate::quota::Period::Month => "this month",
             };
             quotas.push((q.name.clone(), when, used, q.max));
         }

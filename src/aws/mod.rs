@@ -31,7 +31,13 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use tracing::warn;
 
-use crate::config::Aws;
+/// `[aws]`: where the clients connect (the standard chain's region when unset; an endpoint
+/// for the emulator).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Aws {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum AwsError {

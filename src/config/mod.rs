@@ -18,8 +18,9 @@ mod tests;
 use raw::RawConfig;
 pub use tables::webhook_shown;
 
-// The quota's settings are the quota's own types; the config builds them.
-pub use crate::quota::{Period, Quota, WhenExhausted};
+// The quota's settings and the AWS ones are their modules' own types; the config builds them.
+use crate::aws::Aws;
+use crate::quota::Quota;
 pub use sites::{Running, Sites};
 
 #[derive(Debug, thiserror::Error)]
@@ -171,12 +172,6 @@ pub struct State {
     /// The changes of an ended request are deleted after this (its path list and change count
     /// stay on the request).
     pub keep_changes: Duration,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Aws {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
 }
 
 // ---- the file as written ------------------------------------------------------------------

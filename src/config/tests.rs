@@ -1,6 +1,7 @@
 //! The config's rules, key by key.
 
 use super::*;
+use crate::quota::{Period, WhenExhausted};
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(Path::new("/etc/pw.toml"), text)

@@ -25,6 +25,7 @@ pub mod markers;
 pub mod meta;
 pub mod prune;
 pub mod requests;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +38,8 @@ use rusqlite::{params, TransactionBehavior};
 
 pub use changes::ChangeSeen;
 pub use counters::Counter;
-pub use requests::{HistoryRow, Pending, Source, Status};
+pub use requests::{HistoryRow, Pending};
+pub use status::{Source, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
