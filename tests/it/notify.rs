@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use purgewatch::app::purge_now;
+
 use crate::common::{aws_cli, poll, today_utc, Site, ENDED};
 
 /// A webhook receiver: every POST's JSON body, in order. Answers 200 "ok" and closes.
@@ -17,6 +19,8 @@ struct Hook {
     got: Arc<Mutex<Vec<Value>>>,
     /// The bodies as sent, before JSON decoding.
     raw: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// A marker whose alerts are answered 500 (and not kept) while set.
+    refuse: Arc<Mutex<Option<String>>>,
 }
 
 impl Hook {
@@ -29,6 +33,7 @@ impl Hook {
             port: listener.local_addr().expect("addr").port(),
             got: Arc::default(),
             raw: Arc::default(),
+            refuse: Arc::default(),
         };
         let h = hook.clone();
         std::thread::spawn(move || {
@@ -73,6 +78,12 @@ impl Hook {
             "{head:?}"
         );
         let json: Value = serde_json::from_slice(&body).expect("the alert is JSON");
+        if self.refuse.lock().expect("lock").as_deref() == json["request"]["marker"].as_str() {
+            let _ = r.get_mut().write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndown",
+            );
+            return;
+        }
         self.got.lock().expect("lock").push(json);
         self.raw.lock().expect("lock").push(body);
         let _ = r
@@ -90,6 +101,11 @@ impl Hook {
 
     fn url(&self) -> String {
         url(self.port)
+    }
+
+    /// Answers 500 to the alerts about `marker` (`None`: to none).
+    fn refuse(&self, marker: Option<&str>) {
+        *self.refuse.lock().expect("lock") = marker.map(str::to_owned);
     }
 }
 
@@ -428,6 +444,67 @@ async fn a_restart_neither_loses_nor_repeats_an_alert() {
         .map(|a| a["request"]["id"].as_i64().expect("id"))
         .collect();
     assert_eq!(ids, [first, second]);
+}
+
+// Issue 23: whether a target had an alert was read back from the notes' wording ("alert on …
+// to webhook: delivered"); a note reworded (or a target renamed) between two runs sent a
+// delivered alert again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_notes_are_reworded_neither_resends_nor_loses_an_alert() {
+    let hook = Hook::start();
+    let site = Site::new().await;
+    let toml = site.toml("", "", "")
+        + &format!(
+            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
+            hook.url()
+        );
+    // The first alert keeps failing, so the outbox's cursor stays before it; the second is
+    // delivered after it.
+    hook.refuse(Some("slow/.purge"));
+    let daemon = site.start_with(&toml).await;
+    purge(&site, "slow").await;
+    site.settled(1, ENDED).await;
+    let slow = site.noted("retrying in 5s").await;
+    purge(&site, "b").await;
+    site.settled(2, ENDED).await;
+    let b = site
+        .noted("alert on completed to webhook: delivered (HTTP 200)")
+        .await;
+    daemon.shutdown().await.expect("shutdown");
+
+    // While the daemon is down: a request ends (a manual purge), and every alert note is
+    // reworded, as a later version might word them.
+    let manual = purge_now(site.config_from(&toml), true)
+        .await
+        .expect("manual purge");
+    assert_eq!(manual.status, "completed", "{:?}", manual.detail);
+    let reworded = rusqlite::Connection::open(&site.db)
+        .expect("open")
+        .execute(
+            "UPDATE events SET detail = 'the hook took it; ' || id WHERE detail LIKE 'alert on %'",
+            [],
+        )
+        .expect("reword");
+    assert!(reworded >= 2, "{reworded} notes");
+
+    hook.refuse(None);
+    let daemon = site.start_with(&toml).await;
+    poll("the two alerts left", Duration::from_secs(30), || async {
+        (hook.bodies().len() >= 3).then_some(())
+    })
+    .await;
+    // Time for a repeat to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    daemon.shutdown().await.expect("shutdown");
+    let mut ids: Vec<i64> = hook
+        .bodies()
+        .iter()
+        .map(|a| a["request"]["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort();
+    let mut want = vec![slow, b, manual.id];
+    want.sort();
+    assert_eq!(ids, want, "each alert once, none lost");
 }
 
 // Issue 22: a folder named "<!channel>" pinged the whole Slack channel through the alert text,
