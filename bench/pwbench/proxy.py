@@ -1,0 +1,121 @@
+"""The timestamping proxy (a separate process: `bench.py proxy LISTEN UPSTREAM LOG`) and
+the reader of its log."""
+
+import re
+import select
+import socket
+import struct
+import threading
+import time
+
+from .common import NOW
+
+
+REQ_LINE = re.compile(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.[01]\r\n")
+
+
+def proxy_main(listen_port, upstream_port, log_path):
+    out = open(log_path, "a", buffering=1)
+    lock = threading.Lock()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", listen_port))
+    srv.listen(256)
+
+    ids = iter(range(1, 1 << 62))
+
+    # The kernel's receive timestamp of each chunk (SO_TIMESTAMPNS, CLOCK_REALTIME), moved to
+    # CLOCK_MONOTONIC: when the bytes reached this socket, whatever Python's own scheduling
+    # adds. The upstream connection is opened after the first request has been stamped, so
+    # that a fresh client connection is not charged for the proxy's own connect to moto.
+    so_ts = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+    def mono_of(anc):
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == so_ts and len(payload) >= 16:
+                sec, nsec = struct.unpack("qq", payload[:16])
+                offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
+                return sec * 1_000_000_000 + nsec - offset
+        return NOW()
+
+    def pump(c, cid):
+        u = None
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            c.setsockopt(socket.SOL_SOCKET, so_ts, 1)
+        except OSError:
+            pass
+        tail = b""
+        waiting = 0  # requests seen whose response has not begun
+        try:
+            while True:
+                socks = [c] if u is None else [c, u]
+                ready, _, _ = select.select(socks, [], [], 300)
+                if not ready:
+                    return
+                for s in ready:
+                    if s is c:
+                        data, anc, _, _ = c.recvmsg(65536, 256)
+                        t = mono_of(anc)
+                    else:
+                        data = s.recv(65536)
+                        t = NOW()
+                    if not data:
+                        return
+                    if s is c:
+                        buf = tail + data
+                        for m in REQ_LINE.finditer(buf):
+                            if m.end() > len(tail):  # not already logged with the last chunk
+                                waiting += 1
+                                with lock:
+                                    out.write("%d %d %s %s\n" % (t, cid, m.group(1).decode(),
+                                                                 m.group(2).decode("latin-1")))
+                        tail = buf[-2048:]
+                        if u is None:
+                            u = socket.create_connection(("127.0.0.1", upstream_port), timeout=10)
+                            u.settimeout(None)
+                            u.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        u.sendall(data)
+                    else:
+                        if waiting and data.startswith(b"HTTP/1."):
+                            waiting -= 1
+                            with lock:
+                                out.write("%d %d RESP %s\n" % (t, cid, data[9:12].decode("latin-1")))
+                        c.sendall(data)
+        except OSError:
+            return
+        finally:
+            c.close()
+            if u is not None:
+                u.close()
+
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=pump, args=(c, next(ids)), daemon=True).start()
+
+
+class ProxyLog:
+    """Reads the proxy's log incrementally: (t_ns, connection, method or RESP, path or status)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.off = 0
+        self.partial = b""
+
+    def new(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.off)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.off += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        out = []
+        for ln in lines:
+            p = ln.decode("latin-1").split(" ", 3)
+            if len(p) == 4:
+                out.append((int(p[0]), int(p[1]), p[2], p[3]))
+        return out
