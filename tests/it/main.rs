@@ -20,4 +20,5 @@ mod ops;
 mod quota;
 mod sites;
 mod strict_emulator;
+mod tidy;
 mod tls;
