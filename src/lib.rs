@@ -7,19 +7,22 @@
 //! - [`watch`]: inotify → marker (and change) events; name filter first; rescans when events
 //!   are lost.
 //! - [`intake`]: events → stored requests (a marker is hashed and stored before anything else).
-//! - [`marker`]: what a marker is on disk: a regular file, its checksums, its path list.
-//! - [`pipeline`]: the order of a request's stages, written once.
+//! - [`marker`]: what a marker is on disk: a regular file of at most 1 MiB, read once.
+//! - [`pipeline`]: the order of a request's stages, written once; [`halt`]: how one stops.
 //! - [`verify`] and [`origin`]: "does S3 hold this write yet?" (checksums, a new upload).
 //! - [`paths`]: which CloudFront paths; CloudFront's rules for them.
-//! - [`quota`]: period policy, the count-bucket mirror, the ledger that takes a slot.
+//! - [`quota`]: its settings, period policy, the count-bucket mirror, the ledger that takes a
+//!   slot.
 //! - [`cloudfront`]: CreateInvalidation with a stored CallerReference; CloudFront's limits.
-//! - [`store`]: SQLite: plumbing and migrations; the request state machine; one module per table.
+//! - [`store`]: SQLite, every statement: plumbing, migrations, the request state machine, one
+//!   module a table (alert deliveries in `store::alerts`).
 //! - Around them: [`config`] (TOML → typed config; errors name the file and the key), [`aws`]
-//!   (clients, regions, error classes), [`retry`] (one way to wait out a failure), [`clock`]
-//!   (time from outside), [`knobs`] (test seams, passed in), [`memory`] (a steady RSS),
-//!   [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS), [`status`] (the
-//!   heartbeat and `purgewatch status`), [`systemd`] (sd_notify that never blocks), [`text`] (names from the tree made safe to print),
-//!   [`app`] (wiring, shutdown, the manual purge), [`commands`] and [`cli`] (the CLI's verbs).
+//!   (clients, regions, error classes, the calls' interceptor), [`retry`] (one way to wait out
+//!   a failure), [`clock`] (time from outside), [`knobs`] (test seams, passed in), [`memory`]
+//!   (a steady RSS), [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS),
+//!   [`status`] (the heartbeat and `purgewatch status`), [`systemd`] (sd_notify that never
+//!   blocks), [`text`] (names from the tree made safe to print), [`app`] (wiring: the daemon,
+//!   the supervisor of the sites, one site's run), [`commands`] and [`cli`] (the CLI's verbs).
 //!
 //! # Data flow
 //! marker write ([`watch::WatchEvent`]) → stored request ([`intake::NewRequest`]) →

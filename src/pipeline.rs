@@ -131,12 +131,12 @@ impl Pipeline {
 
     /// Verified requests (one sync's, or the deferred ones of a passed period) to the end.
     pub async fn proceed(&self, verified: Verified) -> Result<(), Halt> {
-        self.decide_paths(&verified.request_ids).await?;
+        let paths = self.decide_paths(&verified.request_ids).await?;
         if self.cfg.cloudfront.dry_run {
-            return self.dry_run(&verified.request_ids).await;
+            return self.dry_run(&verified.request_ids, &paths).await;
         }
         let granted = self.take_slot(verified).await?;
-        let invalidated = self.invalidate(granted).await?;
+        let invalidated = self.invalidate(granted, paths).await?;
         self.complete(&invalidated).await
     }
 
@@ -157,15 +157,17 @@ impl Pipeline {
 
     /// `purgewatch purge`: no origin to wait for, the configured paths, the same quota.
     pub async fn run_manual(&self, id: i64, wait_completed: bool) -> Result<(), Halt> {
+        // Stored with the request (`store_manual`).
+        let paths = self.paths_of(id).await?;
         if self.cfg.cloudfront.dry_run {
-            return self.dry_run(&[id]).await;
+            return self.dry_run(&[id], &paths).await;
         }
         let granted = self
             .take_slot(Verified {
                 request_ids: vec![id],
             })
             .await?;
-        let invalidated = self.invalidate(granted).await?;
+        let invalidated = self.invalidate(granted, paths).await?;
         if wait_completed {
             self.complete(&invalidated).await?;
         }
@@ -184,7 +186,9 @@ impl Pipeline {
                     period: p.period.unwrap_or_default(),
                     caller_reference: p.caller_reference.unwrap_or_default(),
                 };
-                let inv = self.invalidate(g).await?;
+                // Decided before the restart: as stored.
+                let paths = self.paths_of(p.id).await?;
+                let inv = self.invalidate(g, paths).await?;
                 self.complete(&inv).await
             }
             Status::Invalidated => match p.invalidation_id {
@@ -277,7 +281,7 @@ impl Pipeline {
     /// else the configured ones or, with `paths = "changed"`, the requests' changes collapsed
     /// under `max_paths`. A malformed marker list, or a batch CloudFront would refuse, fails the
     /// requests with the reason.
-    async fn decide_paths(&self, ids: &[i64]) -> Result<(), Halt> {
+    async fn decide_paths(&self, ids: &[i64]) -> Result<Vec<String>, Halt> {
         // Requests sharing one invalidation (one sync, deferred ones) purge the union.
         let all = ids.to_vec();
         let (markers, changes, unknown) = self
@@ -349,21 +353,21 @@ impl Pipeline {
             return self.end(ids, Status::Failed, detail).await;
         }
         let detail = format!("{} path(s), {why}", paths.len());
-        let ids = ids.to_vec();
+        let (ids, stored) = (ids.to_vec(), paths.clone());
         self.store
-            .quick(move |c| requests::set_paths(c, &ids, &paths, &detail))
+            .quick(move |c| requests::set_paths(c, &ids, &stored, &detail))
             .await?;
-        Ok(())
+        Ok(paths)
+    }
+
+    /// The paths stored with request `id` (a manual purge's, or decided before a restart).
+    async fn paths_of(&self, id: i64) -> Result<Vec<String>, Halt> {
+        Ok(self.store.quick(move |c| requests::paths_of(c, id)).await?)
     }
 
     /// Shadow mode (`[cloudfront] dry_run`): what the grant and the invalidation would have
     /// been, recorded; the count object is read, never written, and nothing is sent.
-    async fn dry_run(&self, ids: &[i64]) -> Result<(), Halt> {
-        let first = ids[0];
-        let paths = self
-            .store
-            .quick(move |c| requests::paths_of(c, first))
-            .await?;
+    async fn dry_run(&self, ids: &[i64], paths: &[String]) -> Result<(), Halt> {
         let mut retry = Retry::new(retry::aws_delay);
         let (period, used, max) = loop {
             match self.ledger.peek().await {
@@ -419,12 +423,7 @@ impl Pipeline {
     /// Sends CreateInvalidation until CloudFront takes it. The same batch with the same stored
     /// CallerReference is sent every time (after a failed attempt, after a restart): CloudFront
     /// answers a repeat with the invalidation it made the first time, so nothing is paid twice.
-    pub async fn invalidate(&self, g: Granted) -> Result<Invalidated, Halt> {
-        let first = g.request_ids[0];
-        let paths = self
-            .store
-            .quick(move |c| requests::paths_of(c, first))
-            .await?;
+    pub async fn invalidate(&self, g: Granted, paths: Vec<String>) -> Result<Invalidated, Halt> {
         let mut retry = Retry::new(retry::aws_delay);
         loop {
             let sent = self.cdn.create(&paths, &g.caller_reference).await;

@@ -59,13 +59,13 @@ pub struct Config {
     pub notify: Notify,
 }
 
-/// `[metrics]`: Prometheus text format at `GET /metrics` (src/metrics.rs); off unless set.
+/// `[metrics]`: Prometheus text format at `GET /metrics` (src/metrics/); off unless set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metrics {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// `[notify]`: alerts when a request reaches one of `on` (src/notify.rs). Its `Debug` shows
+/// `[notify]`: alerts when a request reaches one of `on` (src/notify/). Its `Debug` shows
 /// where the webhook goes, never the URL (a secret).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Notify {

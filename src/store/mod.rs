@@ -1,7 +1,9 @@
-//! SQLite plumbing: the one connection, its threads, and migrations by `PRAGMA user_version`.
-//! The tables' own code lives beside it, one module each: [`requests`] (the request state
-//! machine, its events and the history), [`markers`], [`changes`], [`counters`] (the local
-//! quota counter).
+//! SQLite plumbing: the one connection and its threads; every SQL statement of the daemon is in
+//! this folder (`tests/it/tidy.rs` keeps it so). Beside it, one module a table or a reader:
+//! [`migrations`] (the schema), [`status`] (the state machine's states), [`requests`] (the
+//! requests, their events and the history), [`markers`], [`changes`], [`counters`] (the local
+//! quota counter), [`meta`] (the heartbeat), [`alerts`] (the alert outbox and its deliveries),
+//! [`events`] and [`counts`] (what the metrics read), [`prune`].
 //!
 //! The database is the daemon's memory and the operator's audit log at once: a request is stored
 //! before anything else happens, every transition appends a row to `events`, and on restart the
