@@ -103,10 +103,20 @@ impl Hook {
         url(self.port)
     }
 
+    /// `site`'s config with this hook as the webhook, alerting on `completed`.
+    fn on_completed(&self, site: &Site) -> String {
+        on_completed(site, &self.url())
+    }
+
     /// Answers 500 to the alerts about `marker` (`None`: to none).
     fn refuse(&self, marker: Option<&str>) {
         *self.refuse.lock().expect("lock") = marker.map(str::to_owned);
     }
+}
+
+/// `site`'s config with `webhook`, alerting on `completed`.
+fn on_completed(site: &Site, webhook: &str) -> String {
+    site.toml("", "", "") + &format!("\n[notify]\nwebhook = \"{webhook}\"\non = [\"completed\"]\n")
 }
 
 fn url(port: u16) -> String {
@@ -193,11 +203,7 @@ async fn a_dead_webhook_delays_no_purge_and_gets_its_alerts_once_it_is_up() {
         .expect("addr")
         .port();
     let site = Site::new().await;
-    let toml = site.toml("", "", "")
-        + &format!(
-            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
-            url(port)
-        );
+    let toml = on_completed(&site, &url(port));
     let daemon = site.start_with(&toml).await;
     purge(&site, "a").await;
     site.settled(1, ENDED).await;
@@ -409,11 +415,7 @@ async fn a_restart_neither_loses_nor_repeats_an_alert() {
         .expect("addr")
         .port();
     let site = Site::new().await;
-    let toml = site.toml("", "", "")
-        + &format!(
-            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
-            url(port)
-        );
+    let toml = on_completed(&site, &url(port));
     // The daemon stops while the webhook is down and the alert is waiting for its retry.
     let daemon = site.start_with(&toml).await;
     purge(&site, "a").await;
@@ -453,11 +455,7 @@ async fn a_restart_neither_loses_nor_repeats_an_alert() {
 async fn a_restart_after_the_notes_are_reworded_neither_resends_nor_loses_an_alert() {
     let hook = Hook::start();
     let site = Site::new().await;
-    let toml = site.toml("", "", "")
-        + &format!(
-            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
-            hook.url()
-        );
+    let toml = hook.on_completed(&site);
     // The first alert keeps failing, so the outbox's cursor stays before it; the second is
     // delivered after it.
     hook.refuse(Some("slow/.purge"));
@@ -513,11 +511,7 @@ async fn a_restart_after_the_notes_are_reworded_neither_resends_nor_loses_an_ale
 async fn a_hostile_folder_name_is_shown_as_text_in_the_alert() {
     let hook = Hook::start();
     let site = Site::new().await;
-    let toml = site.toml("", "", "")
-        + &format!(
-            "\n[notify]\nwebhook = \"{}\"\non = [\"completed\"]\n",
-            hook.url()
-        );
+    let toml = hook.on_completed(&site);
     let daemon = site.start_with(&toml).await;
     let folder = "<!channel> & x\x1b[2J\u{9b}";
     purge(&site, folder).await;
