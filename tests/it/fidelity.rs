@@ -415,9 +415,12 @@ async fn an_expired_token_is_retried_and_access_denied_names_the_permission() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_markers_in_one_sync_share_one_invalidation_and_one_slot() {
     let site = Site::new().await;
+    // The two must be verified within `settle` of each other: 3 s, as one second was not
+    // always enough beside the whole suite on two cores (the second verified 1.005 s after the
+    // first, once in a CI run).
     let toml = site
         .toml("", "", "")
-        .replace("settle = \"200ms\"", "settle = \"1s\"");
+        .replace("settle = \"200ms\"", "settle = \"3s\"");
     let daemon = site.start_with(&toml).await;
     site.write("blog/.purge", b"deploy 1\n");
     site.write("news/.purge", b"deploy 1\n");
