@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use purgewatch::app::Daemon;
 
 use crate::common::{
-    daemon_command, poll, site_and_daemon, spawn_watching, today_utc, Site, Tmpfs, ENDED,
+    daemon_command, poll, read_bytes, site_and_daemon, spawn_watching, today_utc, Site, Tmpfs,
+    ENDED,
 };
 
 /// One round of the fleet race: 4 daemons (own trees and databases, one count bucket, max 10),
@@ -379,17 +380,6 @@ fn vm_hwm_kib(pid: u32) -> u64 {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// Bytes the process has read so far (`rchar` of /proc/PID/io).
-fn read_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|io| {
-            io.lines()
-                .find_map(|l| l.strip_prefix("rchar: ")?.trim().parse().ok())
         })
         .unwrap_or(0)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use purgewatch::app::Daemon;
 
-use crate::common::{daemon_command, free_port, poll, spawn_watching, Site, Spawned};
+use crate::common::{daemon_command, free_port, poll, read_bytes, spawn_watching, Site, Spawned};
 
 const DONE: &[&str] = &["completed"];
 
@@ -193,15 +193,7 @@ async fn a_huge_changed_file_is_hashed_off_the_loop_and_sigterm_still_works() {
     site.write(".purge", b"deploy\n");
     site.upload(".purge").await;
     // The hash is under way once the daemon has read a GiB.
-    let read = || {
-        std::fs::read_to_string(format!("/proc/{pid}/io"))
-            .ok()
-            .and_then(|io| {
-                io.lines()
-                    .find_map(|l| l.strip_prefix("rchar: ")?.trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-    };
+    let read = || read_bytes(pid);
     poll(
         "the daemon reading the big file",
         Duration::from_secs(30),

@@ -45,6 +45,17 @@ fn moto_command(port: u16) -> Command {
     c
 }
 
+/// Bytes the process has read so far (`rchar` of /proc/PID/io).
+pub fn read_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("rchar: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A port free on 127.0.0.1 a moment ago, for a listener the test configures.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
