@@ -56,10 +56,16 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_moto PORT LOG: starts moto_server on 127.0.0.1:PORT, waits until it answers (30 s at most).
+# start_moto PORT LOG [strict]: starts moto_server on 127.0.0.1:PORT, waits until it answers
+# (30 s at most). With "strict", through tests/moto_atomic.py: the test layer, which also serves
+# a Lambda's Code.Location as AWS does.
 start_moto() {
   local port=$1 log=$2
-  "$PW_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  if [ "${3:-}" = strict ]; then
+    "$PW_VENV/bin/python" "$PW_ROOT/tests/moto_atomic.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  else
+    "$PW_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  fi
   MOTO_PID=$!
   for _ in $(seq 1 300); do
     if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" 2>/dev/null; then

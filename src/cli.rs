@@ -74,6 +74,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a config from what is there: lsyncd's config, the distribution in front of each
+    /// bucket, the old Lambda's quota. Exit 0 written and checked, 1 error, 2 ambiguous
+    Init {
+        /// lsyncd's config (default /etc/lsyncd/lsyncd.conf.lua, then /etc/lsyncd.conf)
+        #[arg(long, value_name = "PATH")]
+        from_lsyncd: Option<PathBuf>,
+        /// The old Lambda's code (a .zip or a .py), when GetFunction's cannot be fetched
+        #[arg(long, value_name = "PATH")]
+        lambda_code: Option<PathBuf>,
+        /// The distribution to use where several are in front of a bucket (once a site)
+        #[arg(long, value_name = "ID")]
+        distribution: Vec<String>,
+        /// Write the config here (default: print it)
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Overwrite an existing --output or --iam-policy file
+        #[arg(long)]
+        force: bool,
+        /// Also write the instance role's IAM policy to this file
+        #[arg(long, value_name = "PATH")]
+        iam_policy: Option<PathBuf>,
+        /// Send the AWS calls to this endpoint (an emulator), as the aws CLI's option
+        #[arg(long, value_name = "URL")]
+        endpoint_url: Option<String>,
+    },
+    /// After the shadow week: show it beside the Lambda's counts, remove the old Lambda's S3
+    /// trigger, turn dry_run off and reload the daemon; --undo puts the trigger back
+    Takeover {
+        /// Only this site
+        #[arg(long)]
+        site: Option<String>,
+        /// Put back the trigger a takeover removed, and dry_run on
+        #[arg(long)]
+        undo: bool,
+    },
     /// Ask for a purge by hand: no origin wait, same quota, same invalidation
     Purge {
         /// The site to purge (needed when the config has several)

@@ -398,10 +398,12 @@ impl Intake {
     }
 }
 
-/// The paths a request starts with; the pipeline settles them once verified.
+/// The paths a request starts with, under `path_prefix`; the pipeline settles them once
+/// verified (a manual purge keeps them).
 pub fn configured_paths(cfg: &Config) -> Vec<String> {
-    match &cfg.cloudfront.paths {
+    let paths = match &cfg.cloudfront.paths {
         Paths::Fixed(p) => p.clone(),
         Paths::Changed => vec!["/*".into()],
-    }
+    };
+    crate::paths::under_prefix(&cfg.cloudfront.path_prefix, paths)
 }

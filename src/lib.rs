@@ -22,7 +22,8 @@
 //!   (a steady RSS), [`metrics`] (Prometheus), [`notify`] (alerts to a webhook or SNS),
 //!   [`status`] (the heartbeat and `purgewatch status`), [`systemd`] (sd_notify that never
 //!   blocks), [`text`] (names from the tree made safe to print), [`app`] (wiring: the daemon,
-//!   the supervisor of the sites, one site's run), [`commands`] and [`cli`] (the CLI's verbs).
+//!   the supervisor of the sites, one site's run), [`commands`] and [`cli`] (the CLI's verbs),
+//!   [`init`] (`init` and `takeover`: the move from the old Lambda).
 //!
 //! # Data flow
 //! marker write ([`watch::WatchEvent`]) → stored request ([`intake::NewRequest`]) →
@@ -37,6 +38,7 @@ pub mod cloudfront;
 pub mod commands;
 pub mod config;
 pub mod halt;
+pub mod init;
 pub mod intake;
 pub mod knobs;
 pub mod marker;

@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         tracing::warn!(filter = %spec, error = %e, "bad log filter; logging at info");
     }
 
+    // `init` writes the config: it has none to load yet.
+    if let Command::Init { .. } = cli.command {
+        return init(cli);
+    }
     let cfg = match Sites::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -63,18 +67,8 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Run) {
         memory::map_code();
     }
-    // One thread runs the pipeline: it waits on the network and SQLite, never on the CPU
-    // (hashing and SQLite calls go to the blocking pool, the watcher has its own thread); a
-    // worker pool would only add threads, stacks and cross-thread wake-ups.
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("purgewatch: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
     };
     if let Command::Status { json, site } = cli.command {
         return match rt.block_on(commands::status(cfg, site, json)) {
@@ -94,7 +88,8 @@ fn main() -> ExitCode {
             }
             Command::Quota { json, site } => commands::quota(cfg, site, json).await,
             Command::Purge { wait, site } => commands::purge(cfg, site, wait).await,
-            Command::Status { .. } => unreachable!("answered above"),
+            Command::Takeover { site, undo } => commands::takeover(cfg, site, undo).await,
+            Command::Status { .. } | Command::Init { .. } => unreachable!("answered above"),
         }
     });
     match result {
@@ -110,6 +105,59 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("purgewatch: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `purgewatch init`: exit 0 written and checked, 1 an error or a failed check, 2 ambiguous.
+fn init(cli: Cli) -> ExitCode {
+    let Command::Init {
+        from_lsyncd,
+        lambda_code,
+        distribution,
+        output,
+        force,
+        iam_policy,
+        endpoint_url,
+    } = cli.command
+    else {
+        return ExitCode::FAILURE;
+    };
+    let args = purgewatch::init::Args {
+        from_lsyncd,
+        lambda_code,
+        distribution,
+        endpoint_url,
+    };
+    let out = commands::InitOutput {
+        config: output,
+        iam_policy,
+        force,
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(commands::init(args, out)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("purgewatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One thread runs the pipeline: it waits on the network and SQLite, never on the CPU
+/// (hashing and SQLite calls go to the blocking pool, the watcher has its own thread); a worker
+/// pool would only add threads, stacks and cross-thread wake-ups.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("purgewatch: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -191,6 +191,35 @@ pub fn configured(list: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// `cloudfront.path_prefix` as it is put before every path: encoded as a marker's path is,
+/// always ending in '/' ("/www" → "/www/"). Err: why not.
+pub fn prefix(p: &str) -> Result<String, String> {
+    if p.contains('*') {
+        return Err("a prefix cannot hold '*'".to_owned());
+    }
+    let mut path = marker_path(p.as_bytes())?;
+    if !path.ends_with('/') {
+        path.push('/');
+    }
+    // Leave room for the paths put after it.
+    if path.len() > MAX_PATH_CHARS / 2 {
+        return Err(format!("longer than {} characters", MAX_PATH_CHARS / 2));
+    }
+    Ok(path)
+}
+
+/// Every path under the URL path the site root is served at ([`prefix`]): with "/www/",
+/// "/a.html" → "/www/a.html" and "/*" → "/www/*". "/" changes nothing.
+pub fn under_prefix(prefix: &str, paths: Vec<String>) -> Vec<String> {
+    if prefix == "/" {
+        return paths;
+    }
+    paths
+        .into_iter()
+        .map(|p| format!("{prefix}{}", p.strip_prefix('/').unwrap_or(&p)))
+        .collect()
+}
+
 fn marker_path(line: &[u8]) -> Result<String, String> {
     let s = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
     if !s.starts_with('/') {

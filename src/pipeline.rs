@@ -345,6 +345,8 @@ impl Pipeline {
         if paths.iter().any(|p| p == "/*") {
             paths = vec!["/*".into()];
         }
+        // Where the site root is served: the distribution's origin path and the bucket prefix.
+        let paths = paths::under_prefix(&self.cfg.cloudfront.path_prefix, paths);
         // A batch CloudFront would refuse must not spend a slot first.
         if let Err(e) = paths::check_batch(&paths) {
             let detail = format!(

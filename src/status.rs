@@ -246,6 +246,12 @@ impl Report {
     }
 }
 
+/// The pid of the daemon running on this database, if one is (`takeover` reloads it).
+pub fn running_pid(conn: &Connection) -> Result<Option<u32>, StoreError> {
+    let beat: Option<Beat> = meta::heartbeat(conn)?;
+    Ok(beat.filter(|b| !b.stopped && alive(b.pid)).map(|b| b.pid))
+}
+
 /// Whether process `pid` is a purgewatch: its `comm`, or where /proc hides other users'
 /// processes (hidepid), whether it exists at all.
 fn alive(pid: u32) -> bool {

@@ -64,6 +64,14 @@ Run as `python tests/moto_atomic.py -H HOST -p PORT` (the arguments of moto_serv
    CloudFront errors use CloudFront's XML (<ErrorResponse><Error><Type/><Code/><Message/>), which
    the AWS SDKs parse (moto's own CloudFront errors do not parse in the Rust SDK).
 
+   S3 bucket notifications: AWS keeps an `EventBridgeConfiguration` put with the others and
+   answers it back (dropping it turns EventBridge off); moto 5.2 forgets it. Kept here, per bucket.
+
+   Lambda: GetFunction's `Code.Location` is a presigned HTTPS URL to the code's zip, valid about
+   10 minutes. moto's points at a host that does not resolve here; it becomes
+   http://<this host>/_lambda_code/<region>/<name>?X-Amz-Signature=…, served (unsigned, as a
+   presigned URL) with the zip moto holds.
+
    Requests to the middleware itself are not signed; requests the layer does not recognise pass
    to moto untouched.
 """
@@ -220,6 +228,7 @@ class State:
         self.invalidations = {}  # distribution -> [Invalidation], oldest first
         self.references = {}  # distribution -> {caller ref: (paths, status, headers, body, inv id)}
         self.dist_locks = {}  # distribution -> Lock held through CreateInvalidation
+        self.event_bridge = set()  # buckets whose notification configuration enables EventBridge
 
     def opts(self, kind, name):
         with self.lock:
@@ -545,6 +554,8 @@ def handle_s3(environ, start_response, inner, region_signed):
         return s3_error(409, "ConditionalRequestConflict",
                         "A conflicting conditional operation is currently in progress against "
                         "this resource. Please try again.", region, head).send(start_response)
+    if op in ("GetBucketNotification", "PutBucketNotification"):
+        return s3_notification(environ, start_response, inner, bucket)
     if o["kms"]:
         for h in ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH",
                   "HTTP_X_AMZ_COPY_SOURCE_IF_NONE_MATCH"):
@@ -778,10 +789,74 @@ def control(environ, start_response):
         return json_response(start_response, 400, {"error": str(e)})
 
 
+def lambda_code(environ, start_response):
+    """GET /_lambda_code/<region>/<name>: the function's zip, as the presigned URL serves it."""
+    from moto.awslambda.models import lambda_backends
+
+    parts = path_of(environ).split("/")
+    if len(parts) != 4 or environ["REQUEST_METHOD"] != "GET":
+        return Response(404, [], b"").send(start_response)
+    region, name = parts[2], parts[3]
+    for account in list(lambda_backends.keys()):
+        backend = lambda_backends[account].get(region)
+        try:
+            fn = backend.get_function(name) if backend is not None else None
+        except Exception:
+            fn = None
+        if fn is not None:
+            return Response(200, [("Content-Type", "application/zip")],
+                            bytes(fn.code_bytes)).send(start_response)
+    return Response(403, [("Content-Type", "application/xml")],
+                    b"<Error><Code>AccessDenied</Code></Error>").send(start_response)
+
+
+def handle_lambda(environ, start_response, inner, region):
+    """GetFunction: Code.Location pointed at this server (see the module's doc)."""
+    path = path_of(environ)
+    m = re.fullmatch(r"/2015-03-31/functions/([^/]+)/?", path)
+    if environ["REQUEST_METHOD"] != "GET" or not m:
+        return inner(environ, start_response)
+    resp = call_inner(inner, environ)
+    if resp.status != 200:
+        return resp.send(start_response)
+    doc = json.loads(resp.body)
+    name = doc.get("Configuration", {}).get("FunctionName") or unquote(m.group(1))
+    if "Location" in doc.get("Code", {}):
+        host = environ.get("HTTP_HOST") or f"127.0.0.1:{environ.get('SERVER_PORT')}"
+        doc["Code"]["Location"] = (f"http://{host}/_lambda_code/{region}/{name}"
+                                   f"?X-Amz-Signature={uuid.uuid4().hex}")
+    resp.body = json.dumps(doc).encode()
+    return resp.send(start_response)
+
+
+def s3_notification(environ, start_response, inner, bucket):
+    """Put/GetBucketNotificationConfiguration with EventBridgeConfiguration kept, as AWS does."""
+    if environ["REQUEST_METHOD"] == "PUT":
+        body = read_body(environ)
+        on = b"EventBridgeConfiguration" in body
+        resp = call_inner(inner, environ)
+        if resp.status == 200:
+            with STATE.lock:
+                (STATE.event_bridge.add if on else STATE.event_bridge.discard)(bucket)
+        return resp.send(start_response)
+    resp = call_inner(inner, environ)
+    if resp.status == 200 and bucket in STATE.event_bridge:
+        end = resp.body.rfind(b"</NotificationConfiguration>")
+        if end >= 0:
+            resp.body = resp.body[:end] + b"<EventBridgeConfiguration/>" + resp.body[end:]
+        else:  # an empty configuration answered as a self-closing element
+            resp.body = re.sub(rb"<NotificationConfiguration([^>]*)/>",
+                               rb"<NotificationConfiguration\1><EventBridgeConfiguration/>"
+                               rb"</NotificationConfiguration>", resp.body)
+    return resp.send(start_response)
+
+
 def strict_call(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/_strict" or path.startswith("/_strict/"):
         return control(environ, start_response)
+    if path.startswith("/_lambda_code/"):
+        return lambda_code(environ, start_response)
     inner = lambda env, sr: _dispatch(self, env, sr)  # noqa: E731
     if path.startswith("/moto-api"):
         return inner(environ, start_response)
@@ -794,6 +869,8 @@ def strict_call(self, environ, start_response):
             return handle_s3(environ, start_response, inner, region)
         if service == "cloudfront":
             return handle_cloudfront(environ, start_response, inner)
+        if service == "lambda":
+            return handle_lambda(environ, start_response, inner, region)
     except Exception as e:
         import traceback
 

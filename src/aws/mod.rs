@@ -238,10 +238,29 @@ impl Clients {
         if let Some(r) = &cfg.region {
             loader = loader.region(Region::new(r.clone()));
         } else {
-            // CloudFront is global; S3 needs some region to sign with when the chain has none.
+            // The standard chain (environment, profile, the instance's metadata), then
+            // us-east-1: CloudFront is global, S3 needs some region to sign with. Its metadata
+            // lookup gets our HTTP client: the SDK's own default chain has none here (no
+            // default-https-client), and its IMDS client was built without one (a panic in a
+            // debug build, never an answer in a release build).
+            use aws_config::meta::region::RegionProviderChain;
+            let providers = aws_config::provider_config::ProviderConfig::without_region()
+                .with_http_client(http_client());
             loader = loader.region(
-                aws_config::meta::region::RegionProviderChain::default_provider()
-                    .or_else(Region::from_static("us-east-1")),
+                RegionProviderChain::first_try(
+                    aws_config::environment::EnvironmentVariableRegionProvider::new(),
+                )
+                .or_else(
+                    aws_config::profile::ProfileFileRegionProvider::builder()
+                        .configure(&providers)
+                        .build(),
+                )
+                .or_else(
+                    aws_config::imds::region::ImdsRegionProvider::builder()
+                        .configure(&providers)
+                        .build(),
+                )
+                .or_else(Region::from_static("us-east-1")),
             );
         }
         if let Some(url) = &cfg.endpoint_url {

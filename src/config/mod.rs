@@ -162,6 +162,10 @@ pub struct CloudFront {
     pub max_paths: usize,
     /// Shadow mode: every step runs, the quota is read but no slot taken, nothing is sent.
     pub dry_run: bool,
+    /// The URL path the site root is served at, encoded, ending in '/' ("/" the distribution's
+    /// root; "/www/" when the bucket's `www/` is served under `/www/`): put before every path
+    /// sent, configured, changed or listed in a marker (`paths::under_prefix`).
+    pub path_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -94,6 +94,8 @@ pub(super) struct RawCloudFront {
     pub(super) max_paths: usize,
     #[serde(default)]
     pub(super) dry_run: bool,
+    #[serde(default = "default_path_prefix")]
+    pub(super) path_prefix: String,
 }
 
 /// `paths = ["/*"]` or `paths = "changed"`.
@@ -182,6 +184,9 @@ fn default_paths() -> RawPaths {
 }
 fn default_max_paths() -> usize {
     15
+}
+fn default_path_prefix() -> String {
+    "/".into()
 }
 fn default_wait_for() -> WaitFor {
     WaitFor::Marker

@@ -158,11 +158,21 @@ pub(super) fn cloudfront(k: &Keys, c: RawCloudFront) -> Result<CloudFront, Confi
             "must be between 1 and 3000 (CloudFront's limit per invalidation)".into(),
         ));
     }
+    let path_prefix = crate::paths::prefix(&c.path_prefix).map_err(|m| {
+        k.invalid(
+            "cloudfront.path_prefix",
+            format!(
+                "{:?}: {m} (the URL path the site root is served at, like \"/\" or \"/www/\")",
+                c.path_prefix
+            ),
+        )
+    })?;
     Ok(CloudFront {
         distribution_id: c.distribution_id,
         paths,
         max_paths: c.max_paths,
         dry_run: c.dry_run,
+        path_prefix,
     })
 }
 

@@ -205,6 +205,18 @@ FROM tied
 WHERE event_id IS NOT NULL AND target IN ('webhook', 'sns')
 ORDER BY id;
 "#,
+    r#"
+-- 11: `purgewatch takeover` (init::takeover): the notification entries it removed from an origin
+-- bucket (the old Lambda's trigger), as JSON, so `--undo` puts back exactly those.
+CREATE TABLE takeovers (
+    id          INTEGER PRIMARY KEY,
+    site        TEXT NOT NULL,
+    bucket      TEXT NOT NULL,
+    removed     TEXT NOT NULL,              -- JSON array of init::discover::Trigger
+    taken_at    TEXT NOT NULL,
+    undone_at   TEXT
+);
+"#,
 ];
 
 /// Runs the `migrations` a database has not had yet, in one transaction, and records how many

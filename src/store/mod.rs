@@ -29,6 +29,7 @@ mod migrations;
 pub mod prune;
 pub mod requests;
 pub mod status;
+pub mod takeovers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -15,6 +15,7 @@ mod hostile_ops;
 mod hostile_tree;
 mod iam;
 mod metrics;
+mod migrate;
 mod notify;
 mod ops;
 mod quota;

@@ -681,9 +681,22 @@ fn rusqlite_open(path: &Path) -> rusqlite::Connection {
 }
 
 async fn create_distribution(cf: &aws_sdk_cloudfront::Client, bucket: &str, tag: &str) -> String {
+    let domain = format!("{bucket}.s3.amazonaws.com");
+    create_distribution_with(cf, &domain, "", &[], tag).await
+}
+
+/// A distribution whose one origin is `domain` (an S3 endpoint) under `origin_path`.
+pub async fn create_distribution_with(
+    cf: &aws_sdk_cloudfront::Client,
+    domain: &str,
+    origin_path: &str,
+    aliases: &[&str],
+    tag: &str,
+) -> String {
     let origin = cf::Origin::builder()
         .id("s3-origin")
-        .domain_name(format!("{bucket}.s3.amazonaws.com"))
+        .domain_name(domain)
+        .origin_path(origin_path)
         .s3_origin_config(
             cf::S3OriginConfig::builder()
                 .origin_access_identity("")
@@ -706,6 +719,13 @@ async fn create_distribution(cf: &aws_sdk_cloudfront::Client, bucket: &str, tag:
                 .expect("origins"),
         )
         .default_cache_behavior(behavior)
+        .set_aliases((!aliases.is_empty()).then(|| {
+            cf::Aliases::builder()
+                .quantity(aliases.len() as i32)
+                .set_items(Some(aliases.iter().map(|a| a.to_string()).collect()))
+                .build()
+                .expect("aliases")
+        }))
         .comment(format!("purgewatch test {tag}"))
         .enabled(true)
         .build()

@@ -16,6 +16,9 @@ use crate::quota::{self, mirror::Mirror};
 use crate::store::{self, counters, requests, Store};
 use crate::text::printable;
 
+mod migrate;
+pub use migrate::{init, takeover, InitOutput};
+
 /// `println!` that hands the error back instead of panicking: `purgewatch history | head`
 /// closes the pipe early, and main ends such a command quietly.
 macro_rules! out {
@@ -644,13 +647,35 @@ async fn check_site(cfg: &Config) -> anyhow::Result<bool> {
             Err(e) => report(false, format!("quota.count_bucket: {e}")),
         }
     }
-    let cdn = Cdn::new(clients.cloudfront, cfg.cloudfront.distribution_id.clone());
+    let cdn = Cdn::new(
+        clients.cloudfront.clone(),
+        cfg.cloudfront.distribution_id.clone(),
+    );
     match cdn.reachable().await {
         Ok(_) => report(
             true,
             format!("cloudfront.distribution_id {}", cdn.distribution_id()),
         ),
         Err(e) => report(false, format!("cloudfront.distribution_id: {e}")),
+    }
+    use crate::init::discover::{check_path_prefix, PrefixCheck};
+    let cf = &cfg.cloudfront;
+    let cdn = &clients.cloudfront;
+    match check_path_prefix(
+        cdn,
+        &cf.distribution_id,
+        &o.bucket,
+        &o.prefix,
+        &cf.path_prefix,
+    )
+    .await
+    {
+        PrefixCheck::Agrees(line) => report(true, line),
+        PrefixCheck::Differs(line) => report(false, line),
+        // Not a failure: a role made from an older policy may lack GetDistribution.
+        PrefixCheck::Unknown(line) => {
+            let _ = writeln!(std::io::stdout(), "WARN  cloudfront.path_prefix {line}");
+        }
     }
     Ok(ok)
 }
