@@ -10,6 +10,8 @@ local SOURCE   = os.getenv("LSYNCD_SOURCE") or "/var/www/html/"
 local TARGET   = os.getenv("LSYNCD_TARGET") or "s3://my-origin/"
 local AWS      = os.getenv("LSYNCD_AWS") or "/usr/bin/aws"
 local ENDPOINT = os.getenv("LSYNCD_S3_ENDPOINT") -- an emulator only, e.g. http://127.0.0.1:5000
+-- Seconds lsyncd gathers changes before a sync (1 unless set; the upload bench sets 1, 15, 40).
+local DELAY    = tonumber(os.getenv("LSYNCD_DELAY") or "1") or 1
 
 settings {
   logfile    = os.getenv("LSYNCD_LOG") or "/var/log/lsyncd/lsyncd.log",
@@ -31,7 +33,7 @@ local function s3sync_args(config)
 end
 
 local s3sync = {
-  delay = 1,
+  delay = DELAY,
   maxProcesses = 1,
   -- Any change: sync the whole tree (aws s3 sync only transfers what differs).
   action = function(inlet)

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Paths};
@@ -24,7 +23,7 @@ use crate::marker::{self, mtime_ns, MarkerSeen};
 use crate::origin::{EarlyHead, Origin};
 use crate::store::{self, changes, markers, requests, ChangeSeen, Pending, Source};
 use crate::store::{Status, Store, StoreError};
-use crate::verify::FirstLook;
+use crate::verify::{FirstLook, Wake};
 use crate::watch;
 
 /// A request just stored, for the pipeline to run.
@@ -33,8 +32,8 @@ pub struct NewRequest {
     /// The marker, relative to the root.
     pub rel: String,
     pub first: FirstLook,
-    /// Signalled when a later write of the marker is merged into the request.
-    pub wake: Arc<Notify>,
+    /// Signalled when a later write of the marker is merged into the request, or it is read.
+    pub wake: Arc<Wake>,
 }
 
 /// What became of a marker write.
@@ -50,7 +49,7 @@ enum Stored {
 /// A request still taking writes of its marker: merged in until its origin check passes.
 struct Open {
     id: i64,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
 }
 
 /// How many unusable markers the intake remembers (see [`Intake::unusable`]).
@@ -75,14 +74,24 @@ pub struct Intake {
     /// Markers whose last write was unusable, and the `failed` request their repeats fold into.
     /// At most [`UNUSABLE_KEPT`].
     unusable: HashMap<String, i64>,
+    /// The watcher's: hears an uploader read a waiting marker.
+    listener: Option<watch::Listener>,
 }
 
 impl Intake {
-    pub fn new(cfg: Arc<Config>, store: Store, origin: Origin) -> Intake {
+    /// `listener`: the watcher's, so a waiting request hears its marker read (None: it never
+    /// does, and only polls).
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        origin: Origin,
+        listener: Option<watch::Listener>,
+    ) -> Intake {
         Intake {
             cfg,
             store,
             origin,
+            listener,
             open: HashMap::new(),
             changes: HashMap::new(),
             unusable: HashMap::new(),
@@ -163,7 +172,7 @@ impl Intake {
                 self.unusable.remove(&rel);
                 debug!(request = id, marker = %rel, "merged into the open request");
                 if let Some(o) = self.open.get(&rel) {
-                    o.wake.notify_one();
+                    o.wake.written.notify_one();
                 }
                 Ok(None)
             }
@@ -171,7 +180,7 @@ impl Intake {
                 self.unusable.remove(&rel);
                 crash_point("after_request_stored");
                 info!(request = id, marker = %rel, "purge requested");
-                let wake = Arc::new(Notify::new());
+                let wake = Arc::new(Wake::new(self.listener.clone()));
                 let open = Open {
                     id,
                     wake: wake.clone(),
@@ -379,9 +388,9 @@ impl Intake {
     }
 
     /// A request resumed at start: one still waiting for its origin takes later writes of its
-    /// marker. Returns the Notify those writes signal.
-    pub fn resumed(&mut self, p: &Pending) -> Arc<Notify> {
-        let wake = Arc::new(Notify::new());
+    /// marker. Returns what those writes (and an uploader's reads) signal.
+    pub fn resumed(&mut self, p: &Pending) -> Arc<Wake> {
+        let wake = Arc::new(Wake::new(self.listener.clone()));
         if p.status == Status::WaitingForOrigin {
             let open = Open {
                 id: p.id,
@@ -390,6 +399,16 @@ impl Intake {
             self.open.insert(p.marker.clone(), open);
         }
         wake
+    }
+
+    /// A marker was read to its close by another process: its waiting request looks now.
+    pub fn heard(&self, path: &std::path::Path) {
+        let Some(rel) = watch::relative(&self.cfg.watch.root, path) else {
+            return;
+        };
+        if let Some(o) = self.open.get(&rel) {
+            o.wake.read.notify_one();
+        }
     }
 
     /// The request's task ended: later writes of its marker make a new request.

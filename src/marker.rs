@@ -13,7 +13,8 @@
 //! a long one (a changed file of gigabytes) stops between blocks when asked to.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 
@@ -150,10 +151,42 @@ fn go_on() -> bool {
     false
 }
 
+/// This process's own reads of markers, each for [`OWN_READ_TTL`]: the watcher takes a
+/// read-and-close of a waiting marker by anyone else for an uploader's (issue 25), and ours must
+/// not count. Kept small: a read whose close is never reported (its folder not listened to)
+/// expires.
+static OWN_READS: std::sync::Mutex<Vec<(PathBuf, Instant)>> = std::sync::Mutex::new(Vec::new());
+
+/// How long an own read waits for its close to be reported (microseconds, in practice).
+const OWN_READ_TTL: Duration = Duration::from_secs(2);
+
+/// Notes that this process is about to open the marker at `path` for reading.
+pub fn own_read(path: &Path) {
+    let mut reads = OWN_READS.lock().unwrap_or_else(|e| e.into_inner());
+    reads.retain(|(_, at)| at.elapsed() < OWN_READ_TTL);
+    if reads.len() < 1024 {
+        reads.push((path.to_owned(), Instant::now()));
+    }
+}
+
+/// Whether a read-and-close of `path` was this process's own (then it is forgotten).
+pub fn take_own_read(path: &Path) -> bool {
+    let mut reads = OWN_READS.lock().unwrap_or_else(|e| e.into_inner());
+    reads.retain(|(_, at)| at.elapsed() < OWN_READ_TTL);
+    match reads.iter().position(|(p, _)| p == path) {
+        Some(i) => {
+            reads.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Reads a marker once: refused unread when it is not a regular file or is over [`MAX_SIZE`];
 /// else its size, mtime, sums and, when it fits one block, its bytes (the path list, if it is
 /// one). Runs on the blocking pool.
 pub fn read_marker(path: &Path, rel: String) -> std::io::Result<MarkerSeen> {
+    own_read(path);
     let (f, meta) = open_regular(path)?;
     if meta.len() > MAX_SIZE {
         return Err(too_big(meta.len()));

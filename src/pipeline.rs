@@ -17,7 +17,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -35,7 +34,7 @@ use crate::quota::ledger::{GrantError, Ledger};
 use crate::quota::{self, mirror::Mirror};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, Pending, Source, Status, Store, StoreError};
-use crate::verify::Waiter;
+use crate::verify::{Waiter, Wake};
 
 pub use crate::quota::ledger::Granted;
 pub use crate::verify::{FirstLook, Verified};
@@ -119,7 +118,7 @@ impl Pipeline {
     pub async fn run_watched(
         &self,
         id: i64,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
         first: FirstLook,
     ) -> Result<(), Halt> {
         let verified = self.wait_for_origin(id, wake, first).await?;
@@ -175,7 +174,7 @@ impl Pipeline {
     }
 
     /// Carries a request on from its stored state after a restart.
-    pub async fn resume(&self, p: Pending, wake: Arc<Notify>) -> Result<(), Halt> {
+    pub async fn resume(&self, p: Pending, wake: Arc<Wake>) -> Result<(), Halt> {
         let ids = vec![p.id];
         match p.status {
             Status::WaitingForOrigin => self.run_watched(p.id, wake, FirstLook::default()).await,
@@ -233,7 +232,7 @@ impl Pipeline {
     async fn wait_for_origin(
         &self,
         id: i64,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
         first: FirstLook,
     ) -> Result<Verified, Halt> {
         let waiter = Waiter {

@@ -21,6 +21,67 @@ use crate::origin::{Check, EarlyHead, Origin};
 use crate::retry::{self, Retry};
 use crate::store::{changes, markers, requests, Status, Store};
 
+/// The looks after an uploader read the marker (its close, heard by the watcher): the gaps
+/// between them. An upload ends within a moment of its read (aws s3 sync and rsync-style tools
+/// read the file to send it), so looks come close at first, never more than 500 ms apart, for
+/// 3.8 s; then the slow schedule again. 15 looks: a read that is not an upload (a backup,
+/// `cat`) costs only those.
+const BURST: [u64; 15] = [
+    20, 30, 50, 100, 100, 100, 100, 200, 200, 300, 300, 500, 500, 500, 500,
+];
+
+/// At most one S3 look per this much waiting on average, beyond [`FREE_LOOKS`]: bursts past
+/// that budget are not started (reads that keep coming cannot turn the wait into polling).
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+const FREE_LOOKS: u32 = 20;
+
+/// What wakes a waiting request early.
+pub struct Wake {
+    /// The marker was written again (merged in): the settle window and the wait restart.
+    pub written: Notify,
+    /// The marker was read to its close by another process, likely its uploader: look now,
+    /// in a [`BURST`].
+    pub read: Notify,
+    /// Asks the watcher to hear reads in the markers' folders while the wait lasts.
+    pub listener: Option<crate::watch::Listener>,
+}
+
+impl Wake {
+    pub fn new(listener: Option<crate::watch::Listener>) -> Wake {
+        Wake {
+            written: Notify::new(),
+            read: Notify::new(),
+            listener,
+        }
+    }
+}
+
+/// The burst of looks after a read, within the looks' budget.
+#[derive(Default)]
+struct Burst {
+    /// The next gap of [`BURST`], while one runs.
+    step: Option<usize>,
+    /// Looks made in this wait.
+    looks: u32,
+}
+
+impl Burst {
+    /// A read was heard after `waited`: a new burst, if the budget allows one.
+    fn start(&mut self, waited: Duration) {
+        let allowed = FREE_LOOKS + (waited.as_secs_f64() / LOOK_EVERY.as_secs_f64()) as u32;
+        if self.looks + BURST.len() as u32 <= allowed {
+            self.step = Some(0);
+        }
+    }
+
+    /// The gap before the next look of a running burst.
+    fn next(&mut self) -> Option<Duration> {
+        let i = self.step?;
+        self.step = (i + 1 < BURST.len()).then_some(i + 1);
+        Some(Duration::from_millis(BURST[i]))
+    }
+}
+
 /// How long a pass may spend on the calls every pass repeats before the next waits for that
 /// time beyond this.
 const LOOK_FREE: Duration = Duration::from_secs(1);
@@ -107,21 +168,45 @@ pub struct Waiter<'a> {
 impl Waiter<'_> {
     /// Waits until S3 holds this write of every marker of request `id`. A marker write merged
     /// in meanwhile (signalled on `wake`) restarts the settle window and the wait.
-    pub async fn wait(
-        &self,
-        id: i64,
-        wake: Arc<Notify>,
-        first: FirstLook,
-    ) -> Result<Verified, Halt> {
+    pub async fn wait(&self, id: i64, wake: Arc<Wake>, first: FirstLook) -> Result<Verified, Halt> {
         let (mut first, mut early) = (first.stored, first.head);
         let timeout = self.config.wait_timeout;
+        // The markers' folders hear reads while the wait lasts; dropped, the masks go back.
+        let _listening = match &wake.listener {
+            Some(l) => {
+                let rels: Vec<String> = match &first {
+                    Some((_, m)) => m.iter().map(|m| m.rel.clone()).collect(),
+                    None => {
+                        let (_, m) = self
+                            .store
+                            .quick(move |c| markers::of_request(c, id))
+                            .await?;
+                        m.into_iter().map(|m| m.rel).collect()
+                    }
+                };
+                let folders = rels
+                    .iter()
+                    .filter_map(|r| self.root.join(r).parent().map(Path::to_path_buf))
+                    .collect();
+                Some(l.listen(folders))
+            }
+            None => None,
+        };
+        let started = Instant::now();
+        let mut burst = Burst::default();
         'wait: loop {
             // Settle: writes closer together than `settle` are one request. A zero settle
             // skips the timer: tokio's is millisecond-grained, so even sleep(0) costs ~1 ms.
+            // The uploader reading the marker ends it early: lsyncd sends a write only after its
+            // own delay, so no write of this marker is still to come for that upload.
             while !self.settle.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(self.settle) => break,
-                    _ = wake.notified() => continue,
+                    _ = wake.written.notified() => continue,
+                    _ = wake.read.notified() => {
+                        burst.start(Duration::ZERO);
+                        break;
+                    }
                     _ = self.token.cancelled() => return Err(Halt::Shutdown),
                 }
             }
@@ -138,6 +223,7 @@ impl Waiter<'_> {
                             .await?
                     }
                 };
+                burst.looks += 1;
                 let (checked, progressed, repeated) =
                     self.look(id, &markers, &mut early, &mut changes).await?;
                 if progressed {
@@ -204,11 +290,24 @@ impl Waiter<'_> {
                 // at 200,000 changes) is not listed back to back for the whole deploy, while
                 // quick passes keep the schedule. The HeadObjects that settle a change once are
                 // not counted: the next pass does not repeat them.
-                let delay = pause(retry.delay(), repeated).min(deadline - now);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = wake.notified() => continue 'wait,
-                    _ = self.token.cancelled() => return Err(Halt::Shutdown),
+                // A burst after a read runs its course; else the schedule.
+                let delay = burst
+                    .next()
+                    .unwrap_or_else(|| pause(retry.delay(), repeated));
+                let mut at = (now + delay).min(deadline);
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => break,
+                        _ = wake.written.notified() => continue 'wait,
+                        _ = wake.read.notified() => {
+                            burst.start(started.elapsed());
+                            // Over budget: the schedule stands.
+                            if let Some(d) = burst.next() {
+                                at = (Instant::now() + d).min(deadline);
+                            }
+                        }
+                        _ = self.token.cancelled() => return Err(Halt::Shutdown),
+                    }
                 }
             }
         }
@@ -326,6 +425,24 @@ struct Proof {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_starts_a_burst_within_the_budget_of_looks() {
+        let mut b = Burst::default();
+        assert_eq!(b.next(), None, "no read, no burst");
+        b.looks = 3;
+        b.start(Duration::from_secs(5));
+        let gaps: Vec<Duration> = std::iter::from_fn(|| b.next()).collect();
+        assert_eq!(gaps.len(), BURST.len());
+        assert!(gaps.iter().all(|g| *g <= Duration::from_millis(500)));
+        // A second read soon after: past one look per 2 s (+20), no second burst.
+        b.looks += BURST.len() as u32;
+        b.start(Duration::from_secs(10));
+        assert_eq!(b.next(), None);
+        // Minutes later the budget allows one again.
+        b.start(Duration::from_secs(120));
+        assert!(b.next().is_some());
+    }
 
     #[test]
     fn a_long_look_is_followed_by_a_pause_of_its_length_beyond_a_second() {

@@ -12,6 +12,7 @@ from .changes_report import changes_merge
 from .chart import S_FOLDERS, chart, chart_subtitle
 from .common import HERE, REPO
 from .proxy import proxy_main
+from .upload import upload_main
 from .watchers import PROFILES, watchers_main
 
 
@@ -61,9 +62,11 @@ def main():
     ap.add_argument("--assert-no-missed", action="store_true",
                     help="exit 1 if purgewatch missed a marker (the CI smoke's only assertion)")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: latency,idle,baseline")
-    ap.add_argument("--scenario", choices=("watchers", "changes"), default="watchers",
+    ap.add_argument("--scenario", choices=("watchers", "changes", "upload"), default="watchers",
                     help="watchers: the side-by-side of issue 6 (the default); changes: the "
-                    "whole-change wait at deploy scale of issue 13 (results changes.{json,md})")
+                    "whole-change wait at deploy scale of issue 13 (results changes.{json,md}); "
+                    "upload: marker upload end → CreateInvalidation with real lsyncd, issue 25 "
+                    "(results upload.{json,md,svg})")
     ap.add_argument("--changes-large", action="store_true",
                     help="changes: also the 200,000-file case (opt-in: over an hour on 2 cores)")
     ap.add_argument("--changes-cases", help="changes: comma list of cases (5k,200k)")
@@ -86,7 +89,32 @@ def main():
     ap.add_argument("--assert-covered", action="store_true",
                     help="changes: exit 1 unless every deploy was invalidated (/*) with all its "
                     "changes verified (the CI smoke's only assertion)")
+    ap.add_argument("--purgewatch-a", help="upload: the previous binary (A), run round for round "
+                    "with --purgewatch (B); without it only B runs")
+    ap.add_argument("--label", help="upload: what --purgewatch (B) is, for the tables")
+    ap.add_argument("--label-a", help="upload: what --purgewatch-a (A) is")
+    ap.add_argument("--upload-delays", help="upload: comma list of lsyncd delays in seconds "
+                    "(full: 1,15,40; dev: 1,15; smoke: 1)")
+    ap.add_argument("--upload-sites", type=int, help="upload: sites per binary, each a tree with "
+                    "its own lsyncd, bucket and distribution (full 10, dev 4, smoke 2)")
+    ap.add_argument("--upload-rounds", type=int, help="upload: rounds per delay and binary, a "
+                    "marker per site each (full 10, dev 3, smoke 2)")
+    ap.add_argument("--upload-stagger", type=float, default=0.3,
+                    help="upload: seconds between the markers of one round")
+    ap.add_argument("--upload-cap", type=float, default=90, help="upload: seconds past the "
+                    "lsyncd delay to wait for a round's invalidations")
+    ap.add_argument("--upload-deploy-files", type=int, help="upload: files of the deploy "
+                    "(wait_for = \"changes\"; full 2,000, dev 500, smoke 200; 0: no deploy)")
+    ap.add_argument("--upload-deploy-delay", type=float, default=1,
+                    help="upload: the deploy's lsyncd delay, seconds")
+    ap.add_argument("--upload-deploy-cap", type=float, default=600,
+                    help="upload: seconds after the deploy's marker to wait for its invalidation")
+    ap.add_argument("--assert-invalidated", action="store_true",
+                    help="upload: exit 1 unless every marker got its invalidation (the CI "
+                    "smoke's only assertion)")
     a = ap.parse_args()
+    if a.scenario == "upload":
+        return upload_main(a)
     if a.scenario == "changes":
         return changes_main(a)
     return watchers_main(a)

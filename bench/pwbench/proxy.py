@@ -1,5 +1,11 @@
 """The timestamping proxy (a separate process: `bench.py proxy LISTEN UPSTREAM LOG`) and
-the reader of its log."""
+the reader of its log.
+
+LOG has a line per request (`T CONNECTION METHOD PATH`) and per response (`T CONNECTION RESP
+STATUS`, when its status line arrives from upstream; interim `100 Continue` answers are not
+responses). Beside it, LOG.ua names each connection's client: `CONNECTION USER-AGENT`, once per
+connection, from its first request (the aws CLI sends `aws-cli/…`, the daemon `aws-sdk-rust/…`);
+written after the request is passed on, so it costs the timed path nothing."""
 
 import re
 import select
@@ -12,10 +18,13 @@ from .common import NOW
 
 
 REQ_LINE = re.compile(rb"(?:^|\r\n)(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/1\.[01]\r\n")
+USER_AGENT = re.compile(rb"\r\nuser-agent:[ \t]*([^\r\n]*)", re.I)
+INTERIM = re.compile(rb"HTTP/1\.[01] 1\d\d[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n")
 
 
 def proxy_main(listen_port, upstream_port, log_path):
     out = open(log_path, "a", buffering=1)
+    ua_out = open(log_path + ".ua", "a", buffering=1)
     lock = threading.Lock()
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -47,6 +56,7 @@ def proxy_main(listen_port, upstream_port, log_path):
             pass
         tail = b""
         waiting = 0  # requests seen whose response has not begun
+        ua = None    # the connection's User-Agent, once its first request's head is seen
         try:
             while True:
                 socks = [c] if u is None else [c, u]
@@ -76,11 +86,25 @@ def proxy_main(listen_port, upstream_port, log_path):
                             u.settimeout(None)
                             u.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         u.sendall(data)
+                        if ua is None:
+                            m = USER_AGENT.search(buf)
+                            if m:
+                                ua = m.group(1).decode("latin-1")
+                                with lock:
+                                    ua_out.write("%d %s\n" % (cid, ua))
                     else:
-                        if waiting and data.startswith(b"HTTP/1."):
+                        # `100 Continue` (moto sends it, twice, to the aws CLI's
+                        # `Expect: 100-continue` PUTs) is not the response: skip it.
+                        head = data
+                        while waiting and head.startswith(b"HTTP/1.") and head[9:10] == b"1":
+                            m = INTERIM.match(head)
+                            if not m:
+                                break
+                            head = head[m.end():]
+                        if waiting and head.startswith(b"HTTP/1.") and head[9:10] != b"1":
                             waiting -= 1
                             with lock:
-                                out.write("%d %d RESP %s\n" % (t, cid, data[9:12].decode("latin-1")))
+                                out.write("%d %d RESP %s\n" % (t, cid, head[9:12].decode("latin-1")))
                         c.sendall(data)
         except OSError:
             return

@@ -87,7 +87,12 @@ impl SiteRun {
                 .map_err(|e| AppError::task("the walk of the root", e))??;
             let watch = started.watch;
             let mut app = App {
-                intake: Intake::new(cfg.clone(), env.store.clone(), pipeline.origin.clone()),
+                intake: Intake::new(
+                    cfg.clone(),
+                    env.store.clone(),
+                    pipeline.origin.clone(),
+                    Some(started.listener),
+                ),
                 cfg: cfg.clone(),
                 pipeline,
                 store: env.store.clone(),
@@ -202,6 +207,7 @@ impl App {
                             flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
                         }
                     }
+                    Some(WatchEvent::Read(path)) => self.intake.heard(&path),
                     Some(WatchEvent::ChangesUnknown(why)) => {
                         if let Err(e) = self.intake.changes_unknown(why).await { break Err(e.into()) }
                     }

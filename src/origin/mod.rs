@@ -233,10 +233,14 @@ pub async fn judge_off_thread(root: &Path, m: &MarkerSeen, head: Option<Head>) -
     let extra = match missing {
         Some(a) => {
             let (path, expect) = (root.join(&m.rel), (m.size, m.mtime_ns));
-            tokio::task::spawn_blocking(move || local_checksum(&path, a, Some(expect)))
-                .await
-                .ok()
-                .flatten()
+            tokio::task::spawn_blocking(move || {
+                // A marker read by us: not an uploader's read for the watcher.
+                crate::marker::own_read(&path);
+                local_checksum(&path, a, Some(expect))
+            })
+            .await
+            .ok()
+            .flatten()
         }
         None => None,
     };

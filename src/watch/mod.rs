@@ -23,6 +23,9 @@
 //! renamed into place as rsync does) and CREATE (a new folder, watched and listed at once);
 //! with change tracking, DELETE and MOVED_FROM too. Nothing else: no IN_OPEN, no IN_MODIFY, no
 //! IN_ATTRIB. IN_ONLYDIR and IN_DONT_FOLLOW keep a symlink from taking a watch out of the tree.
+//! While a marker waits for S3, its folder's watch also asks for CLOSE_NOWRITE ([`Listener`]):
+//! the uploader reading it is the sign its upload is under way; the mask is restored when the
+//! wait ends.
 //!
 //! # Layout
 //! - this file: the public face — [`WatchEvent`], [`WatchError`], [`Lost`], [`Watch`],
@@ -65,6 +68,74 @@ pub enum WatchEvent {
     Change { path: PathBuf, deleted: bool },
     /// With change tracking: something happened whose files we cannot list (a folder moved away).
     ChangesUnknown(String),
+    /// A waiting marker was read to its close by another process (an uploader, most likely):
+    /// only in a folder a [`Listener`] listens to, never for this process's own reads.
+    Read(PathBuf),
+}
+
+/// Asks the watch thread to also hear reads (IN_CLOSE_NOWRITE) in a folder while a marker in it
+/// waits for S3, and to stop when it no longer does: only those folders, only meanwhile, so a
+/// web server reading its files costs nothing. Cheap to clone; works after the watch stopped
+/// (then it does nothing).
+#[derive(Clone)]
+pub struct Listener {
+    inner: Arc<ListenInner>,
+}
+
+struct ListenInner {
+    /// (folder, listen or not), in order, for the thread.
+    asked: std::sync::Mutex<Vec<(PathBuf, bool)>>,
+    /// One byte wakes the thread's poll to read `asked`.
+    wake: UnixStream,
+}
+
+/// Listening to one folder; dropping it stops (when no other marker there waits).
+pub struct Listening {
+    listener: Listener,
+    folders: Vec<PathBuf>,
+}
+
+impl Listener {
+    fn new(wake: UnixStream) -> Listener {
+        // Never blocks the runtime: a full socket already holds a wake-up.
+        let _ = wake.set_nonblocking(true);
+        Listener {
+            inner: Arc::new(ListenInner {
+                asked: std::sync::Mutex::new(Vec::new()),
+                wake,
+            }),
+        }
+    }
+
+    fn ask(&self, folders: &[PathBuf], on: bool) {
+        let mut asked = self.inner.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.extend(folders.iter().map(|f| (f.clone(), on)));
+        drop(asked);
+        use std::io::Write;
+        let _ = (&self.inner.wake).write(&[1]);
+    }
+
+    /// Hears reads in these folders until the [`Listening`] is dropped.
+    pub fn listen(&self, mut folders: Vec<PathBuf>) -> Listening {
+        folders.sort();
+        folders.dedup();
+        self.ask(&folders, true);
+        Listening {
+            listener: self.clone(),
+            folders,
+        }
+    }
+
+    /// What was asked since the last call (the thread's side).
+    fn take(&self) -> Vec<(PathBuf, bool)> {
+        std::mem::take(&mut *self.inner.asked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.listener.ask(&self.folders, false);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +237,8 @@ impl Drop for Watch {
 /// What the start-up walk found besides setting the watches.
 pub struct Started {
     pub watch: Watch,
+    /// Hears an uploader's reads of waiting markers.
+    pub listener: Listener,
     /// Every marker in the tree when its folder was listed (after its watch was set).
     pub markers: Vec<PathBuf>,
 }

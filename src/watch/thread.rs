@@ -41,7 +41,7 @@ use tracing::{error, info, warn};
 
 use super::folders::Folders;
 use super::walk::{walk, walk_parallel, with_c_path, Found, Listing, Visit};
-use super::{count_folders, Lost, Started, Watch, WatchError, WatchEvent};
+use super::{count_folders, Listener, Lost, Started, Watch, WatchError, WatchEvent};
 
 /// Folder watches: only what a marker or a new folder can cause. IN_ONLYDIR and IN_DONT_FOLLOW
 /// keep a symlink from taking the watch out of the tree.
@@ -75,6 +75,8 @@ struct Watcher {
     root_gone: bool,
     /// Test knob: act as if the kernel refused watches past this many.
     max_watches: Option<usize>,
+    /// Folders whose watch also asks for CLOSE_NOWRITE, with how many waits listen there.
+    listening: std::collections::HashMap<PathBuf, usize>,
 }
 
 /// How often a removed root is looked for (only while it is missing).
@@ -123,6 +125,7 @@ pub fn start(
         root_gone: false,
         max_watches: knobs.max_watches,
         stopping: Arc::new(AtomicBool::new(false)),
+        listening: Default::default(),
     };
     let t0 = Instant::now();
     let (found, added) = w.add_whole_tree();
@@ -147,10 +150,14 @@ pub fn start(
         }
     }
     let (stop, stopped) = UnixStream::pair().map_err(io_err)?;
+    let (wake, woken) = UnixStream::pair().map_err(io_err)?;
+    woken.set_nonblocking(true).map_err(io_err)?;
+    let listener = Listener::new(wake);
     let stopping = w.stopping.clone();
+    let asked = listener.clone();
     let thread = std::thread::Builder::new()
         .name("purgewatch-watch".into())
-        .spawn(move || w.run(inotify, stopped))
+        .spawn(move || w.run(inotify, stopped, woken, asked))
         .map_err(io_err)?;
     Ok(Started {
         watch: Watch {
@@ -158,6 +165,7 @@ pub fn start(
             stopping,
             thread: Some(thread),
         },
+        listener,
         markers: found.markers,
     })
 }
@@ -238,11 +246,18 @@ impl Watcher {
         let (marker, root) = (self.marker.clone(), self.root.clone());
         let mut failure = None;
         let cap = self.max_watches;
+        let listening = &self.listening;
         walk(dir, &marker, Listing::with_files(files), found, |path| {
             if cap.is_some_and(|c| self.folders.len() >= c) {
                 failure = Some(AddError::Limit(path.to_owned()));
                 return Visit::Stop;
             }
+            // A folder watched again keeps hearing reads while a marker in it waits.
+            let mask = if listening.contains_key(path) {
+                mask | WatchMask::CLOSE_NOWRITE.bits()
+            } else {
+                mask
+            };
             let added = add_watch(fd, path, mask);
             after_add(added, path, &root, &mut self.folders, relist, &mut failure)
         });
@@ -273,7 +288,13 @@ impl Watcher {
     }
 
     /// Blocks on poll(2) over the inotify descriptor and the stop socket; no runtime needed.
-    fn run(mut self, mut inotify: Inotify, stopped: UnixStream) {
+    fn run(
+        mut self,
+        mut inotify: Inotify,
+        stopped: UnixStream,
+        woken: UnixStream,
+        asked: Listener,
+    ) {
         let mut buf = vec![0u8; 64 * 1024];
         let mut last_wake = Instant::now() - BUSY;
         loop {
@@ -288,10 +309,15 @@ impl Watcher {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: woken.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             let timeout = if self.root_gone { ROOT_POLL_MS } else { -1 };
-            // SAFETY: two valid pollfd structs, both descriptors open for the whole call.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            // SAFETY: three valid pollfd structs, every descriptor open for the whole call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -301,6 +327,17 @@ impl Watcher {
             }
             if fds[1].revents != 0 {
                 return; // the other end was closed: stop
+            }
+            if fds[2].revents != 0 {
+                use std::io::Read;
+                let mut drain = [0u8; 64];
+                while matches!((&woken).read(&mut drain), Ok(n) if n > 0) {}
+                for (folder, on) in asked.take() {
+                    self.listen(folder, on);
+                }
+                if fds[0].revents == 0 {
+                    continue;
+                }
             }
             if n == 0 {
                 if self.root_gone && self.root.is_dir() {
@@ -319,6 +356,10 @@ impl Watcher {
             {
                 if count < BEHIND {
                     std::thread::sleep(GATHER);
+                }
+                // A wait starting or ending in a storm is not held up by it.
+                for (folder, on) in asked.take() {
+                    self.listen(folder, on);
                 }
                 last_wake = Instant::now();
                 count = self.read_once(&mut inotify, &mut buf);
@@ -403,6 +444,13 @@ impl Watcher {
                 if let Some(path) = self.path_in(wd, name) {
                     self.send(WatchEvent::Marker(path));
                 }
+            } else if mask.contains(EventMask::CLOSE_NOWRITE) {
+                // Only where a marker waits (see `listen`); our own reads are not an upload.
+                if let Some(path) = self.path_in(wd, name) {
+                    if !crate::marker::take_own_read(&path) {
+                        self.send(WatchEvent::Read(path));
+                    }
+                }
             }
             return;
         }
@@ -439,6 +487,44 @@ impl Watcher {
                 markers: found.markers,
                 files: found.files,
             });
+        }
+    }
+
+    /// Starts (`on`) or stops hearing reads in `folder`: its watch's mask with or without
+    /// CLOSE_NOWRITE, counted per waiting marker. Only a folder already watched: a watch made
+    /// here would be one the tree's arena does not know, so it is removed again.
+    fn listen(&mut self, folder: PathBuf, on: bool) {
+        let n = self.listening.get(&folder).copied().unwrap_or(0);
+        let now = if on { n + 1 } else { n.saturating_sub(1) };
+        if (n == 0) == (now == 0) {
+            if now > 0 {
+                self.listening.insert(folder, now);
+            }
+            return; // no change of mask
+        }
+        let base = mask(self.track_changes).bits();
+        let mask = if now > 0 {
+            base | WatchMask::CLOSE_NOWRITE.bits()
+        } else {
+            base
+        };
+        match add_watch(self.fd, &folder, mask) {
+            Ok(wd) if self.folders.get(wd).is_some() => {
+                if now > 0 {
+                    self.listening.insert(folder, now);
+                } else {
+                    self.listening.remove(&folder);
+                }
+            }
+            Ok(wd) => {
+                // SAFETY: `wd` was just returned for this descriptor.
+                unsafe { libc::inotify_rm_watch(self.fd, wd) };
+                self.listening.remove(&folder);
+            }
+            // Gone meanwhile: nothing to hear, nothing to restore.
+            Err(_) => {
+                self.listening.remove(&folder);
+            }
         }
     }
 

@@ -10,6 +10,7 @@ mod crash;
 mod detect;
 mod faults;
 mod fidelity;
+mod hear;
 mod hostile_alerts;
 mod hostile_ops;
 mod hostile_tree;
