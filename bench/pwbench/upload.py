@@ -23,19 +23,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 
 from .changes import moto_version, read_request
 from .common import COUNT_BUCKET, NOW, REPO, Ctx, loadavg, log
 from .emulator import Emulator, aws_env, http, stop_proc
 from .machine import machine, prepare_work, wait_for_quiet_machine
-from .proxy import ProxyLog
 from .tree import write_marker
-from .upload_report import summarize, upload_write
+from .upload_report import MARKER, Traffic, daemon_calls, marker_put, summarize, upload_write
 from .watcher import Reader, Watcher
 
 LSYNCD_CONF = os.path.join(REPO, "examples", "lsyncd-s3.conf.lua")
-MARKER = ".purge"
 PROFILES = {
     # K sites per binary, rounds per delay and binary, lsyncd delays (s), files of the deploy
     "full": dict(sites=10, rounds=10, delays=(1, 15, 40), deploy_files=2000),
@@ -94,83 +91,6 @@ class Binary:
 
     def all_sites(self):
         return self.sites + ([self.deploy] if self.deploy else [])
-
-
-# ---------------------------------------------------------------- the proxy's log, parsed
-
-class Traffic:
-    """Every request the proxy saw (time, connection, method, bucket, key or path, response
-    time, client), read incrementally from its log and LOG.ua."""
-
-    def __init__(self, proxy_log):
-        self.plog = ProxyLog(proxy_log)
-        self.ua_path = proxy_log + ".ua"
-        self.ua_off = 0
-        self.ua = {}
-        self.reqs = []
-        self.open = {}  # connection → indexes of its requests waiting for their response
-        self.invs = {}  # distribution → times of its CreateInvalidation requests
-
-    def poll(self):
-        for t, cid, meth, path in self.plog.new():
-            if meth == "RESP":
-                q = self.open.get(cid)
-                if q:
-                    self.reqs[q.pop(0)]["resp"] = t
-                continue
-            base, _, query = path.partition("?")
-            parts = base.split("/", 2)
-            bucket = parts[1] if len(parts) > 1 else ""
-            key = urllib.parse.unquote(parts[2]) if len(parts) > 2 else ""
-            if meth == "POST" and bucket == "2020-05-31" and key.endswith("/invalidation"):
-                self.invs.setdefault(key.split("/")[1], []).append(t)
-            self.open.setdefault(cid, []).append(len(self.reqs))
-            self.reqs.append({"t": t, "cid": cid, "meth": meth, "bucket": bucket, "key": key,
-                              "query": query, "resp": None})
-        try:
-            with open(self.ua_path, "rb") as f:
-                f.seek(self.ua_off)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        end = data.rfind(b"\n") + 1
-        self.ua_off += end
-        for ln in data[:end].decode("latin-1").splitlines():
-            cid, _, ua = ln.partition(" ")
-            self.ua[int(cid)] = ua
-
-    def client(self, r):
-        ua = self.ua.get(r["cid"], "")
-        if ua.startswith("aws-cli/"):
-            return "cli"
-        return "daemon" if ua else "unknown"
-
-    def invalidation(self, dist, t_from):
-        """The first CreateInvalidation for the distribution at or after t_from."""
-        return min((t for t in self.invs.get(dist, ()) if t >= t_from), default=None)
-
-    def since(self, t_from):
-        """The requests from t_from on (the list is in log order, nearly time order)."""
-        return [r for r in self.reqs if r["t"] >= t_from]
-
-
-def daemon_calls(tr, reqs, bucket, t_from, t_to):
-    calls = [r for r in reqs if r["bucket"] == bucket and tr.client(r) != "cli"
-             and t_from <= r["t"] <= t_to]
-    kinds = {}
-    for r in calls:
-        k = ("list" if r["meth"] == "GET" and not r["key"] else r["meth"].lower())
-        kinds[k] = kinds.get(k, 0) + 1
-    return calls, kinds
-
-
-def marker_put(tr, reqs, bucket, t_write, t_inv):
-    """The aws CLI's PUT of the bucket's marker whose response ends the wait: the last one sent
-    before the invalidation (else the first after the write: the daemon was early)."""
-    puts = [r for r in reqs if r["meth"] == "PUT" and r["bucket"] == bucket
-            and r["key"] == MARKER and r["t"] >= t_write and tr.client(r) != "daemon"]
-    before = [r for r in puts if t_inv is not None and r["t"] <= t_inv]
-    return (before[-1] if before else (puts[0] if puts else None)), len(puts)
 
 
 # ---------------------------------------------------------------- processes
@@ -466,7 +386,7 @@ def upload_main(a):
     bins = []
     if a.purgewatch_a:
         bins.append(Binary("a", os.path.abspath(a.purgewatch_a), a.label_a or a.purgewatch_a))
-    bins.append(Binary("b", os.path.abspath(a.purgewatch), a.label or a.purgewatch))
+    bins.append(Binary("b", os.path.abspath(a.purgewatch), a.label or own_label(a.purgewatch)))
     for b in bins:
         if not os.access(b.path, os.X_OK):
             sys.exit("no purgewatch binary at %s" % b.path)
@@ -593,6 +513,17 @@ def upload_main(a):
         print("OK: every marker got its invalidation (%d samples, %d deploy(s))" % (
             len(R["samples"]), len(R["deploys"])))
     return rc
+
+
+def own_label(path):
+    """This checkout's commit for its own target/release/purgewatch, else the path."""
+    if os.path.abspath(path) != os.path.join(REPO, "target", "release", "purgewatch"):
+        return path
+    r = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                       text=True)
+    d = subprocess.run(["git", "--no-optional-locks", "-C", REPO, "status", "--porcelain", "--",
+                        "src", "Cargo.toml", "Cargo.lock"], capture_output=True, text=True)
+    return (r.stdout.strip() or path) + (" (src modified)" if d.stdout.strip() else "")
 
 
 def binary_info(b):

@@ -1,15 +1,96 @@
-"""The upload scenario's summary, tables (NAME.md, NAME.json) and chart (NAME.svg: latency
-percentiles per lsyncd delay, A and B side by side, log scale, in chart.py's look)."""
+"""The upload scenario's reading of the proxy's log (who sent what, when it was answered), its
+summary, tables (NAME.md, NAME.json) and chart (NAME.svg: latency percentiles per lsyncd
+delay, A and B side by side, log scale, in chart.py's look)."""
 
 import json
 import math
 import os
+import urllib.parse
 
 from .chart import esc
+from .proxy import ProxyLog
 
 COLORS = {"a": "#e07b16", "b": "#1f6fb4"}
 TARGET_P99_MS = 500
 PCTS = (("p50", 50), ("p90", 90), ("p99", 99))
+MARKER = ".purge"
+
+
+# ---------------------------------------------------------------- the proxy's log, parsed
+
+class Traffic:
+    """Every request the proxy saw (time, connection, method, bucket, key or path, response
+    time, client), read incrementally from its log and LOG.ua."""
+
+    def __init__(self, proxy_log):
+        self.plog = ProxyLog(proxy_log)
+        self.ua_path = proxy_log + ".ua"
+        self.ua_off = 0
+        self.ua = {}
+        self.reqs = []
+        self.open = {}  # connection → indexes of its requests waiting for their response
+        self.invs = {}  # distribution → times of its CreateInvalidation requests
+
+    def poll(self):
+        for t, cid, meth, path in self.plog.new():
+            if meth == "RESP":
+                q = self.open.get(cid)
+                if q:
+                    self.reqs[q.pop(0)]["resp"] = t
+                continue
+            base, _, query = path.partition("?")
+            parts = base.split("/", 2)
+            bucket = parts[1] if len(parts) > 1 else ""
+            key = urllib.parse.unquote(parts[2]) if len(parts) > 2 else ""
+            if meth == "POST" and bucket == "2020-05-31" and key.endswith("/invalidation"):
+                self.invs.setdefault(key.split("/")[1], []).append(t)
+            self.open.setdefault(cid, []).append(len(self.reqs))
+            self.reqs.append({"t": t, "cid": cid, "meth": meth, "bucket": bucket, "key": key,
+                              "query": query, "resp": None})
+        try:
+            with open(self.ua_path, "rb") as f:
+                f.seek(self.ua_off)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1
+        self.ua_off += end
+        for ln in data[:end].decode("latin-1").splitlines():
+            cid, _, ua = ln.partition(" ")
+            self.ua[int(cid)] = ua
+
+    def client(self, r):
+        ua = self.ua.get(r["cid"], "")
+        if ua.startswith("aws-cli/"):
+            return "cli"
+        return "daemon" if ua else "unknown"
+
+    def invalidation(self, dist, t_from):
+        """The first CreateInvalidation for the distribution at or after t_from."""
+        return min((t for t in self.invs.get(dist, ()) if t >= t_from), default=None)
+
+    def since(self, t_from):
+        """The requests from t_from on (the list is in log order, nearly time order)."""
+        return [r for r in self.reqs if r["t"] >= t_from]
+
+
+def daemon_calls(tr, reqs, bucket, t_from, t_to):
+    calls = [r for r in reqs if r["bucket"] == bucket and tr.client(r) != "cli"
+             and t_from <= r["t"] <= t_to]
+    kinds = {}
+    for r in calls:
+        k = ("list" if r["meth"] == "GET" and not r["key"] else r["meth"].lower())
+        kinds[k] = kinds.get(k, 0) + 1
+    return calls, kinds
+
+
+def marker_put(tr, reqs, bucket, t_write, t_inv):
+    """The aws CLI's PUT of the bucket's marker whose response ends the wait: the last one sent
+    before the invalidation (else the first after the write: the daemon was early)."""
+    puts = [r for r in reqs if r["meth"] == "PUT" and r["bucket"] == bucket
+            and r["key"] == MARKER and r["t"] >= t_write and tr.client(r) != "daemon"]
+    before = [r for r in puts if t_inv is not None and r["t"] <= t_inv]
+    return (before[-1] if before else (puts[0] if puts else None)), len(puts)
 
 
 def pct(xs, q):
@@ -51,7 +132,9 @@ def summarize(R):
                  "budget_min": min(budget) if budget else None, "budget_mean": mean(budget),
                  "over_budget": sum(1 for x in S if x.get("within_budget") is False),
                  "first_call_after_upload_p50_ms": pct(first, 50),
-                 "double_puts": sum(1 for x in S if x["marker_puts"] > 1)}
+                 "double_puts": sum(1 for x in S if x["marker_puts"] > 1),
+                 # "on average": every request's calls against every request's budget
+                 "calls_total": sum(calls), "budget_total": sum(budget)}
             for name, q in PCTS:
                 r[name + "_ms"] = pct(lat, q)
             r["meets"] = bool(r["invalidated"] == r["samples"] and r["p99_ms"] is not None
@@ -107,6 +190,15 @@ def upload_tables(R):
                             num(r["calls_mean"], "%.1f"), num(r["calls_max"], "%d"),
                             num(r["budget_min"], "%.1f"), r["over_budget"],
                             "yes" if r["meets"] else "no"))
+    for d in st["delays"]:
+        for k in B:
+            r = S.get(k, {}).get("%g" % d)
+            if r and (r["timed"] < r["invalidated"] or r["double_puts"]):
+                rows.append("")
+                rows.append("%s, delay %g s: %d invalidated sample(s) without a timed upload end; "
+                            "%d with the marker PUT more than once (the last PUT before the "
+                            "invalidation counts)." % (k.upper(), d, r["invalidated"] - r["timed"],
+                                                       r["double_puts"]))
     if R.get("deploys"):
         rows += ["", "Deploy (`wait_for = \"changes\"`, one per binary, lsyncd delay %g s): every "
                  "file rewritten, then the marker; lsyncd uploads them." % st["deploy_delay"], "",
@@ -188,9 +280,6 @@ def upload_chart(R, path):
         t *= 10
     out.append('<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#333"/>' % (
         x0, x0 + pw_, y0 + ph, y0 + ph))
-    ty = y(TARGET_P99_MS)
-    out.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#c00" stroke-width="2" '
-               'stroke-dasharray="4,3"/>' % (x0, x0 + pw_, ty, ty))
     keys = list(B)
     gw = pw_ / max(1, len(delays))
     nb = len(keys) * len(PCTS)
@@ -215,6 +304,9 @@ def upload_chart(R, path):
                            'fill="#555">%s</text>' % (bx + bw * 0.45, y0 + ph + 13, name))
         out.append('<text x="%.1f" y="%d" text-anchor="middle">lsyncd delay %s s</text>' % (
             x0 + i * gw + gw / 2, y0 + ph + 32, d))
+    ty = y(TARGET_P99_MS)
+    out.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#c00" stroke-width="2" '
+               'stroke-dasharray="4,3"/>' % (x0, x0 + pw_, ty, ty))
     lx = 90
     for k in keys:
         out.append('<rect x="%d" y="%d" width="12" height="12" fill="%s"/>' % (
