@@ -40,6 +40,12 @@ Run as `python tests/moto_atomic.py -H HOST -p PORT` (the arguments of moto_serv
    - conflict (0): the next N conditional PutObjects (If-Match / If-None-Match) answer 409
      ConditionalRequestConflict without writing (S3 does under concurrent conditional writes).
    - access_denied ([]): these operation names answer 403 AccessDenied (HEAD: no body, as S3).
+   - list_ms (0): each ListObjectsV2 answers after this long (S3 takes about 100 ms a page).
+   - s3_list (false): ListObjectsV2 (prefix, start-after, max-keys, no delimiter) is answered from
+     a sorted index of the bucket's keys, as S3 answers a page whatever the bucket's size; moto
+     sorts every key of the bucket for each page (about 0.5 s a page at 200,000 keys). The
+     index is rebuilt after a write to the bucket through this layer.
+     Calls also counts "ListObjectsV2 in flight" (the most at once) for the bucket.
 
    CloudFront distribution options (`/2020-05-31/distribution/{Id}/invalidation[/{InvId}]`):
    - caller_reference (true): AWS: CreateInvalidation with a CallerReference already used on the
@@ -193,6 +199,8 @@ BUCKET_DEFAULTS = {
     "expired_token": 0,
     "conflict": 0,
     "access_denied": [],
+    "list_ms": 0.0,
+    "s3_list": False,
 }
 DISTRIBUTION_DEFAULTS = {
     "caller_reference": True,
@@ -204,7 +212,7 @@ DISTRIBUTION_DEFAULTS = {
 }
 _TYPES = {
     "kms": bool, "checksums": bool, "region": str, "expired_token": int, "conflict": int,
-    "access_denied": list, "caller_reference": bool, "validate_paths": bool,
+    "access_denied": list, "list_ms": (int, float), "s3_list": bool, "caller_reference": bool, "validate_paths": bool,
     "in_progress_secs": (int, float), "throttle": int, "lose_answer": int,
 }
 BUCKET_CALLS = ["HeadBucket", "HeadObject", "GetObject", "PutObject", "ListObjectsV2",
@@ -229,6 +237,8 @@ class State:
         self.references = {}  # distribution -> {caller ref: (paths, status, headers, body, inv id)}
         self.dist_locks = {}  # distribution -> Lock held through CreateInvalidation
         self.event_bridge = set()  # buckets whose notification configuration enables EventBridge
+        self.listing = {}  # bucket -> ListObjectsV2 in flight now
+        self.indexes = {}  # bucket -> sorted keys, for s3_list (dropped on a write)
 
     def opts(self, kind, name):
         with self.lock:
@@ -554,6 +564,12 @@ def handle_s3(environ, start_response, inner, region_signed):
         return s3_error(409, "ConditionalRequestConflict",
                         "A conflicting conditional operation is currently in progress against "
                         "this resource. Please try again.", region, head).send(start_response)
+    if op in ("PutObject", "DeleteObject", "DeleteObjects", "CopyObject",
+              "CompleteMultipartUpload"):
+        with STATE.lock:
+            STATE.indexes.pop(bucket, None)
+    if op == "ListObjectsV2" and (o["list_ms"] or o["s3_list"]) and not o["kms"]:
+        return list_objects(environ, start_response, inner, bucket, o, query)
     if op in ("GetBucketNotification", "PutBucketNotification"):
         return s3_notification(environ, start_response, inner, bucket)
     if o["kms"]:
@@ -827,6 +843,67 @@ def handle_lambda(environ, start_response, inner, region):
                                    f"?X-Amz-Signature={uuid.uuid4().hex}")
     resp.body = json.dumps(doc).encode()
     return resp.send(start_response)
+
+
+def list_objects(environ, start_response, inner, bucket, o, query):
+    """ListObjectsV2 with S3's cost (list_ms) and, with s3_list, S3's answer from an index."""
+    with STATE.lock:
+        now = STATE.listing.get(bucket, 0) + 1
+        STATE.listing[bucket] = now
+        c = STATE.calls.setdefault(("bucket", bucket), {})
+        c["ListObjectsV2 in flight"] = max(c.get("ListObjectsV2 in flight", 0), now)
+    try:
+        if o["list_ms"]:
+            time.sleep(o["list_ms"] / 1000)
+        if not o["s3_list"] or "delimiter" in query or "continuation-token" in query:
+            return inner(environ, start_response)
+        return indexed_page(bucket, query).send(start_response)
+    finally:
+        with STATE.lock:
+            STATE.listing[bucket] -= 1
+
+
+def indexed_page(bucket, query):
+    import bisect
+    from urllib.parse import quote
+
+    b = moto_bucket(bucket)
+    if b is None:
+        return s3_error(404, "NoSuchBucket", "The specified bucket does not exist", None, False)
+    with STATE.lock:
+        keys = STATE.indexes.get(bucket)
+    if keys is None:
+        keys = sorted(b.keys.keys())
+        with STATE.lock:
+            STATE.indexes[bucket] = keys
+    q = lambda k: (query.get(k) or [""])[0]  # noqa: E731
+    prefix, after = q("prefix"), q("start-after")
+    max_keys = min(int(q("max-keys") or 1000), 1000)
+    url = q("encoding-type") == "url"
+    # Keys after start-after, from the prefix on.
+    i = bisect.bisect_right(keys, after) if after >= prefix else bisect.bisect_left(keys, prefix)
+    rows, j = [], i
+    while j < len(keys) and len(rows) < max_keys and keys[j].startswith(prefix):
+        k = keys[j]
+        j += 1
+        try:
+            fk = b.keys[k]
+        except KeyError:
+            continue
+        name = quote(k, safe="/") if url else escape(k)
+        rows.append(f"<Contents><Key>{name}</Key><LastModified>{fk.last_modified_ISO8601}"
+                    f"</LastModified><ETag>{escape(fk.etag)}</ETag><Size>{fk.size}</Size>"
+                    f"<StorageClass>STANDARD</StorageClass></Contents>")
+    truncated = j < len(keys) and keys[j].startswith(prefix)
+    enc = "<EncodingType>url</EncodingType>" if url else ""
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult '
+            f'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>{escape(bucket)}</Name>'
+            f"<Prefix>{escape(prefix)}</Prefix><StartAfter>{escape(after)}</StartAfter>"
+            f"<KeyCount>{len(rows)}</KeyCount><MaxKeys>{max_keys}</MaxKeys>{enc}"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>{''.join(rows)}"
+            f"</ListBucketResult>").encode()
+    return Response(200, [("Content-Type", "application/xml"),
+                          ("x-amz-request-id", request_id())], body)
 
 
 def s3_notification(environ, start_response, inner, bucket):

@@ -439,8 +439,9 @@ def upload_main(a):
             r = build_tree(s, deploy_files if s.deploy else 0)
             if s.deploy:
                 rels = r
-        log("upload: %d binaries × %d sites (+ deploy site of %d files), distributions and "
-            "buckets made" % (len(bins), K, deploy_files))
+        log("upload: %d binar%s × %d site(s)%s; buckets and distributions made" % (
+            len(bins), "y" if len(bins) == 1 else "ies", K,
+            (" + a deploy site of %d files" % deploy_files) if deploy_files else ""))
         for b in bins:
             start_daemon(ctx, b)
         for delay in delays:

@@ -562,3 +562,47 @@ async fn files_not_uploaded_yet_cost_no_head_object() {
         site.events(id)
     );
 }
+
+// 2,600 changes are three pages of S3's listing: they are asked together (each starts at a known
+// changed key), against a layer that answers a page as S3 does, from an index, in 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_a_large_deploy_are_listed_together() {
+    let site = Site::new().await;
+    site.strict_origin(serde_json::json!({"list_ms": 50, "s3_list": true}));
+    let daemon = Daemon::start(changed_config(&site, true, ""))
+        .await
+        .expect("start");
+    let files: Vec<String> = (0..2600).map(|i| format!("docs/p{i:04}.html")).collect();
+    for f in &files {
+        site.write(f, format!("<p>{f}</p>").as_bytes());
+    }
+    for chunk in files.chunks(50) {
+        futures_util::future::join_all(chunk.iter().map(|f| site.upload(f))).await;
+    }
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, DONE).await;
+    daemon.shutdown().await.expect("shutdown");
+    assert!(
+        rows[0]
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("completed")
+            || rows[0].invalidation_id.is_some(),
+        "{rows:?}"
+    );
+    let calls = site.origin_calls();
+    assert!(
+        calls.get("ListObjectsV2 in flight").copied().unwrap_or(0) >= 2,
+        "pages one at a time: {calls:?}"
+    );
+    // Every change was proven before the invalidation (the wait's own words).
+    let events = site.events(rows[0].id);
+    assert!(
+        events
+            .iter()
+            .any(|(_, _, d)| d.as_deref().is_some_and(|d| d.contains("2600 change(s)"))),
+        "{events:?}"
+    );
+}
