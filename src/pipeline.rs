@@ -14,9 +14,11 @@
 //! ([`Halt::Shutdown`]). The detail of each stage lives in its own module: [`crate::verify`]
 //! (and [`crate::origin`]), [`crate::paths`], [`crate::quota::ledger`], [`crate::cloudfront`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -58,6 +60,26 @@ pub struct Pipeline {
     token: CancellationToken,
     /// The ids gathered into the invalidation of the request verified first ([`Pipeline::gather`]).
     batch: Arc<Mutex<Option<Vec<i64>>>>,
+    /// Requests of this site in their origin wait now, and a signal when one leaves it: the
+    /// window of [`Pipeline::gather`] waits only while one of them could still join.
+    waiting: Arc<(AtomicUsize, Notify)>,
+}
+
+/// Counts a request in its origin wait for as long as it lives.
+struct InWait(Arc<(AtomicUsize, Notify)>);
+
+impl InWait {
+    fn new(w: &Arc<(AtomicUsize, Notify)>) -> InWait {
+        w.0.fetch_add(1, Ordering::SeqCst);
+        InWait(w.clone())
+    }
+}
+
+impl Drop for InWait {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+        self.0 .1.notify_waiters();
+    }
 }
 
 impl Pipeline {
@@ -108,6 +130,7 @@ impl Pipeline {
             clock,
             token,
             batch: Default::default(),
+            waiting: Default::default(),
         })
     }
 
@@ -244,13 +267,15 @@ impl Pipeline {
             settle: self.cfg.watch.settle,
             token: &self.token,
         };
+        let _in_wait = InWait::new(&self.waiting);
         waiter.wait(id, wake, first).await
     }
 
     /// One sync, one purge: requests whose origin checks pass within `settle` of each other
     /// share one invalidation and one quota slot. The first to pass opens a window of `settle`
     /// and carries every request that passes within it (`Some`, with all their ids); the others
-    /// hand themselves to it (`None`). A request still waiting for S3 holds no one back.
+    /// hand themselves to it (`None`). The window closes as soon as no other request of the
+    /// site is in its origin wait (none can join): a lone marker is not held back by it.
     pub async fn gather(&self, verified: Verified) -> Result<Option<Verified>, Halt> {
         let window = self.cfg.watch.settle;
         if window.is_zero() {
@@ -265,7 +290,7 @@ impl Pipeline {
             }
             *open = Some(verified.request_ids);
         }
-        let paused = self.pause(window).await;
+        let paused = self.window(window).await;
         let ids = self
             .batch
             .lock()
@@ -520,6 +545,23 @@ impl Pipeline {
     // ---- helpers -------------------------------------------------------------------------
 
     /// Sleeps unless the daemon stops first.
+    /// [`Pipeline::gather`]'s window: `d`, or until no request is in its origin wait.
+    async fn window(&self, d: Duration) -> Result<(), Halt> {
+        let end = Instant::now() + d;
+        let (count, left) = &*self.waiting;
+        loop {
+            let notified = left.notified();
+            if count.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => return Ok(()),
+                _ = notified => {}
+                _ = self.token.cancelled() => return Err(Halt::Shutdown),
+            }
+        }
+    }
+
     async fn pause(&self, d: Duration) -> Result<(), Halt> {
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),

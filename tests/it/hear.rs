@@ -185,3 +185,32 @@ async fn a_read_that_is_no_upload_costs_a_burst_and_the_wait_still_times_out() {
     assert!(site.invalidations().await.is_empty());
     daemon.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_marker_is_not_held_back_by_the_window_for_others_of_its_sync() {
+    let site = Site::new().await;
+    // A long settle: requests verified within it share one invalidation; with no other
+    // request waiting, none can join, and the verified one goes on at once.
+    let toml = site
+        .toml("", "", "")
+        .replace("settle = \"200ms\"", "settle = \"3s\"");
+    let daemon = site.start_with(&toml).await;
+    site.write(".purge", b"deploy\n");
+    site.upload(".purge").await;
+    let rows = site.settled(1, &["completed"]).await;
+    daemon.shutdown().await.expect("shutdown");
+    let db = rusqlite::Connection::open(&site.db).expect("db");
+    let (verified, granted): (String, String) = db
+        .query_row(
+            "SELECT verified_at, granted_at FROM requests WHERE id = ?1",
+            [rows[0].id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("times");
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).expect("rfc 3339");
+    let held = at(&granted) - at(&verified);
+    assert!(
+        held < chrono::Duration::seconds(3),
+        "verified {verified}, granted {granted}: held for the window"
+    );
+}
