@@ -29,10 +29,17 @@ the daemon's S3 calls per pass and in all, against the fewest 1,000-key pages th
 changed keys; last upload → CreateInvalidation; from /proc and the database: peak RSS (VmHWM),
 the database's size. bench/results/changes.{json,md} and changes-chart.svg.
 
+`--scenario upload` (issue 25): the marker's upload end → CreateInvalidation with real lsyncd
+(the project's example config, `aws s3 sync`) at lsyncd delays 1, 15 and 40 s, K sites at once
+per binary behind the proxy (which tells the daemon from the aws CLI by User-Agent), rounds
+alternating between the binary (B) and the one before it (A, `--purgewatch-a`); the daemon's S3
+calls per request against one per 2 s of waiting + 20; one deploy with `wait_for = "changes"`.
+bench/results/upload.{json,md,svg}.
+
 The modules: the shared harness (common: clock, paths, names; proxy: the timestamping proxy;
 emulator: moto and process stops; procfs: /proc sampling; tree: the trees and markers;
 watcher: each watcher started, stopped and read; machine: machine, tmpfs, load; report and
 chart: the watchers' tables and SVG), the scenarios (watchers: storm, burst, baseline and the
 run itself; latency: purgewatch and the shell peer; idle; changes, changes_tree and
-changes_report: issue 13), and cli: bench.py's command line.
+changes_report: issue 13; upload and upload_report: issue 25), and cli: bench.py's command line.
 """

@@ -361,7 +361,7 @@ def changes_main(a):
                 case, info["layout"], dt, info["page_bound_whole_set"]))
             cdir = os.path.join(work, "emu-" + case)
             os.makedirs(cdir)
-            emu = Emulator(ctx.venv, cdir)
+            emu = Emulator(ctx.venv, cdir, a.changes_s3_list_ms)
             emu.start()
             ctx.emu = emu
             items = [(rel, tree.content(rel, 0)) for rel in tree.rels]

@@ -86,6 +86,10 @@ def main():
     ap.add_argument("--changes-cap", type=float, default=900,
                     help="changes: seconds after the last upload to wait for CreateInvalidation")
     ap.add_argument("--changes-timeout", default="30m", help="changes: the daemon's wait_timeout")
+    ap.add_argument("--changes-s3-list-ms", type=float, default=None,
+                    help="changes: the origin bucket answers ListObjectsV2 as S3 does, from an "
+                    "index in this many ms a page (S3: about 100), through tests/moto_atomic.py; "
+                    "default: moto's own listing (it sorts the bucket for every page)")
     ap.add_argument("--assert-covered", action="store_true",
                     help="changes: exit 1 unless every deploy was invalidated (/*) with all its "
                     "changes verified (the CI smoke's only assertion)")

@@ -34,9 +34,13 @@ def http(method, url, data=None, timeout=10):
 
 
 class Emulator:
-    def __init__(self, venv, work):
+    def __init__(self, venv, work, s3_list_ms=None):
+        """`s3_list_ms`: run moto through tests/moto_atomic.py and have the origin bucket answer
+        ListObjectsV2 as S3 does (a page from an index, in this many ms) instead of moto's
+        sort of the whole bucket per page."""
         self.venv = venv
         self.work = work
+        self.s3_list_ms = s3_list_ms
         self.moto_port = free_port()
         self.proxy_port = free_port()
         self.procs = []
@@ -53,10 +57,14 @@ class Emulator:
 
     def start(self):
         out = open(os.path.join(self.work, "moto.log"), "w")
+        if self.s3_list_ms is None:
+            server = [os.path.join(self.venv, "bin", "moto_server")]
+        else:
+            server = [os.path.join(self.venv, "bin", "python"),
+                      os.path.join(HERE, "..", "tests", "moto_atomic.py")]
         self.procs.append(subprocess.Popen(
-            [os.path.join(self.venv, "bin", "moto_server"), "-H", "127.0.0.1", "-p",
-             str(self.moto_port)], stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True))
+            server + ["-H", "127.0.0.1", "-p", str(self.moto_port)], stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True))
         self.procs.append(subprocess.Popen(
             [sys.executable, os.path.join(HERE, "bench.py"), "proxy", str(self.proxy_port),
              str(self.moto_port), self.proxy_log], start_new_session=True))
@@ -78,6 +86,13 @@ class Emulator:
             st, body = http("PUT", "%s/%s" % (self.moto, b))
             if st != 200:
                 raise RuntimeError("cannot create bucket %s: %s %s" % (b, st, body[:200]))
+        if self.s3_list_ms is not None:
+            import json
+            opts = {"bucket": ORIGIN_BUCKET, "list_ms": self.s3_list_ms, "s3_list": True,
+                    "checksums": False}
+            req = urllib.request.Request(self.moto + "/_strict", data=json.dumps(opts).encode(),
+                                         method="POST")
+            urllib.request.urlopen(req, timeout=10).read()
         env = aws_env()
         r = subprocess.run([os.path.join(self.venv, "bin", "aws"), "--endpoint-url", self.moto,
                             "cloudfront", "create-distribution", "--origin-domain-name",
