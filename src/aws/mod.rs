@@ -211,6 +211,32 @@ pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
         .build_https()
 }
 
+/// A hyper client for the few HTTP calls that are not AWS API calls (a webhook, a Lambda's
+/// presigned code URL): hyper 1 with rustls on ring and the system's root certificates, the
+/// crates the SDK's own client links. HTTP and HTTPS; the caller decides which URLs it allows.
+pub fn hyper_client<B>() -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        B,
+    >,
+    String,
+>
+where
+    B: hyper::body::Body + Send,
+    B::Data: Send,
+{
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("the system's root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
 /// Both clients, configured once from `[aws]` and the standard credential chain.
 #[derive(Clone)]
 pub struct Clients {

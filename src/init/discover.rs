@@ -351,14 +351,7 @@ pub async fn download(url: &str) -> Result<Vec<u8>, String> {
     if uri.scheme_str() != Some("https") && !loopback {
         return Err("the code URL is not https".into());
     }
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("the system's root certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, Empty<Bytes>>(https);
+    let client = aws::hyper_client::<Empty<Bytes>>()?;
     let get = async {
         let resp = client.get(uri).await.map_err(|e| aws::error_chain(&e))?;
         if !resp.status().is_success() {

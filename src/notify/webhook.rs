@@ -23,15 +23,7 @@ impl Webhook {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| format!("the webhook URL does not parse: {e}"))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("the system's root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(https);
+        let client = crate::aws::hyper_client()?;
         Ok(Webhook { client, uri })
     }
 
