@@ -1,0 +1,63 @@
+//! Unit tests of the change set (`changes.rs`), kept beside it.
+use super::*;
+
+#[test]
+fn an_object_older_than_the_write_beyond_the_tolerance_predates_it() {
+    let write = 1_000 * 1_000_000_000 + 500_000_000; // 1000.5 s
+    assert!(predates(Some(1_000 - CLOCK_TOLERANCE_SECS - 1), write));
+    assert!(!predates(Some(1_000 - CLOCK_TOLERANCE_SECS), write));
+    assert!(!predates(Some(1_001), write));
+    assert!(!predates(None, write), "unknown time: HeadObject decides");
+}
+
+#[test]
+fn start_after_is_just_before_the_key() {
+    assert_eq!(before("blog/a.html"), "blog/a.htm");
+    assert!(before("blog/a.html").as_str() < "blog/a.html");
+    assert_eq!(before("x"), "");
+}
+
+#[test]
+fn a_set_is_sorted_deduplicated_and_all_open() {
+    let set = ChangeSet::of(["b", "a", "b", "c/d", "a"]);
+    assert_eq!((set.len(), set.open()), (3, 3));
+    let rels: Vec<&str> = (0..set.len()).map(|i| set.rel(i)).collect();
+    assert_eq!(rels, ["a", "b", "c/d"]);
+    assert_eq!(set.find("b"), Some(1));
+    assert_eq!((set.find("c"), set.find("")), (None, None));
+    let sorted = ChangeSet::of(["a", "a", "b", "c/d"]);
+    assert_eq!(sorted.names, "abc/d", "each path once, in key order");
+}
+
+#[test]
+fn a_change_costs_64_bytes_beside_its_path() {
+    assert!(
+        std::mem::size_of::<Entry>() <= 64,
+        "{}",
+        std::mem::size_of::<Entry>()
+    );
+}
+
+#[tokio::test]
+async fn a_verified_file_written_again_is_open_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a"), b"1").expect("write");
+    let mut set = ChangeSet::of(["a", "b"]);
+    let stamp = local_stamp(&dir.path().join("a"));
+    set.entries[0].state = State::Verified(stamp);
+    set.entries[1].state = State::Verified(None);
+    set.open = 0;
+    assert_eq!(
+        set.rewritten(dir.path(), &["a".into(), "b".into()]).await,
+        0,
+        "unchanged"
+    );
+    std::fs::write(dir.path().join("a"), b"22").expect("rewrite");
+    std::fs::write(dir.path().join("b"), b"new").expect("appear");
+    assert_eq!(
+        set.rewritten(dir.path(), &["a".into(), "b".into(), "c".into()])
+            .await,
+        2
+    );
+    assert_eq!(set.open(), 2);
+}
