@@ -19,7 +19,7 @@ from .changes_tree import (CHANGE_CASES, CHANGE_PLANS, DEPLOY_MARKER, PASS_GAP_N
                            ChangeTree, s3_put, s3_upload)
 from .common import NOW, ORIGIN_BUCKET, REPO, Ctx, loadavg, log
 from .emulator import Emulator, aws_env
-from .machine import fs_type, machine, prepare_work, wait_for_quiet_machine
+from .machine import fs_type, machine, fresh_run
 from .procfs import cpu_ns, mb, rss_kb, status_kb
 from .proxy import ProxyLog
 from .tree import write_marker
@@ -305,17 +305,8 @@ def changes_main(a):
     # SIGTERM unwinds like an exception: the emulator stopped, the tmpfs unmounted (what was
     # measured so far is in NAME.partial.json).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    l1, waited = wait_for_quiet_machine(a.wait_load, a.wait_max)
-    t_begin = time.monotonic()
-    work = os.path.abspath(a.work)
-    if os.path.ismount(work):
-        subprocess.run(["umount", work], check=False)
-    shutil.rmtree(work, ignore_errors=True)
-    fs, mounted = prepare_work(work, not a.no_tmpfs)
-    ctx.work = work
-    ctx.state_dir = os.path.abspath(a.state)
-    shutil.rmtree(ctx.state_dir, ignore_errors=True)
-    os.makedirs(ctx.state_dir)
+    fs, mounted, l1, waited, t_begin = fresh_run(a, ctx)
+    work = ctx.work
     st = os.stat(ctx.pw)
     R = {"scenario": "changes", "profile": a.profile, "machine": machine(fs),
          "purgewatch_binary": {"path": ctx.pw, "bytes": st.st_size, "mtime": datetime.datetime.fromtimestamp(

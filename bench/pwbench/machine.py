@@ -4,6 +4,7 @@
 import datetime
 import os
 import platform
+import shutil
 import subprocess
 import time
 
@@ -49,6 +50,24 @@ def machine(work_fs):
             "max_user_watches": sysctl("max_user_watches"),
             "max_queued_events": sysctl("max_queued_events"),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def fresh_run(a, ctx):
+    """The start every scenario shares: wait (bounded) for a quiet machine, then a fresh work
+    folder (a tmpfs when root may mount one) and a fresh state folder. Sets ctx.work and
+    ctx.state_dir; returns (fs type, mounted, 1-min load, seconds waited, monotonic start)."""
+    l1, waited = wait_for_quiet_machine(a.wait_load, a.wait_max)
+    t_begin = time.monotonic()
+    work = os.path.abspath(a.work)
+    if os.path.ismount(work):
+        subprocess.run(["umount", work], check=False)
+    shutil.rmtree(work, ignore_errors=True)
+    fs, mounted = prepare_work(work, not a.no_tmpfs)
+    ctx.work = work
+    ctx.state_dir = os.path.abspath(a.state)
+    shutil.rmtree(ctx.state_dir, ignore_errors=True)
+    os.makedirs(ctx.state_dir)
+    return fs, mounted, l1, waited, t_begin
 
 
 def prepare_work(base, want_tmpfs):

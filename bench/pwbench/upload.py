@@ -27,10 +27,10 @@ import time
 from .changes import moto_version, read_request
 from .common import COUNT_BUCKET, NOW, REPO, Ctx, loadavg, log
 from .emulator import Emulator, aws_env, http, stop_proc
-from .machine import machine, prepare_work, wait_for_quiet_machine
+from .machine import machine, fresh_run
 from .tree import write_marker
 from .upload_report import MARKER, Traffic, daemon_calls, marker_put, summarize, upload_write
-from .watcher import Reader, Watcher
+from .watcher import Reader, Watcher, wait_ready
 
 LSYNCD_CONF = os.path.join(REPO, "examples", "lsyncd-s3.conf.lua")
 PROFILES = {
@@ -169,19 +169,7 @@ def start_daemon(ctx, b):
         stderr=subprocess.PIPE, start_new_session=True)
     w.reader = Reader(w.proc.stderr, None)
     w.reader.start()
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            msg = w.notify.recv(4096)
-        except socket.timeout:
-            msg = b""
-        if b"READY=1" in msg:
-            w.t_ready = NOW()
-            break
-        if not w.alive() or time.monotonic() > deadline:
-            w.stop()
-            raise RuntimeError("purgewatch %s (%s) did not send READY=1:\n%s" % (
-                b.key.upper(), b.path, w.stderr_tail()))
+    wait_ready(w, 120, "purgewatch %s (%s)" % (b.key.upper(), b.path))
     b.w = w
     log("daemon %s ready in %.2f s: %s (%d sites)" % (b.key.upper(), w.setup_s(), b.label,
                                                        len(b.all_sites())))
@@ -391,17 +379,8 @@ def upload_main(a):
         if not os.access(b.path, os.X_OK):
             sys.exit("no purgewatch binary at %s" % b.path)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    l1, waited = wait_for_quiet_machine(a.wait_load, a.wait_max)
-    t_begin = time.monotonic()
-    work = os.path.abspath(a.work)
-    if os.path.ismount(work):
-        subprocess.run(["umount", work], check=False)
-    shutil.rmtree(work, ignore_errors=True)
-    fs, mounted = prepare_work(work, not a.no_tmpfs)
-    ctx.work = work
-    ctx.state_dir = os.path.abspath(a.state)
-    shutil.rmtree(ctx.state_dir, ignore_errors=True)
-    os.makedirs(ctx.state_dir)
+    fs, mounted, l1, waited, t_begin = fresh_run(a, ctx)
+    work = ctx.work
     R = {"scenario": "upload", "profile": a.profile, "machine": machine(fs),
          "binaries": {b.key: binary_info(b) for b in bins},
          "load_at_start": loadavg(), "waited_for_load_s": round(waited, 1),

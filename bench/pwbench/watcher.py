@@ -120,7 +120,14 @@ endpoint_url = "%s"
                               stderr=subprocess.PIPE)
     w.reader = Reader(w.proc.stderr, None)
     w.reader.start()
-    deadline = time.monotonic() + ctx.ready_timeout
+    wait_ready(w, ctx.ready_timeout, "purgewatch")
+    return w
+
+
+def wait_ready(w, timeout, what):
+    """Until the daemon `w` sends READY=1 on its notify socket (sets w.t_ready); stopped and
+    an error after `timeout` seconds, or if it dies first."""
+    deadline = time.monotonic() + timeout
     w.notify.settimeout(0.2)
     while True:
         try:
@@ -129,11 +136,10 @@ endpoint_url = "%s"
             msg = b""
         if b"READY=1" in msg:
             w.t_ready = NOW()
-            break
+            return
         if not w.alive() or time.monotonic() > deadline:
             w.stop()
-            raise RuntimeError("purgewatch did not send READY=1:\n" + w.stderr_tail())
-    return w
+            raise RuntimeError("%s did not send READY=1:\n%s" % (what, w.stderr_tail()))
 
 
 def start_line_watcher(ctx, kind, tag, root, argv):

@@ -15,7 +15,7 @@ from .common import ALL_KINDS, CLK_TCK, KINDS, NOTIFY_KINDS, PAYLOAD, SHORT, Ctx
 from .emulator import Emulator
 from .idle import idle
 from .latency import marker_latency, proxy_calibration, shell_latency
-from .machine import fs_type, machine, prepare_work, wait_for_quiet_machine
+from .machine import fs_type, machine, fresh_run
 from .procfs import (Sampler, cpu_ns, cpu_ticks, mb, rss_kb, rss_parts, thread_delta, thread_stats,
                      wait_quiet)
 from .report import summarize, table, targets
@@ -211,17 +211,8 @@ def watchers_main(a):
     if not os.access(ctx.pw, os.X_OK):
         sys.exit("no purgewatch binary at %s (cargo build --release)" % ctx.pw)
 
-    l1, waited = wait_for_quiet_machine(a.wait_load, a.wait_max)
-    t_begin = time.monotonic()
-    work = os.path.abspath(a.work)
-    if os.path.ismount(work):
-        subprocess.run(["umount", work], check=False)
-    shutil.rmtree(work, ignore_errors=True)
-    fs, mounted = prepare_work(work, not a.no_tmpfs)
-    ctx.work = work
-    ctx.state_dir = os.path.abspath(a.state)
-    shutil.rmtree(ctx.state_dir, ignore_errors=True)
-    os.makedirs(ctx.state_dir)
+    fs, mounted, l1, waited, t_begin = fresh_run(a, ctx)
+    work = ctx.work
     R = {"profile": a.profile, "runs_planned": runs, "machine": machine(fs),
          "load_at_start": loadavg(), "waited_for_load_s": round(waited, 1),
          "settings": {"storm_writes": ctx.storm_writes, "storm_rate": ctx.storm_rate,

@@ -40,6 +40,16 @@ fn zip_of(dir: &Path, code: &str) -> PathBuf {
     zip
 }
 
+/// One more bucket on the site's emulator.
+async fn new_bucket(site: &Site, name: &str) {
+    site.s3
+        .create_bucket()
+        .bucket(name)
+        .send()
+        .await
+        .expect("bucket");
+}
+
 fn cli(site: &Site, args: &[&str]) -> Output {
     let out = aws_cli(&site.endpoint, ("test", "test"), args);
     assert!(
@@ -280,12 +290,7 @@ async fn init_reads_lambda_code_given_as_a_zip_or_a_py_and_the_environment_wins(
 async fn a_bucket_with_no_distribution_is_named_and_two_are_listed_with_nothing_written() {
     let site = Site::new().await;
     let lonely = format!("{}-lonely", site.origin_bucket);
-    site.s3
-        .create_bucket()
-        .bucket(&lonely)
-        .send()
-        .await
-        .expect("bucket");
+    new_bucket(&site, &lonely).await;
     let out_file = site.dir.path().join("purgewatch.toml");
     let env = example_env(&site, &format!("s3://{lonely}/"));
     let out = init(
@@ -356,12 +361,7 @@ async fn path_prefix_comes_from_the_origin_path_and_the_prefix() {
     assert!(printed.contains("prefix = \"www/\""), "{printed}");
     // A bucket whose distribution has origin path /www: the same prefix is served at /.
     let other = format!("{}-op", site.origin_bucket);
-    site.s3
-        .create_bucket()
-        .bucket(&other)
-        .send()
-        .await
-        .expect("bucket");
+    new_bucket(&site, &other).await;
     let other_dist = common::create_distribution_with(
         &site.cloudfront,
         &format!("{other}.s3.amazonaws.com"),
@@ -416,12 +416,7 @@ async fn an_lsyncd_config_without_s3_exits_1_naming_each_sync() {
 async fn two_syncs_become_two_sites_that_pass_check() {
     let site = Site::new().await;
     let second = format!("{}-b", site.origin_bucket);
-    site.s3
-        .create_bucket()
-        .bucket(&second)
-        .send()
-        .await
-        .expect("bucket");
+    new_bucket(&site, &second).await;
     common::create_distribution_with(
         &site.cloudfront,
         &format!("{second}.s3.amazonaws.com"),
