@@ -16,7 +16,7 @@ import urllib.parse
 
 from .changes_report import changes_write
 from .changes_tree import (CHANGE_CASES, CHANGE_PLANS, DEPLOY_MARKER, PASS_GAP_NS, VERIFIED_RE,
-                           ChangeTree, s3_put, s3_upload)
+                           ChangeTree, read_file, s3_put, s3_upload)
 from .common import NOW, ORIGIN_BUCKET, REPO, Ctx, loadavg, log
 from .emulator import Emulator, aws_env
 from .machine import fs_type, machine, fresh_run
@@ -198,15 +198,19 @@ def changes_run(ctx, tree, plan, gen, a):
         res["rewrite_s"] = tree.rewrite(gen, a.changes_write_rate)
         write_marker(os.path.join(tree.root, DEPLOY_MARKER), tree.marker_content(gen), False)
         t_marker = NOW()
-        items = [(rel, tree.content(rel, gen)) for rel in tree.rels]
+        # Every body read from the tree by this process, as an uploader does (the daemon may
+        # hear those reads).
+        items = list(tree.rels)
         random.Random("%s-%d" % (tree.case, gen)).shuffle(items)
         res["marker_uploaded"] = a.changes_marker
         t_m = None
+        put_marker = lambda: s3_put(ctx.emu.moto_port, DEPLOY_MARKER,  # noqa: E731
+                                    read_file(tree.root, DEPLOY_MARKER))
         if a.changes_marker == "first":  # the order the issue did not measure: see --help
-            t_m = s3_put(ctx.emu.moto_port, DEPLOY_MARKER, tree.marker_content(gen))
-        done, up_s = s3_upload(ctx.emu.moto_port, items, a.changes_parallel)
+            t_m = put_marker()
+        done, up_s = s3_upload(ctx.emu.moto_port, items, a.changes_parallel, root=tree.root)
         if t_m is None:
-            t_m = s3_put(ctx.emu.moto_port, DEPLOY_MARKER, tree.marker_content(gen))
+            t_m = put_marker()
         done[DEPLOY_MARKER] = t_m
         t_last = max(done.values())
         res["upload_s"] = (t_last - t_marker) / 1e9

@@ -136,10 +136,21 @@ def s3_put(port, key, body, tries=4):
     raise RuntimeError("PUT %s failed %d times: %s" % (key, tries, err))
 
 
-def s3_upload(port, items, parallel):
+def read_file(root, rel):
+    """The body an uploader sends: the file read from the tree (opened, read, closed by this
+    process, as `aws s3 sync`, rsync-style tools and rclone do)."""
+    with open(os.path.join(root, rel), "rb") as f:
+        return f.read()
+
+
+def s3_upload(port, items, parallel, root=None):
     """items: [(key, body)], uploaded with `parallel` PUTs in flight, each on its own
-    connection (moto closes every one). Returns ({key: ns the PUT completed}, seconds)."""
+    connection (moto closes every one); with `root`, items are keys and each body is read from
+    the file under `root` just before its PUT. Returns ({key: ns the PUT completed}, seconds)."""
+    if root is not None:
+        items = [(k, None) for k in items]
+    put = lambda kb: s3_put(port, kb[0], kb[1] if root is None else read_file(root, kb[0]))  # noqa: E731
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(parallel) as ex:
-        times = list(ex.map(lambda kb: s3_put(port, kb[0], kb[1]), items))
+        times = list(ex.map(put, items))
     return {k: t for (k, _), t in zip(items, times)}, time.monotonic() - t0
