@@ -40,6 +40,7 @@ pub mod config;
 pub mod halt;
 pub mod init;
 pub mod intake;
+pub mod invalidate;
 pub mod knobs;
 pub mod marker;
 pub mod memory;

@@ -28,25 +28,23 @@ use crate::clock::Clock;
 use crate::cloudfront::{self, Cdn};
 use crate::config::{Config, Paths};
 pub use crate::halt::Halt;
-use crate::knobs::crash_point;
+use crate::halt::Steps;
+use crate::invalidate::Sender;
 use crate::marker;
 use crate::origin::Origin;
 use crate::paths;
 use crate::quota::ledger::{GrantError, Ledger};
 use crate::quota::{self, mirror::Mirror};
 use crate::retry::{self, Retry};
-use crate::store::{changes, markers, requests, Pending, Source, Status, Store, StoreError};
+use crate::store::{
+    changes, invalidations, markers, requests, Pending, Source, Status, Store, StoreError,
+};
 use crate::verify::{Waiter, Wake};
 
 pub use crate::quota::ledger::Granted;
 pub use crate::verify::{FirstLook, Verified};
 
-/// CloudFront accepted the invalidation.
-#[derive(Debug, Clone)]
-pub struct Invalidated {
-    pub request_ids: Vec<i64>,
-    pub invalidation_id: String,
-}
+pub use crate::invalidate::Invalidated;
 
 /// Everything a request needs: config, database, the AWS seams and the ledger.
 #[derive(Clone)]
@@ -55,7 +53,8 @@ pub struct Pipeline {
     pub store: Store,
     pub origin: Origin,
     pub ledger: Ledger,
-    pub cdn: Cdn,
+    /// One per distribution in front of the site, in the config's order.
+    pub cdns: Vec<Cdn>,
     clock: Clock,
     token: CancellationToken,
     /// The ids gathered into the invalidation of the request verified first ([`Pipeline::gather`]).
@@ -121,10 +120,12 @@ impl Pipeline {
                     cloudfront::caller_reference(&host, &instance, lead, now_ms)
                 }),
             ),
-            cdn: Cdn::new(
-                clients.cloudfront.clone(),
-                cfg.cloudfront.distribution_id.clone(),
-            ),
+            cdns: cfg
+                .cloudfront
+                .distribution_ids
+                .iter()
+                .map(|id| Cdn::new(clients.cloudfront.clone(), id.clone()))
+                .collect(),
             cfg,
             store,
             clock,
@@ -213,19 +214,45 @@ impl Pipeline {
                 let inv = self.invalidate(g, paths).await?;
                 self.complete(&inv).await
             }
-            Status::Invalidated => match p.invalidation_id {
-                Some(inv) => {
-                    self.complete(&Invalidated {
-                        request_ids: ids,
-                        invalidation_id: inv,
-                    })
-                    .await
+            Status::Invalidated => {
+                let grant = p.caller_reference.unwrap_or_default();
+                if let Some(inv) = p.invalidation_id {
+                    // Invalidated before the `invalidations` table: its one row, as it was.
+                    self.adopt(&grant, &inv).await?;
                 }
-                None => Ok(()),
-            },
+                self.complete(&Invalidated {
+                    request_ids: ids,
+                    grant,
+                })
+                .await
+            }
             // Deferred requests wait for the period loop; the rest are final.
             _ => Ok(()),
         }
+    }
+
+    /// A request invalidated by a version before several distributions: the row of its one
+    /// invalidation (on the first distribution), unless it has rows already.
+    async fn adopt(&self, grant: &str, invalidation_id: &str) -> Result<(), Halt> {
+        let Some(cdn) = self.cdns.first() else {
+            return Ok(());
+        };
+        let planned = vec![(cdn.distribution_id().to_owned(), grant.to_owned())];
+        let (grant, site, inv) = (
+            grant.to_owned(),
+            self.cfg.site.clone(),
+            invalidation_id.to_owned(),
+        );
+        self.store
+            .quick(move |c| {
+                if !invalidations::of_grant(c, &grant)?.is_empty() {
+                    return Ok(());
+                }
+                let n = invalidations::plan(c, &grant, &site, &planned, 0)?;
+                invalidations::set_taken(c, &grant, &n[0].distribution_id, &inv)
+            })
+            .await?;
+        Ok(())
     }
 
     /// Deferred requests of passed periods, coalesced into one invalidation.
@@ -330,7 +357,7 @@ impl Pipeline {
                 Ok(None) => all_listed = false,
                 Err(e) => {
                     let detail = format!("marker {}: {e}; nothing invalidated", m.rel);
-                    return self.end(ids, Status::Failed, detail).await;
+                    return self.steps().end(ids, Status::Failed, detail).await;
                 }
             }
         }
@@ -376,7 +403,7 @@ impl Pipeline {
             let detail = format!(
                 "CloudFront would refuse the paths ({why}): {e}; nothing invalidated, no quota used"
             );
-            return self.end(ids, Status::Failed, detail).await;
+            return self.steps().end(ids, Status::Failed, detail).await;
         }
         let detail = format!("{} path(s), {why}", paths.len());
         let (ids, stored) = (ids.to_vec(), paths.clone());
@@ -401,7 +428,7 @@ impl Pipeline {
                 Err(GrantError::Store(e)) => return Err(Halt::Store(e)),
                 Err(GrantError::Mirror(e)) => {
                     let msg = format!("dry run: count bucket: {e}; retrying");
-                    self.wait_out(ids, &mut retry, msg).await?;
+                    self.steps().wait_out(ids, &mut retry, msg).await?;
                 }
             }
         };
@@ -410,8 +437,12 @@ impl Pipeline {
         } else {
             format!("none: quota exhausted, {used} of {max} used in {period}")
         };
+        let on = match self.cfg.cloudfront.distribution_ids.as_slice() {
+            [_] => String::new(),
+            many => format!(" on {}", many.join(", ")),
+        };
         let detail = format!(
-            "dry run: would invalidate {} with {slot}; nothing sent, no slot taken",
+            "dry run: would invalidate {}{on} with {slot}; nothing sent, no slot taken",
             paths.join(" ")
         );
         info!(requests = ?ids, %detail, "dry run");
@@ -440,111 +471,31 @@ impl Pipeline {
                         warn!(requests = ?ids, error = %e, "cannot confirm a quota slot");
                     }
                     let msg = format!("count bucket: {e}; no slot without it, retrying");
-                    self.wait_out(&ids, &mut retry, msg).await?;
+                    self.steps().wait_out(&ids, &mut retry, msg).await?;
                 }
             }
         }
     }
 
-    /// Sends CreateInvalidation until CloudFront takes it. The same batch with the same stored
-    /// CallerReference is sent every time (after a failed attempt, after a restart): CloudFront
-    /// answers a repeat with the invalidation it made the first time, so nothing is paid twice.
+    /// The CloudFront stage ([`crate::invalidate`]) for this site's distributions.
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            steps: self.steps(),
+            cdns: &self.cdns,
+            site: &self.cfg.site,
+        }
+    }
+
     pub async fn invalidate(&self, g: Granted, paths: Vec<String>) -> Result<Invalidated, Halt> {
-        let mut retry = Retry::new(retry::aws_delay);
-        loop {
-            let sent = self.cdn.create(&paths, &g.caller_reference).await;
-            crash_point("after_invalidation_sent");
-            match sent {
-                Ok(inv) => {
-                    let detail = format!(
-                        "invalidation {inv} created for {} ({})",
-                        paths.join(" "),
-                        g.caller_reference
-                    );
-                    info!(requests = ?g.request_ids, invalidation = %inv, "invalidated");
-                    let (ids, inv2) = (g.request_ids.clone(), inv.clone());
-                    self.store
-                        .quick(move |c| requests::set_invalidation_id(c, &ids, &inv2, &detail))
-                        .await?;
-                    crash_point("after_invalidation_stored");
-                    return Ok(Invalidated {
-                        request_ids: g.request_ids,
-                        invalidation_id: inv,
-                    });
-                }
-                Err(AwsError::Busy(e)) => {
-                    // CloudFront's limit on paths in progress: wait for the distribution's own
-                    // invalidations rather than for a blind backoff.
-                    let waiting = self.cdn.in_progress().await.unwrap_or_else(|e2| {
-                        warn!(error = %e2, "cannot list the invalidations in progress");
-                        Vec::new()
-                    });
-                    if waiting.is_empty() {
-                        self.wait_out(&g.request_ids, &mut retry, format!("CloudFront: {e}"))
-                            .await?;
-                        continue;
-                    }
-                    let shown: Vec<&str> = waiting.iter().take(10).map(String::as_str).collect();
-                    let msg = format!(
-                        "CloudFront: too many invalidations in progress on {}; waiting for {} of them to complete: {}",
-                        self.cdn.distribution_id(),
-                        waiting.len(),
-                        shown.join(", ")
-                    );
-                    if retry.log(&msg) {
-                        warn!(requests = ?g.request_ids, %msg, "invalidation waits");
-                    }
-                    if retry.failed(&msg) {
-                        self.note(&g.request_ids, msg).await?;
-                    }
-                    self.until_one_completes(&waiting).await?;
-                }
-                Err(e) if e.is_transient() => {
-                    if retry.log(&e.to_string()) {
-                        warn!(requests = ?g.request_ids, error = %e, "invalidation not accepted yet");
-                    }
-                    self.wait_out(&g.request_ids, &mut retry, format!("CloudFront: {e}"))
-                        .await?;
-                }
-                Err(e) => {
-                    // The slot stays used: the count object already says so, and failing closed
-                    // never exceeds the quota.
-                    let detail = format!("CloudFront refused: {e}");
-                    warn!(requests = ?g.request_ids, %detail, "invalidation failed");
-                    return self.end(&g.request_ids, Status::Failed, detail).await;
-                }
-            }
-        }
+        self.sender().invalidate(g, paths).await
     }
 
-    /// Polls GetInvalidation at a modest interval, for at most an hour, until CloudFront says
-    /// Completed. An invalidation still running then stays `invalidated`.
     async fn complete(&self, inv: &Invalidated) -> Result<(), Halt> {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        let mut delay = Duration::from_secs(0);
-        while Instant::now() < deadline {
-            self.pause(delay).await?;
-            delay = (delay * 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
-            match self.cdn.status(&inv.invalidation_id).await {
-                Ok(s) if cloudfront::is_completed(&s) => {
-                    let detail = format!("invalidation {} completed", inv.invalidation_id);
-                    let ids = inv.request_ids.clone();
-                    self.store
-                        .quick(move |c| requests::advance_all(c, &ids, Status::Completed, &detail))
-                        .await?;
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) => warn!(invalidation = %inv.invalidation_id, error = %e, "status unknown"),
-            }
-        }
-        let msg = "not completed after an hour of polling; CloudFront still works on it";
-        self.note(&inv.request_ids, msg.into()).await
+        self.sender().complete(inv).await
     }
 
     // ---- helpers -------------------------------------------------------------------------
 
-    /// Sleeps unless the daemon stops first.
     /// [`Pipeline::gather`]'s window: `d`, or until no request is in its origin wait.
     async fn window(&self, d: Duration) -> Result<(), Halt> {
         let end = Instant::now() + d;
@@ -562,56 +513,11 @@ impl Pipeline {
         }
     }
 
-    async fn pause(&self, d: Duration) -> Result<(), Halt> {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(()),
-            _ = self.token.cancelled() => Err(Halt::Shutdown),
+    fn steps(&self) -> Steps<'_> {
+        Steps {
+            store: &self.store,
+            token: &self.token,
         }
-    }
-
-    /// One failed attempt of a stage: noted on the requests once per distinct reason, then the
-    /// stage's delay.
-    async fn wait_out(&self, ids: &[i64], retry: &mut Retry, why: String) -> Result<(), Halt> {
-        if retry.failed(&why) {
-            self.note(ids, why).await?;
-        }
-        self.pause(retry.delay()).await
-    }
-
-    async fn note(&self, ids: &[i64], detail: String) -> Result<(), Halt> {
-        let ids = ids.to_vec();
-        Ok(self
-            .store
-            .quick(move |c| requests::note(c, &ids, &detail))
-            .await?)
-    }
-
-    /// Ends (or parks) the requests in `to`, recorded: always `Err(Halt::Ended)` after.
-    async fn end<T>(&self, ids: &[i64], to: Status, detail: String) -> Result<T, Halt> {
-        let ids = ids.to_vec();
-        self.store
-            .quick(move |c| requests::advance_all(c, &ids, to, &detail))
-            .await?;
-        Err(Halt::Ended)
-    }
-
-    /// Polls GetInvalidation on `ids` (2 s, doubling to 60 s) until one of them has completed,
-    /// for at most an hour.
-    async fn until_one_completes(&self, ids: &[String]) -> Result<(), Halt> {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        let mut delay = Duration::from_secs(2);
-        while Instant::now() < deadline {
-            self.pause(delay).await?;
-            delay = (delay * 2).min(Duration::from_secs(60));
-            for id in ids {
-                if let Ok(s) = self.cdn.status(id).await {
-                    if cloudfront::is_completed(&s) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -78,11 +78,15 @@ Run as `python tests/moto_atomic.py -H HOST -p PORT` (the arguments of moto_serv
    http://<this host>/_lambda_code/<region>/<name>?X-Amz-Signature=…, served (unsigned, as a
    presigned URL) with the zip moto holds.
 
+   CloudFront edge: a caching viewer edge (GET/HEAD /_edge/<dist><path>, control
+   /_strict/edge/<dist>) lives in tests/moto_edge.py; see its docstring.
+
    Requests to the middleware itself are not signed; requests the layer does not recognise pass
    to moto untouched.
 """
 
 import base64
+import bisect
 import hashlib
 import io
 import json
@@ -97,6 +101,8 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from moto.s3.responses import S3Response
+
+import moto_edge  # tests/ is sys.path[0] when this file is run
 
 # --- 1. atomic PutObject, and the per-object checksum algorithm -------------------------------
 
@@ -779,6 +785,7 @@ def create_invalidation(environ, start_response, inner, dist, o, secs):
                         if ref is not None:
                             STATE.references.setdefault(dist, {}).setdefault(
                                 ref, (sorted(paths), r.status, list(r.headers), r.body, inv.id))
+                    moto_edge.invalidated(dist, paths, inv.created + secs)
                 r.body = rewrite_statuses(dist, r.body, secs)
     if STATE.take("distribution", dist, "lose_answer"):
         return cf_error(503, "ServiceUnavailable", "CloudFront is temporarily unavailable.",
@@ -872,7 +879,6 @@ def list_objects(environ, start_response, inner, bucket, o, query):
 
 
 def indexed_page(bucket, query):
-    import bisect
     from urllib.parse import quote
 
     b = moto_bucket(bucket)
@@ -941,6 +947,8 @@ def s3_notification(environ, start_response, inner, bucket):
 
 def strict_call(self, environ, start_response):
     path = environ.get("PATH_INFO", "")
+    if moto_edge.owns(path):
+        return moto_edge.route(environ, start_response, sys.modules[__name__])
     if path == "/_strict" or path.startswith("/_strict/"):
         return control(environ, start_response)
     if path.startswith("/_lambda_code/"):

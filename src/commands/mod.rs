@@ -247,6 +247,19 @@ pub async fn history(
             r.path_count.map_or("-".to_owned(), |n| n.to_string()),
             printable(r.detail.as_deref().unwrap_or(""))
         );
+        // Several distributions: a line each under the request.
+        if r.invalidations.len() > 1 {
+            for i in &r.invalidations {
+                out!(
+                    "{:>5}  {}on {}: {} {}",
+                    "",
+                    site_cell(""),
+                    printable(&i.distribution_id),
+                    printable(i.invalidation_id.as_deref().unwrap_or("-")),
+                    i.state
+                );
+            }
+        }
     }
     Ok(true)
 }
@@ -647,34 +660,30 @@ async fn check_site(cfg: &Config) -> anyhow::Result<bool> {
             Err(e) => report(false, format!("quota.count_bucket: {e}")),
         }
     }
-    let cdn = Cdn::new(
-        clients.cloudfront.clone(),
-        cfg.cloudfront.distribution_id.clone(),
-    );
-    match cdn.reachable().await {
-        Ok(_) => report(
-            true,
-            format!("cloudfront.distribution_id {}", cdn.distribution_id()),
-        ),
-        Err(e) => report(false, format!("cloudfront.distribution_id: {e}")),
-    }
     use crate::init::discover::{check_path_prefix, PrefixCheck};
     let cf = &cfg.cloudfront;
-    let cdn = &clients.cloudfront;
-    match check_path_prefix(
-        cdn,
-        &cf.distribution_id,
-        &o.bucket,
-        &o.prefix,
-        &cf.path_prefix,
-    )
-    .await
-    {
-        PrefixCheck::Agrees(line) => report(true, line),
-        PrefixCheck::Differs(line) => report(false, line),
-        // Not a failure: a role made from an older policy may lack GetDistribution.
-        PrefixCheck::Unknown(line) => {
-            let _ = writeln!(std::io::stdout(), "WARN  cloudfront.path_prefix {line}");
+    // Each distribution in front of the site: reachable, and serving the site at path_prefix.
+    for id in &cf.distribution_ids {
+        let cdn = Cdn::new(clients.cloudfront.clone(), id.clone());
+        match cdn.reachable().await {
+            Ok(_) => report(true, format!("cloudfront.distribution_id {id}")),
+            Err(e) => report(false, format!("cloudfront.distribution_id {id}: {e}")),
+        }
+        match check_path_prefix(
+            &clients.cloudfront,
+            id,
+            &o.bucket,
+            &o.prefix,
+            &cf.path_prefix,
+        )
+        .await
+        {
+            PrefixCheck::Agrees(line) => report(true, line),
+            PrefixCheck::Differs(line) => report(false, line),
+            // Not a failure: a role made from an older policy may lack GetDistribution.
+            PrefixCheck::Unknown(line) => {
+                let _ = writeln!(std::io::stdout(), "WARN  cloudfront.path_prefix {line}");
+            }
         }
     }
     Ok(ok)

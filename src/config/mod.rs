@@ -156,7 +156,8 @@ pub enum Paths {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloudFront {
-    pub distribution_id: String,
+    /// The distributions in front of the site (at least one): each purge goes to every one.
+    pub distribution_ids: Vec<String>,
     pub paths: Paths,
     /// Most paths one invalidation may carry when `paths = "changed"` (wildcards count as one).
     pub max_paths: usize,

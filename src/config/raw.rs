@@ -87,7 +87,7 @@ pub(super) struct RawQuota {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCloudFront {
-    pub(super) distribution_id: String,
+    pub(super) distribution_id: RawDistributions,
     #[serde(default = "default_paths")]
     pub(super) paths: RawPaths,
     #[serde(default = "default_max_paths")]
@@ -96,6 +96,17 @@ pub(super) struct RawCloudFront {
     pub(super) dry_run: bool,
     #[serde(default = "default_path_prefix")]
     pub(super) path_prefix: String,
+}
+
+/// `distribution_id = "E2…"` or, for several distributions in front of one site, a list.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a distribution ID like \"E2EXAMPLE\" or a list of them"
+)]
+pub(super) enum RawDistributions {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `paths = ["/*"]` or `paths = "changed"`.

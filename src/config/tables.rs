@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawAws, RawCloudFront, RawMetrics, RawNotify, RawOrigin, RawPaths, RawQuota};
+use super::raw::{RawAws, RawCloudFront, RawDistributions, RawMetrics, RawNotify, RawOrigin};
+use super::raw::{RawPaths, RawQuota};
 use super::raw::{RawState, RawWatch};
 use super::{Aws, CloudFront, ConfigError, Metrics, Notify, Origin, Paths, State, Watch};
 use crate::quota::Quota;
@@ -125,12 +126,7 @@ pub(super) fn quota(k: &Keys, q: RawQuota, name: &str) -> Result<Quota, ConfigEr
 /// `[cloudfront]`: configured paths are held to CloudFront's rules here, or every purge would
 /// spend a slot on a batch it refuses.
 pub(super) fn cloudfront(k: &Keys, c: RawCloudFront) -> Result<CloudFront, ConfigError> {
-    if c.distribution_id.trim().is_empty() {
-        return Err(k.invalid(
-            "cloudfront.distribution_id",
-            "is empty: set the distribution's ID (CloudFront console, ID column)".into(),
-        ));
-    }
+    let distribution_ids = distributions(k, c.distribution_id)?;
     let paths = match c.paths {
         RawPaths::Word(w) if w == "changed" => Paths::Changed,
         RawPaths::Word(w) => {
@@ -168,12 +164,49 @@ pub(super) fn cloudfront(k: &Keys, c: RawCloudFront) -> Result<CloudFront, Confi
         )
     })?;
     Ok(CloudFront {
-        distribution_id: c.distribution_id,
+        distribution_ids,
         paths,
         max_paths: c.max_paths,
         dry_run: c.dry_run,
         path_prefix,
     })
+}
+
+/// `cloudfront.distribution_id`: one ID or a list, none empty, none twice.
+fn distributions(k: &Keys, raw: RawDistributions) -> Result<Vec<String>, ConfigError> {
+    const KEY: &str = "cloudfront.distribution_id";
+    let ids = match raw {
+        RawDistributions::One(id) => vec![id],
+        RawDistributions::Many(ids) if ids.is_empty() => {
+            return Err(k.invalid(
+                KEY,
+                "is an empty list: name at least one distribution".into(),
+            ))
+        }
+        RawDistributions::Many(ids) => ids,
+    };
+    for (i, id) in ids.iter().enumerate() {
+        if id.trim().is_empty() {
+            return Err(k.invalid(
+                KEY,
+                "is empty: set the distribution's ID (CloudFront console, ID column)".into(),
+            ));
+        }
+        // IDs go into API paths and CallerReferences: letters and digits, as CloudFront makes them.
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric()) || id.len() > 64 {
+            return Err(k.invalid(
+                KEY,
+                format!(
+                    "{:?} is not a distribution ID (letters and digits, like \"E2EXAMPLE\")",
+                    crate::text::printable(id)
+                ),
+            ));
+        }
+        if ids[..i].contains(id) {
+            return Err(k.invalid(KEY, format!("names {id} twice")));
+        }
+    }
+    Ok(ids)
 }
 
 /// `[state]`.

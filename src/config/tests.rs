@@ -32,6 +32,31 @@ fn defaults_match_the_seed() {
 }
 
 #[test]
+fn distribution_id_is_one_id_or_a_list_of_distinct_ids() {
+    let one = parse(GOOD).expect("valid");
+    assert_eq!(one.cloudfront.distribution_ids, ["E2EXAMPLE"]);
+    let two =
+        parse(&GOOD.replace("\"E2EXAMPLE\"", "[\"E2EXAMPLE\", \"E3STAGING\"]")).expect("valid");
+    assert_eq!(two.cloudfront.distribution_ids, ["E2EXAMPLE", "E3STAGING"]);
+    for (bad, says) in [
+        ("[]", "empty list"),
+        ("[\"E2EXAMPLE\", \"E2EXAMPLE\"]", "twice"),
+        ("[\"E2EXAMPLE\", \"\"]", "is empty"),
+        ("\"E2/../x\"", "not a distribution ID"),
+        ("3", "a distribution ID like"),
+    ] {
+        let e = parse(&GOOD.replace("\"E2EXAMPLE\"", bad)).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("/etc/pw.toml")
+                && s.contains("cloudfront.distribution_id")
+                && s.contains(says),
+            "{bad}: {s}"
+        );
+    }
+}
+
+#[test]
 fn unknown_key_is_named_with_its_table() {
     let e = parse(&GOOD.replace("max = 10", "max = 10\nmaxx = 3")).unwrap_err();
     let s = e.to_string();

@@ -95,10 +95,11 @@ async fn is_old_lambda(clients: &Clients, cfg: &Config, t: &Trigger) -> Result<b
     };
     Ok(marker_filter
         || is(&facts.target_file, Some(&cfg.watch.marker))
-        || is(
-            &facts.distribution_id,
-            Some(&cfg.cloudfront.distribution_id),
-        )
+        || cfg
+            .cloudfront
+            .distribution_ids
+            .iter()
+            .any(|d| is(&facts.distribution_id, Some(d)))
         || is(&facts.count_bucket, cfg.quota.count_bucket.as_deref()))
 }
 

@@ -22,6 +22,7 @@ use super::process::{process_start, Process};
 use super::Source;
 use crate::quota;
 use crate::store::events::{self, Move};
+use crate::store::invalidations::{self, State};
 use crate::store::{counters, counts, Connection, Status, StoreError};
 
 /// The registry of one served daemon and the live metrics in it, brought up to date at each
@@ -43,6 +44,7 @@ struct Live {
     period_end: Family<QuotaLabel, Gauge<f64, AtomicU64>>,
     invalidations: Counter,
     paths: Counter,
+    distributions: Family<DistributionLabel, Gauge>,
     marker_to_invalidation: Histogram,
     watched: Gauge,
     unwatched: Gauge,
@@ -55,6 +57,13 @@ struct Live {
 struct StatusLabel {
     status: &'static str,
     site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DistributionLabel {
+    site: String,
+    distribution: String,
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +123,8 @@ struct Reading {
     /// (quota, slots used in its current period).
     quota_used: Vec<(String, u32)>,
     last_completed: Option<String>,
+    /// (site, distribution, state, invalidations).
+    distributions: Vec<(String, String, State, u64)>,
 }
 
 impl Page {
@@ -126,6 +137,7 @@ impl Page {
             period_end: Family::default(),
             invalidations: Counter::default(),
             paths: Counter::default(),
+            distributions: Family::default(),
             // A second to a day: the origin wait is minutes, a deferred request a period.
             marker_to_invalidation: Histogram::new([
                 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
@@ -175,13 +187,18 @@ impl Page {
         );
         r.register(
             "invalidations",
-            "CreateInvalidation calls CloudFront accepted since the process started",
+            "Invalidations CloudFront accepted since the process started (one per distribution a purge went to)",
             live.invalidations.clone(),
         );
         r.register(
             "invalidation_paths",
             "Paths sent in the invalidations counted by purgewatch_invalidations_total",
             live.paths.clone(),
+        );
+        r.register(
+            "distribution_invalidations",
+            "Invalidations kept in the history, by distribution and state (sending, busy, in_progress, completed, failed)",
+            live.distributions.clone(),
         );
         r.register_with_unit(
             "marker_to_invalidation",
@@ -276,7 +293,7 @@ impl Page {
 
     fn apply(&self, tally: &mut Tally, r: Reading, now: DateTime<Utc>) {
         let (live, src) = (&self.live, &self.source);
-        let mut invalidations: Vec<(String, u64)> = Vec::new();
+        let mut invalidations: Vec<(String, u64, u64)> = Vec::new();
         for m in &r.moves {
             let Some(to) = m.to else { continue };
             if COUNTED.contains(&to) {
@@ -297,23 +314,25 @@ impl Page {
             {
                 live.marker_to_invalidation.observe(took);
             }
-            // The requests of one sync share an invalidation (and its paths): count it once.
+            // The requests of one sync share an invalidation (and its paths): count it once,
+            // for each distribution that took it.
             let id = m.invalidation_id.clone().unwrap_or_default();
             let paths = m.path_count.unwrap_or(0).max(0) as u64;
+            let each = m.distributions.max(1) as u64;
             match invalidations
                 .iter_mut()
-                .find(|(i, _)| *i == id && !id.is_empty())
+                .find(|(i, _, _)| *i == id && !id.is_empty())
             {
                 Some(seen) => seen.1 = seen.1.max(paths),
-                None => invalidations.push((id, paths)),
+                None => invalidations.push((id, paths, each)),
             }
         }
-        for (id, paths) in invalidations {
+        for (id, paths, each) in invalidations {
             if !id.is_empty() && tally.counted.contains(&id) {
                 continue;
             }
-            live.invalidations.inc();
-            live.paths.inc_by(paths);
+            live.invalidations.inc_by(each);
+            live.paths.inc_by(paths * each);
             tally.counted.push_back(id);
             if tally.counted.len() > 64 {
                 tally.counted.pop_front();
@@ -357,6 +376,16 @@ impl Page {
                 .get_or_create(&label)
                 .set(end.timestamp() as f64);
         }
+        live.distributions.clear();
+        for (site, distribution, state, n) in r.distributions {
+            live.distributions
+                .get_or_create(&DistributionLabel {
+                    site,
+                    distribution,
+                    state: state.as_str(),
+                })
+                .set(n as i64);
+        }
         let w = src.watchers.totals();
         live.watched.set(w.watched as i64);
         live.unwatched.set(w.unwatched as i64);
@@ -390,6 +419,7 @@ fn read(
             .map(|(q, p)| Ok((q.clone(), counters::get(c, q, p)?.count)))
             .collect::<Result<_, StoreError>>()?,
         last_completed: counts::last_finished(c, Status::Completed)?,
+        distributions: invalidations::tally(c)?,
     })
 }
 

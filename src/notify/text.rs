@@ -41,9 +41,18 @@ pub struct RequestPart {
     /// Why, in words: the detail of the move to this status.
     pub detail: Option<String>,
     pub invalidation_id: Option<String>,
+    /// Each distribution the purge went to, with its invalidation id and state.
+    pub invalidations: Vec<DistributionPart>,
     /// The first [`PATHS_MAX`] paths; `path_count` says how many there are.
     pub paths: Vec<String>,
     pub path_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DistributionPart {
+    pub distribution_id: String,
+    pub invalidation_id: Option<String>,
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +88,15 @@ impl Alert {
                 status: row.status,
                 detail: row.detail,
                 invalidation_id: row.invalidation_id,
+                invalidations: row
+                    .invalidations
+                    .into_iter()
+                    .map(|i| DistributionPart {
+                        distribution_id: i.distribution_id,
+                        invalidation_id: i.invalidation_id,
+                        state: i.state.as_str().to_owned(),
+                    })
+                    .collect(),
                 path_count: row.paths.len(),
                 paths: row.paths.into_iter().take(PATHS_MAX).collect(),
             },
@@ -276,6 +294,7 @@ mod tests {
                 status: Status::Failed,
                 detail: None,
                 invalidation_id: None,
+                invalidations: Vec::new(),
                 paths: Vec::new(),
                 path_count: 0,
             },

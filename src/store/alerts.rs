@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{cached, counters, now_text, Status, StoreError};
+use super::{cached, counters, invalidations, now_text, Status, StoreError};
 
 /// `meta`'s key for the outbox's cursor.
 const CURSOR_KEY: &str = "notify_last_event";
@@ -128,6 +128,8 @@ pub struct AlertRow {
     pub site: String,
     pub marker: String,
     pub invalidation_id: Option<String>,
+    /// One per distribution the purge went to: its invalidation id and state now.
+    pub invalidations: Vec<invalidations::Row>,
     pub paths: Vec<String>,
     /// The request's quota: its name, the request's period (or the current one) and the
     /// slots used in it when read.
@@ -157,7 +159,7 @@ pub fn read(conn: &mut Connection, q: &Query) -> Result<Batch, StoreError> {
     // A note keeps the status: only changes of status are alerts.
     let mut stmt = tx.prepare_cached(
         "SELECT e.id, e.request_id, e.to_status, e.detail, e.at,
-                r.marker, r.invalidation_id, r.paths, r.period, r.site
+                r.marker, r.invalidation_id, r.paths, r.period, r.site, r.caller_reference
          FROM events e JOIN requests r ON r.id = e.request_id
          WHERE e.id > ?1 AND e.id <= ?2
            AND (e.from_status IS NULL OR e.from_status <> e.to_status)
@@ -183,6 +185,7 @@ pub fn read(conn: &mut Connection, q: &Query) -> Result<Batch, StoreError> {
             |n| (n.name.clone(), n.period.clone()),
         );
         let period = r.get::<_, Option<String>>(8)?.unwrap_or(current);
+        let grant: Option<String> = r.get(10)?;
         alerts.push(AlertRow {
             event_id,
             request_id: r.get(1)?,
@@ -191,6 +194,10 @@ pub fn read(conn: &mut Connection, q: &Query) -> Result<Batch, StoreError> {
             at: r.get(4)?,
             marker: r.get(5)?,
             invalidation_id: r.get(6)?,
+            invalidations: match &grant {
+                Some(g) => invalidations::of_grant(&tx, g)?,
+                None => Vec::new(),
+            },
             paths: serde_json::from_str(&paths).unwrap_or_default(),
             count: counters::get(&tx, &quota, &period)?.count,
             quota,

@@ -19,6 +19,8 @@ pub struct Move {
     pub invalidation_id: Option<String>,
     /// The paths its invalidation sent.
     pub path_count: Option<i64>,
+    /// The distributions that took its invalidation (0 before the `invalidations` table: one).
+    pub distributions: i64,
 }
 
 /// The newest event written before `at` (RFC 3339): where "since the process started" begins,
@@ -42,7 +44,9 @@ pub fn newest(conn: &Connection) -> Result<i64, StoreError> {
 pub fn moves(conn: &Connection, after: i64, upto: i64) -> Result<Vec<Move>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.to_status, e.at, r.detected_at, r.invalidation_id,
-                coalesce(r.path_count, json_array_length(r.paths)), r.site
+                coalesce(r.path_count, json_array_length(r.paths)), r.site,
+                (SELECT count(*) FROM invalidations i WHERE i.grant_ref = r.caller_reference
+                 AND i.invalidation_id IS NOT NULL)
          FROM events e LEFT JOIN requests r ON r.id = e.request_id
          WHERE e.id > ?1 AND e.id <= ?2
            AND (e.from_status IS NULL OR e.from_status != e.to_status)
@@ -57,6 +61,7 @@ pub fn moves(conn: &Connection, after: i64, upto: i64) -> Result<Vec<Move>, Stor
                 invalidation_id: r.get(3)?,
                 path_count: r.get(4)?,
                 site: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                distributions: r.get(6)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

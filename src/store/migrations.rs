@@ -217,6 +217,25 @@ CREATE TABLE takeovers (
     undone_at   TEXT
 );
 "#,
+    // One row per distribution a granted purge goes to (`store/invalidations.rs`), keyed by the
+    // grant's CallerReference (`requests.caller_reference`, shared by the requests of one sync).
+    r#"
+CREATE TABLE invalidations (
+    grant_ref        TEXT NOT NULL,
+    distribution_id  TEXT NOT NULL,
+    site             TEXT NOT NULL,
+    position         INTEGER NOT NULL,       -- the distribution's place in the config
+    caller_reference TEXT NOT NULL,          -- stored before its CreateInvalidation
+    paths            INTEGER NOT NULL,       -- paths sent (each wildcard one, as AWS bills)
+    state            TEXT NOT NULL,          -- sending | busy | in_progress | completed | failed
+    invalidation_id  TEXT,
+    detail           TEXT,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    PRIMARY KEY (grant_ref, distribution_id)
+);
+CREATE INDEX invalidations_by_update ON invalidations (updated_at);
+"#,
 ];
 
 /// Runs the `migrations` a database has not had yet, in one transaction, and records how many

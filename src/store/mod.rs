@@ -23,6 +23,7 @@ pub mod changes;
 pub mod counters;
 pub mod counts;
 pub mod events;
+pub mod invalidations;
 pub mod markers;
 pub mod meta;
 mod migrations;

@@ -69,6 +69,14 @@ pub async fn prune(
                     tx.execute("DELETE FROM events WHERE request_id = ?1", [id])?;
                     tx.execute("DELETE FROM request_markers WHERE request_id = ?1", [id])?;
                     changes += tx.execute("DELETE FROM changes WHERE request_id = ?1", [id])?;
+                    // The grant's invalidations go with the last of its requests.
+                    tx.execute(
+                        "DELETE FROM invalidations WHERE grant_ref =
+                             (SELECT caller_reference FROM requests WHERE id = ?1)
+                         AND NOT EXISTS (SELECT 1 FROM requests r
+                             WHERE r.caller_reference = invalidations.grant_ref AND r.id != ?1)",
+                        [id],
+                    )?;
                     tx.execute("DELETE FROM requests WHERE id = ?1", [id])?;
                 }
                 tx.commit()?;

@@ -8,8 +8,8 @@
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::markers;
 use super::{cached, changes, now_text, Source, Status, StoreError};
+use super::{invalidations, markers};
 use crate::marker::{MarkerSeen, ObjectId};
 
 /// One request as `purgewatch history` shows it.
@@ -30,6 +30,8 @@ pub struct HistoryRow {
     pub period: Option<String>,
     pub caller_reference: Option<String>,
     pub detail: Option<String>,
+    /// One per distribution the purge went to: its invalidation id and state.
+    pub invalidations: Vec<invalidations::Row>,
 }
 
 /// A request the pipeline must carry on with after a restart.
@@ -140,7 +142,8 @@ fn site_of(conn: &Connection, id: i64) -> rusqlite::Result<String> {
     })
 }
 
-fn status_of(conn: &Connection, id: i64) -> Result<Status, StoreError> {
+/// A request's status now.
+pub fn status_of(conn: &Connection, id: i64) -> Result<Status, StoreError> {
     let s: String = conn.query_row("SELECT status FROM requests WHERE id = ?1", [id], |r| {
         r.get(0)
     })?;
@@ -249,7 +252,7 @@ pub fn note(conn: &mut Connection, ids: &[i64], detail: &str) -> Result<(), Stor
     Ok(())
 }
 
-fn note_in(conn: &Connection, id: i64, detail: &str) -> Result<(), StoreError> {
+pub(super) fn note_in(conn: &Connection, id: i64, detail: &str) -> Result<(), StoreError> {
     let now = now_text();
     cached(
         conn,
@@ -387,9 +390,16 @@ pub fn history(
                 detail: r.get(9)?,
                 path_count: r.get(10)?,
                 paths: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+                invalidations: Vec::new(),
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut rows = rows;
+    for row in &mut rows {
+        if let Some(g) = &row.caller_reference {
+            row.invalidations = invalidations::of_grant(conn, g)?;
+        }
+    }
     Ok(rows)
 }
 
@@ -479,13 +489,21 @@ pub fn reservation(conn: &Connection, id: i64) -> Result<Reservation, StoreError
 }
 
 /// Paths sent to CloudFront in invalidations granted since `since` (UTC, RFC 3339 prefix), each
-/// invalidation once: what AWS bills past the free 1,000 a month.
+/// invalidation once and each distribution's its own: what AWS bills past the free 1,000 a
+/// month (per account, across distributions). Grants from before the `invalidations` table
+/// count from their request rows.
 pub fn paths_since(conn: &Connection, since: &str) -> Result<u64, StoreError> {
     let n: Option<i64> = conn
         .query_row(
-            "SELECT sum(n) FROM (SELECT max(coalesce(path_count, json_array_length(paths))) AS n
-             FROM requests WHERE invalidation_id IS NOT NULL AND granted_at >= ?1
-             GROUP BY invalidation_id)",
+            "SELECT sum(n) FROM (
+                 SELECT max(coalesce(path_count, json_array_length(paths))) AS n
+                 FROM requests r WHERE invalidation_id IS NOT NULL AND granted_at >= ?1
+                     AND NOT EXISTS (SELECT 1 FROM invalidations i
+                                     WHERE i.grant_ref = r.caller_reference)
+                 GROUP BY invalidation_id
+                 UNION ALL
+                 SELECT paths AS n FROM invalidations
+                 WHERE invalidation_id IS NOT NULL AND created_at >= ?1)",
             [since],
             |r| r.get(0),
         )

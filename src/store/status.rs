@@ -86,7 +86,8 @@ impl Status {
                 ) && !(self == Deferred && to == Deferred)
             }
             Invalidating => matches!(to, Invalidated | Failed),
-            Invalidated => to == Completed,
+            // Failed: another distribution of the purge refused it for good.
+            Invalidated => matches!(to, Completed | Failed),
             OriginTimeout | QuotaExhausted | Completed | Failed | DryRun => false,
         }
     }

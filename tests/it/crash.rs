@@ -18,9 +18,25 @@ fn start(config: &std::path::Path, failpoints: Option<&str>) -> Spawned {
 }
 
 async fn crash_and_recover(point: &str) {
+    crash_and_recover_with(point, "return", 1).await;
+}
+
+/// Crashes at `point` when fail's `action` says so (`return`: the first time; `1*off->return`:
+/// the second), in front of `distributions` distributions, and checks that every one ends with
+/// exactly one invalidation for the one slot.
+async fn crash_and_recover_with(point: &str, action: &str, distributions: usize) {
     let site = Site::new().await;
-    let config = site.config_file(&site.toml("", "", ""));
-    let mut daemon = start(&config, Some(&format!("{point}=return")));
+    let mut ids = vec![site.distribution_id.clone()];
+    for _ in 1..distributions {
+        ids.push(site.another_distribution().await);
+    }
+    let list: Vec<String> = ids.iter().map(|d| format!("\"{d}\"")).collect();
+    let toml = site.toml("", "", "").replace(
+        &format!("distribution_id = \"{}\"", site.distribution_id),
+        &format!("distribution_id = [{}]", list.join(", ")),
+    );
+    let config = site.config_file(&toml);
+    let mut daemon = start(&config, Some(&format!("{point}={action}")));
     site.write(".purge", point.as_bytes());
     site.upload(".purge").await;
     let status = {
@@ -54,13 +70,32 @@ async fn crash_and_recover(point: &str) {
     .await;
     drop(daemon);
 
-    let invs = site.invalidations().await;
-    assert_eq!(invs.len(), 1, "{point}: exactly one invalidation: {invs:?}");
-    assert_eq!(
-        rows[0].invalidation_id.as_deref(),
-        Some(invs[0].0.as_str()),
-        "{point}"
-    );
+    for (i, d) in ids.iter().enumerate() {
+        let invs = site.invalidations_of(d).await;
+        assert_eq!(
+            invs.len(),
+            1,
+            "{point}: exactly one invalidation on {d}: {invs:?}"
+        );
+        let row = rows[0]
+            .invalidations
+            .iter()
+            .find(|r| &r.distribution_id == d)
+            .unwrap_or_else(|| panic!("{point}: {d} in {:?}", rows[0].invalidations));
+        assert_eq!(
+            row.invalidation_id.as_deref(),
+            Some(invs[0].0.as_str()),
+            "{point}"
+        );
+        assert_eq!(row.state.to_string(), "completed", "{point}");
+        if i == 0 {
+            assert_eq!(
+                rows[0].invalidation_id.as_deref(),
+                Some(invs[0].0.as_str()),
+                "{point}"
+            );
+        }
+    }
     let period = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert_eq!(
         site.count_object(&period).await.as_deref(),
@@ -112,6 +147,27 @@ async fn crash_after_create_invalidation_is_sent_before_its_id_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_invalidation_id_is_stored() {
     crash_and_recover("after_invalidation_stored").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_distributions_crash_after_the_first_is_sent_before_its_id_is_stored() {
+    crash_and_recover_with("after_invalidation_sent", "return", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_distributions_crash_between_the_two_calls() {
+    // The first's id is stored; the second is not sent yet.
+    crash_and_recover_with("after_invalidation_stored", "return", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_distributions_crash_after_the_second_is_sent_before_its_id_is_stored() {
+    crash_and_recover_with("after_invalidation_sent", "1*off->return", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_distributions_crash_after_both_ids_are_stored() {
+    crash_and_recover_with("after_invalidation_stored", "1*off->return", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ mod cli;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod detect;
+mod distributions;
 mod faults;
 mod fidelity;
 mod hear;

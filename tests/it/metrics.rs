@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::{free_port, poll, Site, ENDED};
 
 /// One HTTP/1.1 request as a scraper sends it; (head, body) of the answer.
-async fn get(port: u16, path: &str, accept: &str) -> (String, String) {
+pub(crate) async fn get(port: u16, path: &str, accept: &str) -> (String, String) {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: {accept}\r\nUser-Agent: test\r\n\r\n"
     );
@@ -27,7 +27,7 @@ async fn get(port: u16, path: &str, accept: &str) -> (String, String) {
 }
 
 /// The value of one series (`name` or `name{labels}`, exactly as exposed).
-fn value(page: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(page: &str, series: &str) -> Option<f64> {
     page.lines().find_map(|l| {
         let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
         rest.split(' ').next()?.parse().ok()

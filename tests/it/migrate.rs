@@ -201,7 +201,10 @@ async fn init_reads_the_example_lsyncd_and_the_articles_lambda_from_its_code_loc
     assert_eq!(cfg.quota.timezone, chrono_tz::UTC);
     assert_eq!(cfg.watch.marker, ".purge");
     assert_eq!(cfg.origin.bucket, site.origin_bucket);
-    assert_eq!(cfg.cloudfront.distribution_id, site.distribution_id);
+    assert_eq!(
+        cfg.cloudfront.distribution_ids,
+        vec![site.distribution_id.clone()]
+    );
     assert_eq!(cfg.cloudfront.path_prefix, "/");
     assert!(
         cfg.cloudfront.dry_run,

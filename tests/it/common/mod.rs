@@ -556,10 +556,25 @@ endpoint_url = "{url}"
 
     /// Invalidations in the emulator: (id, caller reference, paths).
     pub async fn invalidations(&self) -> Vec<(String, String, Vec<String>)> {
+        self.invalidations_of(&self.distribution_id).await
+    }
+
+    /// Another distribution in front of this site's bucket.
+    pub async fn another_distribution(&self) -> String {
+        let tag = format!(
+            "{}-{}",
+            self.origin_bucket,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        create_distribution(&self.cloudfront, &self.origin_bucket, &tag).await
+    }
+
+    /// [`Site::invalidations`] of any distribution.
+    pub async fn invalidations_of(&self, distribution: &str) -> Vec<(String, String, Vec<String>)> {
         let list = self
             .cloudfront
             .list_invalidations()
-            .distribution_id(&self.distribution_id)
+            .distribution_id(distribution)
             .send()
             .await
             .expect("list invalidations");
@@ -572,7 +587,7 @@ endpoint_url = "{url}"
             let got = self
                 .cloudfront
                 .get_invalidation()
-                .distribution_id(&self.distribution_id)
+                .distribution_id(distribution)
                 .id(&s.id)
                 .send()
                 .await
