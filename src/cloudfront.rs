@@ -131,6 +131,31 @@ impl Cdn {
             .collect())
     }
 
+    /// Where viewers reach the distribution (`https://` its first alias, else its
+    /// `*.cloudfront.net` domain) and its default root object, from GetDistribution.
+    pub async fn viewer(&self) -> Result<(String, Option<String>), AwsError> {
+        let what = format!("GetDistribution {}", self.distribution_id);
+        let got = self
+            .client
+            .get_distribution()
+            .id(&self.distribution_id)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&what, &e))?;
+        let d = got
+            .distribution
+            .ok_or_else(|| AwsError::transient(format!("{what}: answer without a distribution")))?;
+        let cfg = d.distribution_config.as_ref();
+        let alias = cfg
+            .and_then(|c| c.aliases.as_ref())
+            .and_then(|a| a.items.as_ref())
+            .and_then(|i| i.first().cloned());
+        let root = cfg
+            .and_then(|c| c.default_root_object.clone())
+            .filter(|r| !r.is_empty());
+        Ok((format!("https://{}", alias.unwrap_or(d.domain_name)), root))
+    }
+
     /// CloudFront's status word for the invalidation (`InProgress`, `Completed`).
     pub async fn status(&self, invalidation_id: &str) -> Result<String, AwsError> {
         let got = self

@@ -37,6 +37,7 @@ pub mod clock;
 pub mod cloudfront;
 pub mod commands;
 pub mod config;
+pub mod edge;
 pub mod halt;
 pub mod init;
 pub mod intake;

@@ -483,6 +483,8 @@ impl Pipeline {
             steps: self.steps(),
             cdns: &self.cdns,
             site: &self.cfg.site,
+            cfg: &self.cfg.cloudfront,
+            origin: &self.origin,
         }
     }
 

@@ -22,6 +22,7 @@ from .common import FAKE_AUTH, NOW, ORIGIN_BUCKET
 # site's sections do; each deploy rewrites and uploads every file of the tree.
 CHANGE_CASES = {
     "5k": (10, 100, 5),       # 1,000 folders × 5 files under sec0/ … sec9/: the deploy
+    "50k": (50, 100, 10),     # 5,000 folders × 10 files under sec00/ … sec49/: a quick look at scale
     "200k": (100, 200, 10),   # 20,000 folders × 10 files under sec00/ … sec99/
 }
 CHANGE_PLANS = ("sweep", "folders", "head")

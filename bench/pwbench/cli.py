@@ -69,7 +69,7 @@ def main():
                     "(results upload.{json,md,svg})")
     ap.add_argument("--changes-large", action="store_true",
                     help="changes: also the 200,000-file case (opt-in: over an hour on 2 cores)")
-    ap.add_argument("--changes-cases", help="changes: comma list of cases (5k,200k)")
+    ap.add_argument("--changes-cases", help="changes: comma list of cases (5k,50k,200k)")
     ap.add_argument("--plans", help="changes: comma list of sweep,folders,head (the default: "
                     "all three; the smoke profile: default = no changes_check key)")
     ap.add_argument("--purgewatch-label", help="changes: what the binary is (a commit), when "

@@ -167,6 +167,14 @@ pub struct CloudFront {
     /// root; "/www/" when the bucket's `www/` is served under `/www/`): put before every path
     /// sent, configured, changed or listed in a marker (`paths::under_prefix`).
     pub path_prefix: String,
+    /// After Completed, fetch a few purged objects through each distribution and compare their
+    /// ETags with S3's (`edge.rs`).
+    pub edge_check: bool,
+    /// The viewer URL of each distribution, in the order of `distribution_ids` (no trailing
+    /// '/'); `None`: its first alias, else its `*.cloudfront.net` domain (GetDistribution).
+    pub edge_urls: Vec<Option<String>>,
+    /// How long a stale answer at the edge is asked again before the request is `stale`.
+    pub edge_retry_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

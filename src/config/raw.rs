@@ -96,6 +96,22 @@ pub(super) struct RawCloudFront {
     pub(super) dry_run: bool,
     #[serde(default = "default_path_prefix")]
     pub(super) path_prefix: String,
+    #[serde(default)]
+    pub(super) edge_check: bool,
+    pub(super) edge_url: Option<RawUrls>,
+    #[serde(default = "default_edge_retry_for")]
+    pub(super) edge_retry_for: HumanDuration,
+}
+
+/// `edge_url = "https://…"`, or one per distribution.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a URL like \"https://www.example.com\" or a list of them, one per distribution"
+)]
+pub(super) enum RawUrls {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `distribution_id = "E2…"` or, for several distributions in front of one site, a list.
@@ -196,6 +212,10 @@ fn default_paths() -> RawPaths {
 fn default_max_paths() -> usize {
     15
 }
+fn default_edge_retry_for() -> HumanDuration {
+    HumanDuration(Duration::from_secs(180))
+}
+
 fn default_path_prefix() -> String {
     "/".into()
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{RawAws, RawCloudFront, RawDistributions, RawMetrics, RawNotify, RawOrigin};
-use super::raw::{RawPaths, RawQuota};
+use super::raw::{RawPaths, RawQuota, RawUrls};
 use super::raw::{RawState, RawWatch};
 use super::{Aws, CloudFront, ConfigError, Metrics, Notify, Origin, Paths, State, Watch};
 use crate::quota::Quota;
@@ -163,7 +163,11 @@ pub(super) fn cloudfront(k: &Keys, c: RawCloudFront) -> Result<CloudFront, Confi
             ),
         )
     })?;
+    let edge_urls = edge_urls(k, c.edge_url, distribution_ids.len())?;
     Ok(CloudFront {
+        edge_check: c.edge_check,
+        edge_urls,
+        edge_retry_for: c.edge_retry_for.0,
         distribution_ids,
         paths,
         max_paths: c.max_paths,
@@ -207,6 +211,39 @@ fn distributions(k: &Keys, raw: RawDistributions) -> Result<Vec<String>, ConfigE
         }
     }
     Ok(ids)
+}
+
+/// `cloudfront.edge_url`: none (each distribution's own domain), one URL for one distribution,
+/// or a list with one per distribution. HTTPS, or HTTP to this machine (a local proxy, tests).
+fn edge_urls(k: &Keys, raw: Option<RawUrls>, n: usize) -> Result<Vec<Option<String>>, ConfigError> {
+    const KEY: &str = "cloudfront.edge_url";
+    let urls = match raw {
+        None => return Ok(vec![None; n]),
+        Some(RawUrls::One(u)) => vec![u],
+        Some(RawUrls::Many(us)) => us,
+    };
+    if urls.len() != n {
+        return Err(k.invalid(
+            KEY,
+            format!(
+                "names {} URL(s) for {n} distribution(s): one per distribution, in the order of distribution_id",
+                urls.len()
+            ),
+        ));
+    }
+    urls.into_iter()
+        .map(|u| {
+            let bad = |why: &str| k.invalid(KEY, format!("{:?} {why}", crate::text::printable(&u)));
+            check_url(&u).map_err(bad)?;
+            let uri: hyper::Uri = u.parse().map_err(|_| bad("is not a URL"))?;
+            if uri.query().is_some() {
+                return Err(bad(
+                    "has a query: give the site's base URL, like \"https://www.example.com\"",
+                ));
+            }
+            Ok(Some(u.trim_end_matches('/').to_owned()))
+        })
+        .collect()
 }
 
 /// `[state]`.
@@ -260,7 +297,7 @@ pub(super) fn metrics(k: &Keys, m: RawMetrics) -> Result<Metrics, ConfigError> {
 /// `[notify]`: the webhook is a secret, never shown in an error.
 pub(super) fn notify(k: &Keys, n: RawNotify) -> Result<Notify, ConfigError> {
     if let Some(w) = &n.webhook {
-        check_webhook(w).map_err(|m| {
+        check_url(w).map_err(|m| {
             k.invalid(
                 "notify.webhook",
                 format!("{m} (the value is not shown: the URL carries a token)"),
@@ -288,12 +325,13 @@ pub(super) fn notify(k: &Keys, n: RawNotify) -> Result<Notify, ConfigError> {
                             | Status::QuotaExhausted
                             | Status::Completed
                             | Status::Deferred
+                            | Status::Stale
                     )
                 });
                 on.push(st.ok_or_else(|| {
                     k.invalid(
                         "notify.on",
-                        format!("{w:?}: one of \"failed\", \"origin_timeout\", \"quota_exhausted\", \"completed\", \"deferred\""),
+                        format!("{w:?}: one of \"failed\", \"origin_timeout\", \"quota_exhausted\", \"completed\", \"deferred\", \"stale\""),
                     )
                 })?);
             }
@@ -307,13 +345,13 @@ pub(super) fn notify(k: &Keys, n: RawNotify) -> Result<Notify, ConfigError> {
     })
 }
 
-/// The webhook URL is a secret (Slack's carries the token): what is wrong with it is said
-/// without a word of it. HTTPS, or plain HTTP to this machine only (a local relay, the tests):
-/// over the network the token would travel in clear.
-pub(super) fn check_webhook(url: &str) -> Result<(), &'static str> {
+/// An `https://` URL, or plain `http://` to this machine only (a local relay, the tests): over
+/// the network it would travel in clear (a webhook's URL carries its token). What is wrong is
+/// said without a word of the URL: a webhook's is a secret.
+pub(super) fn check_url(url: &str) -> Result<(), &'static str> {
     let uri: hyper::Uri = url
         .parse()
-        .map_err(|_| "is not a URL such as \"https://hooks.slack.com/services/…\"")?;
+        .map_err(|_| "is not a URL such as \"https://example.com/…\"")?;
     let host = uri.host().unwrap_or_default();
     if host.is_empty() {
         return Err("has no host name");
@@ -329,7 +367,7 @@ pub(super) fn check_webhook(url: &str) -> Result<(), &'static str> {
         Some("http") if loopback => Ok(()),
         _ => Err(
             "must start with https:// (http:// only to this machine, such as 127.0.0.1: \
-                  elsewhere the token would travel in clear)",
+                  elsewhere it would travel in clear)",
         ),
     }
 }

@@ -57,6 +57,49 @@ fn distribution_id_is_one_id_or_a_list_of_distinct_ids() {
 }
 
 #[test]
+fn the_edge_check_is_off_by_default_and_its_urls_are_one_per_distribution() {
+    let c = parse(GOOD).expect("valid");
+    assert!(!c.cloudfront.edge_check);
+    assert_eq!(c.cloudfront.edge_urls, [None]);
+    assert_eq!(c.cloudfront.edge_retry_for, Duration::from_secs(180));
+    let on = |extra: &str| {
+        parse(&GOOD.replace(
+            "distribution_id = \"E2EXAMPLE\"",
+            &format!(
+                "distribution_id = [\"E2EXAMPLE\", \"E3STAGING\"]\nedge_check = true\n{extra}"
+            ),
+        ))
+    };
+    let c = on("edge_url = [\"https://www.example.com/\", \"http://127.0.0.1:8080/edge\"]")
+        .expect("valid");
+    assert_eq!(
+        c.cloudfront.edge_urls,
+        [
+            Some("https://www.example.com".to_owned()),
+            Some("http://127.0.0.1:8080/edge".to_owned())
+        ]
+    );
+    for (bad, says) in [
+        (
+            "edge_url = \"https://www.example.com\"",
+            "1 URL(s) for 2 distribution(s)",
+        ),
+        (
+            "edge_url = [\"http://www.example.com\", \"https://b\"]",
+            "must start with https://",
+        ),
+        (
+            "edge_url = [\"https://a/?x=1\", \"https://b\"]",
+            "has a query",
+        ),
+        ("edge_retry_for = \"soon\"", "edge_retry_for"),
+    ] {
+        let s = on(bad).unwrap_err().to_string();
+        assert!(s.contains("/etc/pw.toml") && s.contains(says), "{bad}: {s}");
+    }
+}
+
+#[test]
 fn unknown_key_is_named_with_its_table() {
     let e = parse(&GOOD.replace("max = 10", "max = 10\nmaxx = 3")).unwrap_err();
     let s = e.to_string();

@@ -80,8 +80,9 @@ struct QuotaLabel {
 
 /// The statuses `requests_total` counts, each shown from 0 so `increase()` sees the first.
 /// (`dry_run` is the final status of shadow mode.)
-const COUNTED: [Status; 7] = [
+const COUNTED: [Status; 8] = [
     Status::Completed,
+    Status::Stale,
     Status::Invalidated,
     Status::OriginTimeout,
     Status::QuotaExhausted,

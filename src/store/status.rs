@@ -23,12 +23,15 @@ pub enum Status {
     /// CloudFront took it; waiting for Completed.
     Invalidated,
     Completed,
+    /// Completed, but the edge check (`cloudfront.edge_check`) found viewers still get the old
+    /// bytes of a purged object: the detail names the path, the ETags and the likely cause.
+    Stale,
     Failed,
     /// Shadow mode (`[cloudfront] dry_run`): every step ran, nothing was sent, no slot taken.
     DryRun,
 }
 
-const ALL: [Status; 10] = [
+const ALL: [Status; 11] = [
     Status::WaitingForOrigin,
     Status::WaitingForQuota,
     Status::OriginTimeout,
@@ -37,6 +40,7 @@ const ALL: [Status; 10] = [
     Status::Invalidating,
     Status::Invalidated,
     Status::Completed,
+    Status::Stale,
     Status::Failed,
     Status::DryRun,
 ];
@@ -52,6 +56,7 @@ impl Status {
             Status::Invalidating => "invalidating",
             Status::Invalidated => "invalidated",
             Status::Completed => "completed",
+            Status::Stale => "stale",
             Status::Failed => "failed",
             Status::DryRun => "dry_run",
         }
@@ -68,6 +73,7 @@ impl Status {
             Status::OriginTimeout
                 | Status::QuotaExhausted
                 | Status::Completed
+                | Status::Stale
                 | Status::Failed
                 | Status::DryRun
         )
@@ -87,8 +93,9 @@ impl Status {
             }
             Invalidating => matches!(to, Invalidated | Failed),
             // Failed: another distribution of the purge refused it for good.
-            Invalidated => matches!(to, Completed | Failed),
-            OriginTimeout | QuotaExhausted | Completed | Failed | DryRun => false,
+            // Stale: CloudFront completed, the edge still serves an old object.
+            Invalidated => matches!(to, Completed | Failed | Stale),
+            OriginTimeout | QuotaExhausted | Completed | Stale | Failed | DryRun => false,
         }
     }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod detect;
 mod distributions;
+mod edge;
 mod faults;
 mod fidelity;
 mod hear;

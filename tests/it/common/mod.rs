@@ -25,6 +25,16 @@ static EMULATOR: OnceLock<Emulator> = OnceLock::new();
 
 /// The emulator: moto from the .venv the test command made, through tests/moto_atomic.py (which
 /// makes S3 conditional writes atomic, as in S3), or the server named by PURGEWATCH_MOTO_SERVER.
+/// The Python of the .venv the test command made (moto, boto3), else the system's.
+pub fn python() -> PathBuf {
+    let venv_python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv_python.exists() {
+        venv_python
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 fn moto_command(port: u16) -> Command {
     let port = port.to_string();
     if let Ok(p) = std::env::var("PURGEWATCH_MOTO_SERVER") {
@@ -33,13 +43,7 @@ fn moto_command(port: u16) -> Command {
         return c;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv_python = root.join(".venv/bin/python");
-    let python = if venv_python.exists() {
-        venv_python
-    } else {
-        PathBuf::from("python3")
-    };
-    let mut c = Command::new(python);
+    let mut c = Command::new(python());
     c.arg(root.join("tests/moto_atomic.py"))
         .args(["-H", "127.0.0.1", "-p", &port]);
     c
@@ -291,6 +295,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Every status a request can end (or park) in.
 pub const ENDED: &[&str] = &[
     "completed",
+    "stale",
     "quota_exhausted",
     "origin_timeout",
     "failed",

@@ -19,12 +19,16 @@ use tracing::{info, warn};
 
 use crate::aws::AwsError;
 use crate::cloudfront::{self, Cdn};
+use crate::config::CloudFront;
 use crate::halt::{Halt, Steps};
 use crate::knobs::crash_point;
+use crate::origin::Origin;
 use crate::quota::ledger::Granted;
 use crate::retry::{self, Retry};
 use crate::store::invalidations::{self, Row, State};
-use crate::store::Status;
+use crate::store::{requests, Status};
+
+mod edge_check;
 
 /// CloudFront took the purge on every distribution (or refused it for good on some).
 #[derive(Debug, Clone)]
@@ -48,6 +52,10 @@ pub struct Sender<'a> {
     pub steps: Steps<'a>,
     pub cdns: &'a [Cdn],
     pub site: &'a str,
+    /// The site's `[cloudfront]`: `path_prefix` and the edge check's settings.
+    pub cfg: &'a CloudFront,
+    /// The origin, for S3's ETag of the objects the edge check asks for.
+    pub origin: &'a Origin,
 }
 
 /// How one attempt on one distribution ended.
@@ -84,13 +92,17 @@ impl Sender<'_> {
             .await?;
         let mut again = Vec::new();
         for row in rows.iter().filter(|r| !r.state.is_sent()) {
-            if let Attempt::Again(e) = self.attempt(&g, &paths, row, rows.len()).await? {
-                again.push((row, e));
+            let mut state = row.state;
+            if let Attempt::Again(e) = self
+                .attempt(&g, &paths, row, rows.len(), &mut state)
+                .await?
+            {
+                again.push((row, e, state));
             }
         }
         let waits = again
             .into_iter()
-            .map(|(row, e)| self.until_taken(&g, &paths, row, rows.len(), e));
+            .map(|(row, e, state)| self.until_taken(&g, &paths, row, rows.len(), e, state));
         for r in futures_util::future::join_all(waits).await {
             r?;
         }
@@ -107,7 +119,7 @@ impl Sender<'_> {
         // before a restart: then here, with the whole story.
         let status = self.steps.store.quick({
             let id = ids[0];
-            move |c| crate::store::requests::status_of(c, id)
+            move |c| requests::status_of(c, id)
         });
         if status.await? == Status::Invalidating {
             let detail = match refusals(&rows) {
@@ -117,9 +129,7 @@ impl Sender<'_> {
             let ids = ids.clone();
             self.steps
                 .store
-                .quick(move |c| {
-                    crate::store::requests::advance_all(c, &ids, Status::Invalidated, &detail)
-                })
+                .quick(move |c| requests::advance_all(c, &ids, Status::Invalidated, &detail))
                 .await?;
         }
         Ok(inv)
@@ -127,12 +137,14 @@ impl Sender<'_> {
 
     /// One CreateInvalidation on one distribution, its outcome recorded on the row (and, for
     /// the last distribution taken, the move to `invalidated`).
+    /// `state`: the row's state as last recorded (a repeat of it is not recorded again).
     async fn attempt(
         &self,
         g: &Granted,
         paths: &[String],
         row: &Row,
         of: usize,
+        state: &mut State,
     ) -> Result<Attempt, Halt> {
         let Some(cdn) = self.cdn(&row.distribution_id) else {
             let why = format!(
@@ -163,14 +175,15 @@ impl Sender<'_> {
                 Ok(Attempt::Taken)
             }
             Err(e) if e.is_transient() || matches!(e, AwsError::Busy(_)) => {
-                let state = if matches!(e, AwsError::Busy(_)) {
+                let now = if matches!(e, AwsError::Busy(_)) {
                     State::Busy
                 } else {
                     State::Sending
                 };
-                if row.state != state {
+                if *state != now {
+                    *state = now;
                     let detail = format!("{}: {e}", row.distribution_id);
-                    self.record(g, row, state, None, detail).await?;
+                    self.record(g, row, now, None, detail).await?;
                 }
                 Ok(Attempt::Again(e))
             }
@@ -194,6 +207,7 @@ impl Sender<'_> {
         row: &Row,
         of: usize,
         first: AwsError,
+        mut state: State,
     ) -> Result<(), Halt> {
         let mut retry = Retry::new(retry::aws_delay);
         let mut last = first;
@@ -209,7 +223,7 @@ impl Sender<'_> {
                     self.steps.wait_out(&g.request_ids, &mut retry, why).await?;
                 }
             }
-            match self.attempt(g, paths, row, of).await? {
+            match self.attempt(g, paths, row, of, &mut state).await? {
                 Attempt::Taken | Attempt::Refused => return Ok(()),
                 Attempt::Again(e) => last = e,
             }
@@ -275,7 +289,8 @@ impl Sender<'_> {
                             period: String::new(),
                             caller_reference: inv.grant.clone(),
                         };
-                        if rows.len() > 1 {
+                        // A line of its own when the request's move will not say it.
+                        if rows.len() > 1 || self.cfg.edge_check {
                             self.record(&g, row, State::Completed, None, detail).await?;
                         } else {
                             self.mark(&inv.grant, row, State::Completed).await?;
@@ -298,21 +313,26 @@ impl Sender<'_> {
                 .filter_map(|r| r.invalidation_id.as_deref())
                 .collect();
             let detail = match (rows.len(), refusals(&rows)) {
-                (1, _) => format!("invalidation {} completed", ids.join("")),
+                (1, _) => format!("invalidation {} completed", ids.concat()),
                 (_, r) if r.is_empty() => {
                     format!("invalidations {} completed", listing(&rows))
                 }
                 (_, r) => format!("{r}; {}", completed_listing(&done)),
             };
-            let to = if done.len() == rows.len() {
-                Status::Completed
+            let (mut to, mut detail) = if done.len() == rows.len() {
+                (Status::Completed, detail)
             } else {
-                Status::Failed
+                (Status::Failed, detail)
             };
+            if to == Status::Completed && self.cfg.edge_check {
+                if let Some(stale) = self.at_the_edge(inv, &rows).await? {
+                    (to, detail) = (Status::Stale, stale);
+                }
+            }
             let ids = inv.request_ids.clone();
             self.steps
                 .store
-                .quick(move |c| crate::store::requests::advance_all(c, &ids, to, &detail))
+                .quick(move |c| requests::advance_all(c, &ids, to, &detail))
                 .await?;
             return Ok(());
         }
@@ -339,7 +359,7 @@ impl Sender<'_> {
         Ok(())
     }
 
-    fn cdn(&self, distribution_id: &str) -> Option<&Cdn> {
+    pub(super) fn cdn(&self, distribution_id: &str) -> Option<&Cdn> {
         self.cdns
             .iter()
             .find(|c| c.distribution_id() == distribution_id)
@@ -426,4 +446,19 @@ fn refusals(rows: &[Row]) -> String {
         .filter_map(|r| r.detail.as_deref())
         .collect();
     refused.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_distribution_has_its_own_reference_the_first_the_grants() {
+        let grant = "purgewatch-web1-0000abcd-7-1700000000000";
+        assert_eq!(reference(grant, 0), grant);
+        assert_eq!(reference(grant, 1), format!("{grant}-2"));
+        let long =
+            crate::cloudfront::caller_reference(&"h".repeat(300), "0000abcd", i64::MAX, i64::MAX);
+        assert!(reference(&long, 15).len() <= 128);
+    }
 }
