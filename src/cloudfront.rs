@@ -146,14 +146,31 @@ impl Cdn {
             .distribution
             .ok_or_else(|| AwsError::transient(format!("{what}: answer without a distribution")))?;
         let cfg = d.distribution_config.as_ref();
+        // Names from AWS become a URL: a plain host name only (a wildcard alias, `*.example.com`,
+        // names no host to ask).
+        let plain = |h: &&String| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        };
         let alias = cfg
             .and_then(|c| c.aliases.as_ref())
             .and_then(|a| a.items.as_ref())
-            .and_then(|i| i.first().cloned());
+            .and_then(|i| i.iter().find(plain).cloned());
+        let host = match alias {
+            Some(a) => a,
+            None if plain(&&d.domain_name) => d.domain_name,
+            None => {
+                return Err(AwsError::Permanent(format!(
+                    "{what}: no alias or domain name to ask; set cloudfront.edge_url"
+                )))
+            }
+        };
         let root = cfg
             .and_then(|c| c.default_root_object.clone())
             .filter(|r| !r.is_empty());
-        Ok((format!("https://{}", alias.unwrap_or(d.domain_name)), root))
+        Ok((format!("https://{host}"), root))
     }
 
     /// CloudFront's status word for the invalidation (`InProgress`, `Completed`).

@@ -49,7 +49,7 @@ fn viewer_etag(site: &Site, path: &str) -> Option<String> {
 
 /// A deployed site whose edge holds v1 of index.html and news/a.html; the config with the
 /// edge check on (`extra` in `[cloudfront]`).
-async fn cached_site(extra: &str, metrics: Option<u16>) -> (Site, String, String) {
+pub(crate) async fn cached_site(extra: &str, metrics: Option<u16>) -> (Site, String, String) {
     let site = Site::new().await;
     for rel in ["index.html", "news/a.html"] {
         site.write(rel, format!("<p>{rel} v1</p>").as_bytes());
@@ -71,7 +71,7 @@ async fn cached_site(extra: &str, metrics: Option<u16>) -> (Site, String, String
 }
 
 /// The deploy: v2 of both files, then the marker (`marker` its bytes), all uploaded.
-async fn deploy(site: &Site, marker: &[u8]) {
+pub(crate) async fn deploy(site: &Site, marker: &[u8]) {
     for rel in ["index.html", "news/a.html"] {
         site.write(rel, format!("<p>{rel} v2, longer</p>").as_bytes());
         site.upload(rel).await;
@@ -184,6 +184,34 @@ async fn the_edge_check_is_off_by_default() {
     assert_eq!(status, 200, "{control}");
     let control: serde_json::Value = serde_json::from_str(&control).expect("json");
     assert_eq!(control["requests"], serde_json::json!([]), "{control}");
+}
+
+/// Without `edge_url`: the distribution's first alias that names a host, else its domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_edge_url_is_the_first_alias_else_the_domain() {
+    let site = Site::new().await;
+    let domain = format!("{}.s3.amazonaws.com", site.origin_bucket);
+    let tag = format!("{}-aliases", site.origin_bucket);
+    let aliased = crate::common::create_distribution_with(
+        &site.cloudfront,
+        &domain,
+        "",
+        &["*.example.com", "www.example.com"],
+        &tag,
+    )
+    .await;
+    let viewer =
+        |id: &str| purgewatch::cloudfront::Cdn::new(site.cloudfront.clone(), id.to_owned());
+    let (url, root) = viewer(&aliased).viewer().await.expect("GetDistribution");
+    assert_eq!((url.as_str(), root), ("https://www.example.com", None));
+    let (url, _) = viewer(&site.distribution_id)
+        .viewer()
+        .await
+        .expect("GetDistribution");
+    assert!(
+        url.starts_with("https://") && url.ends_with(".cloudfront.net"),
+        "{url}"
+    );
 }
 
 /// The edge of the test layer itself: tests/edge_selfcheck.py against the shared emulator.

@@ -538,3 +538,44 @@ async fn a_hostile_folder_name_is_shown_as_text_in_the_alert() {
     let raw = String::from_utf8(hook.raw_bodies().remove(0)).expect("UTF-8");
     assert!(!raw.chars().any(char::is_control), "{raw:?}");
 }
+
+/// `stale` is an alert choice: the alert says what the edge answered, and carries each
+/// distribution's invalidation and state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_request_alerts_with_each_distributions_invalidation() {
+    let hook = Hook::start();
+    let (site, toml, _) = crate::edge::cached_site("", None).await;
+    let toml = toml
+        + &format!(
+            "\n[notify]\nwebhook = \"{}\"\non = [\"stale\"]\n",
+            hook.url()
+        );
+    let daemon = site.start_with(&toml).await;
+    crate::edge::deploy(&site, b"/News/*\n/index.html\n").await;
+    let rows = site.settled(1, ENDED).await;
+    site.noted("alert on stale to webhook: delivered (HTTP 200)")
+        .await;
+    daemon.shutdown().await.expect("shutdown");
+    assert_eq!(rows[0].status, "stale", "{:?}", rows[0].detail);
+    let got = hook.bodies();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let a = &got[0];
+    assert_eq!(a["event"], "stale");
+    let text = a["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("stale: edge: 1 of 2 stale via") && text.contains("/news/a.html"),
+        "{text}"
+    );
+    let inv = &a["request"]["invalidations"];
+    assert_eq!(
+        inv[0]["distribution_id"],
+        site.distribution_id.as_str(),
+        "{a}"
+    );
+    assert_eq!(inv[0]["state"], "completed", "{a}");
+    assert_eq!(
+        inv[0]["invalidation_id"],
+        site.invalidations().await[0].0.as_str(),
+        "{a}"
+    );
+}
