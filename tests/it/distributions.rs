@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{free_port, poll, Site, ENDED};
+use crate::common::{free_port, poll, purgewatch, Site, ENDED};
 use crate::metrics::{get, value};
 
 /// The site's config with `ids` as its distributions (and the metrics page on `port`).
@@ -20,19 +20,6 @@ fn with_distributions(site: &Site, ids: &[&str], port: Option<u16>) -> String {
         Some(p) => toml + &format!("\n[metrics]\nlisten = \"127.0.0.1:{p}\"\n"),
         None => toml,
     }
-}
-
-fn purgewatch(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run purgewatch")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,22 +1,10 @@
 //! Issue 22, the operator's side: read-only commands never write the database, no secret in a
 //! config error, a count object is a few bytes, and names from the tree are data on a terminal.
 
+use crate::common::purgewatch;
 use crate::common::{today_utc, Site};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn purgewatch(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_purgewatch"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run purgewatch")
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

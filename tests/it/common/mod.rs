@@ -25,6 +25,20 @@ static EMULATOR: OnceLock<Emulator> = OnceLock::new();
 
 /// The emulator: moto from the .venv the test command made, through tests/moto_atomic.py (which
 /// makes S3 conditional writes atomic, as in S3), or the server named by PURGEWATCH_MOTO_SERVER.
+/// The built CLI with `--config config` and `args`, the emulator's fake credentials, no IMDS.
+pub fn purgewatch(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_purgewatch"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run purgewatch")
+}
+
 /// The Python of the .venv the test command made (moto, boto3), else the system's.
 pub fn python() -> PathBuf {
     let venv_python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
