@@ -38,7 +38,7 @@
 //! `folders`, one ListObjectsV2 per folder of every change each pass (the plan before the
 //! sweep), and `head`, one HeadObject per change each pass.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -282,32 +282,11 @@ impl ChangeSet {
     /// The greedy page cover, in rounds of pages asked together (see the module docs).
     async fn sweep(&mut self, cx: &mut Ctx<'_>) -> Result<(), AwsError> {
         // Ranges of change indices [from, to) not covered yet, in key order.
-        let mut todo = std::collections::VecDeque::from([(0, self.entries.len())]);
+        let mut todo = VecDeque::from([(0, self.entries.len())]);
         // Bounded: every page covers at least the change it starts at (its key or a later one
         // is listed, or the listing ends), so a range shrinks each round; the cap is a guard.
         for _ in 0..=self.entries.len() {
-            let mut round: Vec<(usize, usize)> = Vec::new();
-            while round.len() < PARALLEL_PAGES {
-                let Some((from, to)) = todo.pop_front() else {
-                    break;
-                };
-                let Some(mut at) = self.next_open(from).filter(|&a| a < to) else {
-                    continue;
-                };
-                loop {
-                    let next = self.next_open(at + PAGE_KEYS).filter(|&b| b < to);
-                    match next {
-                        Some(b) if round.len() + 1 < PARALLEL_PAGES => {
-                            round.push((at, b));
-                            at = b;
-                        }
-                        _ => {
-                            round.push((at, to));
-                            break;
-                        }
-                    }
-                }
-            }
+            let round = self.next_round(&mut todo);
             if round.is_empty() {
                 return Ok(());
             }
@@ -319,10 +298,7 @@ impl ChangeSet {
             // The open changes each page may cover, looked up on disk while S3 lists them: the
             // local side of a round costs no time of its own (a page cut short leaves a few
             // looked up for the next round, a stat each again).
-            let wanted: Vec<Vec<usize>> = round
-                .iter()
-                .map(|&(a, e)| (a..e).filter(|&j| self.is_open(j)).collect())
-                .collect();
+            let wanted = self.wanted(&round);
             let all: Vec<usize> = wanted.iter().flatten().copied().collect();
             let asked = Instant::now();
             let (locals, pages) = tokio::join!(
@@ -354,6 +330,48 @@ impl ChangeSet {
             }
         }
         Ok(())
+    }
+
+    /// The next round's pages, (first change, end of its range) each, from the ranges not
+    /// covered yet (see the module docs).
+    fn next_round(&self, todo: &mut VecDeque<(usize, usize)>) -> Vec<(usize, usize)> {
+        let mut round: Vec<(usize, usize)> = Vec::new();
+        while round.len() < PARALLEL_PAGES {
+            let Some((from, to)) = todo.pop_front() else {
+                break;
+            };
+            let Some(mut at) = self.next_open(from).filter(|&a| a < to) else {
+                continue;
+            };
+            loop {
+                let next = self.next_open(at + PAGE_KEYS).filter(|&b| b < to);
+                match next {
+                    Some(b) if round.len() + 1 < PARALLEL_PAGES => {
+                        round.push((at, b));
+                        at = b;
+                    }
+                    _ => {
+                        round.push((at, to));
+                        break;
+                    }
+                }
+            }
+        }
+        round
+    }
+
+    /// The open changes each page of `round` can cover. A page holds at most [`PAGE_KEYS`]
+    /// keys, so at most that many changes: the last page of a round reaches to the end of its
+    /// range, which in a first pass is the whole rest of the set.
+    fn wanted(&self, round: &[(usize, usize)]) -> Vec<Vec<usize>> {
+        round
+            .iter()
+            .map(|&(a, e)| {
+                (a..e.min(a + PAGE_KEYS))
+                    .filter(|&j| self.is_open(j))
+                    .collect()
+            })
+            .collect()
     }
 
     /// Today's plan before the sweep, for comparison: one listing per folder of every change.

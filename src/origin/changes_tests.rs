@@ -61,3 +61,24 @@ async fn a_verified_file_written_again_is_open_again() {
     );
     assert_eq!(set.open(), 2);
 }
+
+// The local side of a round looked up every open change from the last page's start to the end
+// of the set (13,000 of 20,000 here, again in every round): at 200,000 changes the daemon's CPU
+// doubled and its peak RSS went from 37 to 85 MB.
+#[test]
+fn a_round_looks_up_on_disk_no_more_changes_than_its_pages_can_cover() {
+    let rels: Vec<String> = (0..20_000).map(|i| format!("d/f{i:05}.html")).collect();
+    let set = ChangeSet::of(rels.iter().map(String::as_str));
+    let mut todo = VecDeque::from([(0, set.len())]);
+    let round = set.next_round(&mut todo);
+    assert_eq!(round.len(), PARALLEL_PAGES);
+    let wanted = set.wanted(&round);
+    for (page, w) in round.iter().zip(&wanted) {
+        assert!(w.len() <= PAGE_KEYS, "{page:?} wants {}", w.len());
+        assert_eq!(w.first(), Some(&page.0));
+    }
+    assert_eq!(
+        wanted.iter().map(Vec::len).sum::<usize>(),
+        PARALLEL_PAGES * PAGE_KEYS
+    );
+}
