@@ -24,6 +24,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 
 pub mod changes;
+mod list;
 
 use crate::aws::{self, AwsError, Bucket};
 use crate::marker::{local_checksum, Algo, MarkerSeen, ObjectId, Sums};
