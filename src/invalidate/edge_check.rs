@@ -41,11 +41,17 @@ impl Sender<'_> {
             })
             .await?;
         let mut stale = Vec::new();
-        for (i, row) in rows.iter().enumerate() {
+        for row in rows {
             let Some(cdn) = self.cdn(&row.distribution_id) else {
                 continue;
             };
-            let configured = self.cfg.edge_urls.get(i).cloned().flatten();
+            // `edge_url` is given in the order of `distribution_id`.
+            let configured = self
+                .cfg
+                .distribution_ids
+                .iter()
+                .position(|d| d == &row.distribution_id)
+                .and_then(|p| self.cfg.edge_urls.get(p).cloned().flatten());
             let (base, root) = match (configured, cdn.viewer().await) {
                 (Some(u), Ok((_, root))) => (u, root),
                 (Some(u), Err(_)) => (u, None),
