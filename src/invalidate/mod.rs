@@ -317,7 +317,9 @@ impl Sender<'_> {
                 (_, r) if r.is_empty() => {
                     format!("invalidations {} completed", listing(&rows))
                 }
-                (_, r) => format!("{r}; {}", completed_listing(&done)),
+                // None in progress now: every row CloudFront took has completed.
+                (_, r) if done.is_empty() => format!("{r}; nothing invalidated"),
+                (_, r) => format!("{r}; invalidations {} completed", listing(&rows)),
             };
             let (mut to, mut detail) = if done.len() == rows.len() {
                 (Status::Completed, detail)
@@ -428,14 +430,6 @@ fn listing(rows: &[Row]) -> String {
         })
         .collect();
     taken.join(", ")
-}
-
-fn completed_listing(done: &[&Row]) -> String {
-    let rows: Vec<Row> = done.iter().map(|r| (*r).clone()).collect();
-    match rows.len() {
-        0 => "nothing invalidated".to_owned(),
-        _ => format!("invalidations {} completed", listing(&rows)),
-    }
 }
 
 /// The refusals among the rows, each with CloudFront's reason ("" if none).
