@@ -285,11 +285,12 @@ impl Waiter<'_> {
                         .quick(move |c| requests::note(c, &[id], &detail))
                         .await?;
                 }
-                // A pass whose listings took longer than a second is followed by a pause of
-                // that time beyond the second: a slow S3 or a huge change set (200 pages a pass
-                // at 200,000 changes) is not listed back to back for the whole deploy, while
-                // quick passes keep the schedule. The HeadObjects that settle a change once are
-                // not counted: the next pass does not repeat them.
+                // A pass whose listings took longer than a second (or whose pages, asked in
+                // parallel, count for more: `Pass::paced`) is followed by a pause of that time
+                // beyond the second: a slow S3 or a huge change set (200 pages a pass at 200,000
+                // changes) is not listed back to back for the whole deploy, while quick passes
+                // keep the schedule. The HeadObjects that settle a change once are not counted:
+                // the next pass does not repeat them.
                 // A burst after a read runs its course; else the schedule.
                 let delay = burst
                     .next()
@@ -397,7 +398,7 @@ impl Waiter<'_> {
             Ok(p) => p,
             Err(e) => return Ok((Err(NotYet::Aws(e)), false, Duration::ZERO)),
         };
-        let (progressed, repeated) = (pass.verified > 0, pass.repeated);
+        let (progressed, repeated) = (pass.verified > 0, pass.paced());
         if let Some(not_yet) = marker_missing {
             return Ok((Err(not_yet), progressed, repeated));
         }

@@ -82,3 +82,23 @@ fn a_round_looks_up_on_disk_no_more_changes_than_its_pages_can_cover() {
         PARALLEL_PAGES * PAGE_KEYS
     );
 }
+
+// Twice the pages a round halve a pass's time; paced by that time alone, a wait of 200 pages a
+// pass would list twice as often and make twice the calls.
+#[test]
+fn a_pass_of_parallel_pages_is_paced_by_their_count_not_only_their_time() {
+    let ms = Duration::from_millis;
+    let pass = |time, pages| Pass {
+        repeated: ms(time),
+        repeated_calls: pages,
+        ..Pass::default()
+    };
+    // 200 pages answered in 1.3 s (16 at a time): 200 × 40 ms.
+    assert_eq!(pass(1_300, 200).paced(), ms(8_000));
+    // The same pages, 8 or 16 at a time: the same pace.
+    assert_eq!(pass(2_600, 200).paced(), pass(1_300, 200).paced());
+    // A slow S3 (1 s a page): its time.
+    assert_eq!(pass(13_000, 200).paced(), ms(13_000));
+    // Five pages, quickly: 200 ms, within the free second.
+    assert_eq!(pass(150, 5).paced(), ms(200));
+}
