@@ -14,6 +14,9 @@ pub struct Knobs {
     pub max_watches: Option<usize>,
     /// How often a site whose root is missing is tried again (30 s by default).
     pub root_retry: Option<std::time::Duration>,
+    /// A pause between a request's origin check passing and its joining the invalidation of
+    /// its sync ([`crate::pipeline::Pipeline::gather`]), to widen that race in a test.
+    pub before_gather: Option<std::time::Duration>,
 }
 
 impl Knobs {

@@ -62,9 +62,13 @@ pub struct Pipeline {
     /// Requests of this site in their origin wait now, and a signal when one leaves it: the
     /// window of [`Pipeline::gather`] waits only while one of them could still join.
     waiting: Arc<(AtomicUsize, Notify)>,
+    /// A test's pause before [`Pipeline::gather`] (see [`crate::knobs::Knobs::before_gather`]).
+    before_gather: Option<Duration>,
 }
 
-/// Counts a request in its origin wait for as long as it lives.
+/// Counts a request in its origin wait from its start until it has joined (or opened) the
+/// invalidation of its sync: leaving the wait and joining are one step for
+/// [`Pipeline::gather`]'s window, which must not close between the two.
 struct InWait(Arc<(AtomicUsize, Notify)>);
 
 impl InWait {
@@ -132,7 +136,16 @@ impl Pipeline {
             token,
             batch: Default::default(),
             waiting: Default::default(),
+            before_gather: None,
         })
+    }
+
+    /// This pipeline with a test's pause before [`Pipeline::gather`].
+    pub fn pausing_before_gather(self, before_gather: Option<Duration>) -> Pipeline {
+        Pipeline {
+            before_gather,
+            ..self
+        }
     }
 
     // ---- the order of stages -----------------------------------------------------------------
@@ -145,8 +158,12 @@ impl Pipeline {
         wake: Arc<Wake>,
         first: FirstLook,
     ) -> Result<(), Halt> {
+        let in_wait = InWait::new(&self.waiting);
         let verified = self.wait_for_origin(id, wake, first).await?;
-        match self.gather(verified).await? {
+        if let Some(d) = self.before_gather {
+            tokio::time::sleep(d).await;
+        }
+        match self.gather(verified, in_wait).await? {
             Some(all) => self.proceed(all).await,
             None => Err(Halt::Ended), // carried by the request verified first
         }
@@ -294,7 +311,6 @@ impl Pipeline {
             settle: self.cfg.watch.settle,
             token: &self.token,
         };
-        let _in_wait = InWait::new(&self.waiting);
         waiter.wait(id, wake, first).await
     }
 
@@ -302,20 +318,30 @@ impl Pipeline {
     /// share one invalidation and one quota slot. The first to pass opens a window of `settle`
     /// and carries every request that passes within it (`Some`, with all their ids); the others
     /// hand themselves to it (`None`). The window closes as soon as no other request of the
-    /// site is in its origin wait (none can join): a lone marker is not held back by it.
-    pub async fn gather(&self, verified: Verified) -> Result<Option<Verified>, Halt> {
+    /// site is in its origin wait (none can join): a lone marker is not held back by it. Each
+    /// is counted in the wait (`in_wait`) until it is in the batch.
+    async fn gather(&self, verified: Verified, in_wait: InWait) -> Result<Option<Verified>, Halt> {
         let window = self.cfg.watch.settle;
         if window.is_zero() {
             return Ok(Some(verified));
         }
-        {
+        let lead = {
             let mut open = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(ids) = open.as_mut() {
-                ids.extend(&verified.request_ids);
-                info!(requests = ?verified.request_ids, lead = ids[0], "shares the invalidation of a request verified with it");
-                return Ok(None);
+            match open.as_mut() {
+                Some(ids) => {
+                    ids.extend(&verified.request_ids);
+                    Some(ids[0])
+                }
+                None => {
+                    *open = Some(verified.request_ids.clone());
+                    None
+                }
             }
-            *open = Some(verified.request_ids);
+        };
+        drop(in_wait);
+        if let Some(lead) = lead {
+            info!(requests = ?verified.request_ids, lead, "shares the invalidation of a request verified with it");
+            return Ok(None);
         }
         let paused = self.window(window).await;
         let ids = self

@@ -80,7 +80,8 @@ impl SiteRun {
                 clock,
                 env.clients.clone(),
             )
-            .await?;
+            .await?
+            .pausing_before_gather(env.knobs.before_gather);
             let reachable = tokio::spawn(reach_buckets(cfg.site.clone(), pipeline.clone()));
             let started = walking
                 .await
