@@ -325,24 +325,16 @@ impl Pipeline {
         if window.is_zero() {
             return Ok(Some(verified));
         }
-        let lead = {
+        {
             let mut open = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-            match open.as_mut() {
-                Some(ids) => {
-                    ids.extend(&verified.request_ids);
-                    Some(ids[0])
-                }
-                None => {
-                    *open = Some(verified.request_ids.clone());
-                    None
-                }
+            if let Some(ids) = open.as_mut() {
+                ids.extend(&verified.request_ids);
+                info!(requests = ?verified.request_ids, lead = ids[0], "shares the invalidation of a request verified with it");
+                return Ok(None); // `in_wait` ends here, once its ids are in
             }
-        };
-        drop(in_wait);
-        if let Some(lead) = lead {
-            info!(requests = ?verified.request_ids, lead, "shares the invalidation of a request verified with it");
-            return Ok(None);
+            *open = Some(verified.request_ids);
         }
+        drop(in_wait); // the window below waits for the others only
         let paused = self.window(window).await;
         let ids = self
             .batch
